@@ -1,0 +1,95 @@
+"""The checkpoint manifest (``manifest.json``): a pydantic model of the contract's fields.
+
+Everything the server needs besides the tensors lives here: how to preprocess named inputs, what the
+outputs mean, the OOD threshold and the drift reference. Unknown top-level keys are refused so that a
+typo cannot silently drop a field.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from itertools import pairwise
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from model_core.models.spec import ArchitectureSpec
+
+FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+
+
+class Task(str, Enum):
+    BINARY = "binary"
+    MULTICLASS = "multiclass"
+    REGRESSION = "regression"
+
+
+class OODScore(str, Enum):
+    MUTUAL_INFORMATION = "mutual_information"
+    PREDICTIVE_STD = "predictive_std"
+
+
+class SamplingMode(str, Enum):
+    """Fresh noise per request (seeded) or the S factor draws made once at load time."""
+
+    FRESH = "fresh"
+    CACHED = "cached"
+
+
+class InputSchema(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    kind: Literal["tabular", "sequence", "text"] = "tabular"
+    #: For tabular inputs: the fitted preprocessing (``model_core.data.preprocessing.Preprocessor``).
+    preprocessing: dict[str, Any] = Field(default_factory=dict)
+
+
+class OutputSchema(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    labels: list[str] | None = None
+    positive_label: str | None = None
+    target: str | None = None
+    unit: str | None = None
+
+
+class Calibration(BaseModel):
+    ood_score: OODScore
+    ood_threshold: float
+    ood_quantile: float = Field(default=0.95, gt=0.0, lt=1.0)
+    default_samples: int = Field(default=100, ge=1)
+    sampling_mode: SamplingMode = SamplingMode.FRESH
+    cache_seed: int = 0
+
+
+class DriftReference(BaseModel):
+    """In-distribution validation OOD scores, stored as evenly spaced quantiles (sorted)."""
+
+    score: OODScore
+    quantiles: list[float] = Field(min_length=2)
+    n_scores: int = Field(ge=1)
+
+    @field_validator("quantiles")
+    @classmethod
+    def _sorted(cls, v: list[float]) -> list[float]:
+        if any(b < a for a, b in pairwise(v)):
+            raise ValueError("drift reference quantiles must be sorted")
+        return v
+
+
+class Manifest(BaseModel):
+    model_config = ConfigDict(extra="forbid", protected_namespaces=())
+
+    format_version: int
+    model_name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+    model_version: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$")
+    task: Task
+    architecture: ArchitectureSpec
+    parameter_count: int = Field(ge=0)
+    input_schema: InputSchema
+    output_schema: OutputSchema
+    calibration: Calibration
+    drift_reference: DriftReference
+    training: dict[str, Any] = Field(default_factory=dict)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")

@@ -1,0 +1,185 @@
+"""ICU mortality task on SUPPORT2: predict in-hospital death (``hospdead``) from day-3 data.
+
+Why SUPPORT2: the reference setting is MIMIC-III, which needs credentialed access; SUPPORT2 (Knaus et al.
+1995, 9,105 seriously ill hospitalised adults, 25.9% in-hospital deaths) is public and has the same kind
+of inputs: vital signs, laboratory values and demographics, with many labs missing.
+
+Features (24 raw, 31 model inputs after one-hot) -- only what is known by study day 3:
+
+* demographics / baseline: ``age``, ``sex``, ``race``, ``edu``, ``num.co`` (number of comorbidities),
+  ``diabetes``, ``dementia``, ``ca`` (cancer: no / yes / metastatic), ``hday`` (day in hospital at
+  which the patient entered the study -- known at entry, so not leaking);
+* day-3 physiology and labs: ``meanbp``, ``hrt``, ``resp``, ``temp``, ``pafi``, ``wblc``, ``alb``,
+  ``bili``, ``crea``, ``sod``, ``ph``, ``glucose``, ``bun``, ``urine``, and ``scoma`` (the SUPPORT coma
+  score, a fixed transformation of the Glasgow Coma Scale -- a measurement, not a fitted model).
+
+Excluded, and why:
+
+* the label and other outcomes: ``hospdead`` (label), ``death``, ``d.time``, ``slos`` (length of stay),
+  ``sfdm2`` (functional outcome at 2 months);
+* whole-stay quantities that encode how the stay ended: ``charges``, ``totcst``, ``totmcst`` (costs),
+  ``avtisst`` (TISS averaged over days 3-25, i.e. mostly after the prediction time);
+* predictions: ``surv2m``, ``surv6m`` (the SUPPORT survival model) and ``prg2m``, ``prg6m`` (the
+  physician's prognosis); the first pair was fitted on this very cohort's outcomes, so it carries test
+  labels into the features, and both would make the network a wrapper around someone else's model;
+* ``sps`` and ``aps``: day-3 physiology scores. They are computed from day-3 values and so do not leak
+  in time, but ``sps`` uses weights estimated on SUPPORT's own outcomes (test labels again), and
+  ``aps`` (APACHE III) is a weighted sum of the very vitals/labs already present with missing labs
+  replaced by "normal" -- redundant, and the network should learn its own combination;
+* ``dnr``, ``dnrday``: a do-not-resuscitate order is usually written during the stay, often as death
+  approaches -- a proxy for the outcome;
+* ``adlp``, ``adls``, ``adlsc``: activities-of-daily-living interviews; 31-62% missing with missingness
+  driven by the patient being too ill to answer, and ``adlsc`` is itself an imputation model's output;
+* ``income``: 33% missing (median/mode imputation would label a third of patients as the poorest
+  bracket) and it is not available in the hospital records this task stands in for;
+* ``dzgroup`` and ``dzclass``: they define the OOD split below; as features, every OOD row would carry a
+  category never seen in training (one-hot all zeros), which is a trivial and unrealistic OOD signal;
+* ``sno``: a row identifier.
+
+OOD split: the disease class ``Coma`` (596 patients, 60.7% in-hospital mortality versus 9-37% in the
+other classes) is held out. Coma is the class whose physiology differs most (91% of Coma patients have
+``scoma`` > 0 versus 9-40% elsewhere, median 61 versus 0), so it tests covariate shift plus a label
+shift, and it is the smallest class, so the in-distribution data keeps 93% of the rows. (Holding out
+``Cancer`` instead would mostly be a prior shift towards lower mortality with ``ca`` = metastatic for
+every patient, a weaker test.) The 8,509 ARF/MOSF, COPD/CHF/Cirrhosis and Cancer patients are split
+70/15/15 train/val/test, stratified by ``hospdead``.
+
+Preprocessing (fitted on the training split only): clipping at Q1/Q3 -/+ 8*IQR, median imputation
+(mode for categorical), MinMax scaling; see :mod:`model_core.data.preprocessing`. Note that SUPPORT's
+authors suggest filling some missing labs with "normal" values (missing often means "not ordered because
+unremarkable"); we keep the project-wide median rule so that the server's imputation is uniform and
+reported back to the caller per request.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+
+from model_core.data.dataset import TabularSplits
+from model_core.data.table import assemble_splits
+
+__all__ = [
+    "ICU_CATEGORICAL",
+    "ICU_EXCLUDED",
+    "ICU_FEATURES",
+    "ICU_OOD_CLASS",
+    "ICU_RELATIVE_PATH",
+    "ICU_TARGET",
+    "ICU_UNITS",
+    "load_icu",
+]
+
+ICU_RELATIVE_PATH = Path("support2") / "support2.csv"
+ICU_TARGET = "hospdead"
+#: Disease class held out as the OOD set (column ``dzclass``).
+ICU_OOD_CLASS = "Coma"
+
+#: Raw feature -> unit (SUPPORT2 documentation). "" for unitless or categorical features.
+ICU_UNITS: dict[str, str] = {
+    "age": "years",
+    "sex": "",
+    "race": "",
+    "edu": "years",
+    "num.co": "count",
+    "diabetes": "0/1",
+    "dementia": "0/1",
+    "ca": "",
+    "hday": "days",
+    "scoma": "score 0-100",
+    "meanbp": "mmHg",
+    "hrt": "bpm",
+    "resp": "breaths/min",
+    "temp": "°C",
+    "pafi": "mmHg",
+    "wblc": "x10^9/L",
+    "alb": "g/dL",
+    "bili": "mg/dL",
+    "crea": "mg/dL",
+    "sod": "mEq/L",
+    "ph": "",
+    "glucose": "mg/dL",
+    "bun": "mg/dL",
+    "urine": "mL/day",
+}
+ICU_FEATURES: list[str] = list(ICU_UNITS)
+ICU_CATEGORICAL: frozenset[str] = frozenset({"sex", "race", "ca"})
+
+#: Columns that must never be features, with the reason (see the module docstring).
+ICU_EXCLUDED: dict[str, str] = {
+    "hospdead": "label",
+    "death": "outcome (death by end of follow-up)",
+    "d.time": "outcome (follow-up time)",
+    "slos": "outcome (length of stay)",
+    "sfdm2": "outcome (functional disability at 2 months)",
+    "charges": "whole-stay cost",
+    "totcst": "whole-stay cost",
+    "totmcst": "whole-stay cost",
+    "avtisst": "TISS averaged over days 3-25 (after prediction time)",
+    "surv2m": "SUPPORT model prediction fitted on this cohort",
+    "surv6m": "SUPPORT model prediction fitted on this cohort",
+    "prg2m": "physician prognosis",
+    "prg6m": "physician prognosis",
+    "sps": "physiology score with weights fitted on this cohort's outcomes",
+    "aps": "APACHE III score, redundant with the raw physiology",
+    "dnr": "DNR order, often written as death approaches",
+    "dnrday": "day of DNR order",
+    "adlp": "ADL interview, mostly missing, missingness tied to severity",
+    "adls": "ADL interview, mostly missing, missingness tied to severity",
+    "adlsc": "imputation-model output for ADL",
+    "income": "33% missing, not in hospital records",
+    "dzgroup": "defines the OOD split (finer than dzclass)",
+    "dzclass": "defines the OOD split",
+    "sno": "row identifier",
+}
+
+
+def load_icu(data_dir: str | os.PathLike[str], seed: int = 0) -> TabularSplits:
+    """Load ``<data_dir>/support2/support2.csv`` as the ICU-mortality task (see module docstring).
+
+    ``seed`` only changes the train/val/test draw; the OOD set (all Coma patients) is fixed, so OOD
+    numbers across seeds differ only through the model.
+    """
+    import pandas as pd
+
+    path = Path(data_dir) / ICU_RELATIVE_PATH
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"SUPPORT2 not found at {path}; point --data-dir / $LRBNN_DATA_DIR at the folder containing "
+            f"{ICU_RELATIVE_PATH}"
+        )
+    frame = pd.read_csv(path, usecols=[*ICU_FEATURES, ICU_TARGET, "dzclass"])
+    missing_label = frame[ICU_TARGET].isna()
+    frame = frame[~missing_label]
+    labels = frame[ICU_TARGET].to_numpy()
+    if not np.isin(labels, (0, 1)).all():
+        raise ValueError(f"{path}: {ICU_TARGET} must be 0/1")
+    ood_mask = (frame["dzclass"] == ICU_OOD_CLASS).to_numpy()
+    if not ood_mask.any():
+        raise ValueError(f"{path}: no rows with dzclass == {ICU_OOD_CLASS!r}; is this the SUPPORT2 file?")
+    description = (
+        f"SUPPORT2 ({len(frame)} patients with a label): predict in-hospital death ({ICU_TARGET}) from "
+        f"{len(ICU_FEATURES)} day-3 physiology, lab and demographic features (no outcomes, costs, model "
+        f"predictions, DNR status or disease group). OOD = the {int(ood_mask.sum())} patients of disease "
+        f"class {ICU_OOD_CLASS!r} (mortality {labels[ood_mask].mean():.1%}, distinct neurological "
+        f"physiology); the other {int((~ood_mask).sum())} (ARF/MOSF, COPD/CHF/Cirrhosis, Cancer; "
+        f"mortality {labels[~ood_mask].mean():.1%}) are split 70/15/15 train/val/test stratified by "
+        f"label with seed {seed}. Clipping (8*IQR), median/mode imputation and MinMax scaling are fitted "
+        "on the training split only."
+    )
+    return assemble_splits(
+        frame,
+        features=ICU_FEATURES,
+        categorical=ICU_CATEGORICAL,
+        y=labels.astype(np.int64),
+        ood_mask=ood_mask,
+        seed=seed,
+        task="binary",
+        target_name=ICU_TARGET,
+        dataset="support2",
+        description=description,
+        label_names=["survived", "died"],
+        units=ICU_UNITS,
+    )

@@ -1,0 +1,506 @@
+"""Tabular preprocessing that can be fitted once and replayed anywhere.
+
+Why this module exists and why it looks the way it does:
+
+* The preprocessing fitted on a training split is part of the model. A checkpoint that stores only the
+  network weights cannot be served, because the server would have to re-derive clipping bounds, medians
+  and scaling constants it never saw. So the fitted state is a small, JSON-safe pydantic model
+  (:meth:`Preprocessor.to_dict` goes into the checkpoint's ``manifest.json``), and replaying it needs
+  nothing but numpy.
+* The serving process imports this module for every request, so it deliberately imports neither torch,
+  nor scikit-learn, nor pandas. pandas data frames are still accepted by :meth:`Preprocessor.fit` and
+  :meth:`Preprocessor.transform_frame` through duck typing (``frame[name]`` and ``name in frame``).
+* There are two transform paths with identical semantics: :meth:`Preprocessor.transform` takes request
+  rows (dicts) and reports per row which features were imputed, so the server can tell the caller that
+  its prediction rests on filled-in values; :meth:`Preprocessor.transform_frame` is the vectorised path
+  for training and evaluation. The tests check that they agree.
+* Missing and invalid are different things. ``None`` (or an absent key) means "not measured" and is
+  imputed, exactly as a missing cell in the training CSV was. An explicit NaN or infinity, a string for a
+  numeric feature, or an unknown feature name is a client bug; silently imputing it would hide the bug
+  and produce a confident prediction from garbage, so it raises :class:`PreprocessingError` naming the
+  offending field (the server turns that into a 422 response).
+
+Per numeric feature the fitted steps are, in order: impute missing values with the training median,
+clip to ``[Q1 - 8*IQR, Q3 + 8*IQR]`` of the training split (8*IQR only removes gross outliers such as
+unit or data-entry errors; clinical extremes survive), then MinMax-scale with the training minimum and
+maximum taken after clipping and imputation. Categorical features are one-hot encoded over the sorted
+training categories; an unseen category encodes as all zeros (no evidence for any known category rather
+than a crash), and a missing value is imputed with the training mode.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Collection, Mapping, Sequence
+from numbers import Integral, Real
+from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
+
+if TYPE_CHECKING:  # pandas is optional on the serving path; only the type checker needs it here.
+    import pandas as pd
+
+__all__ = [
+    "CLIP_IQR_MULTIPLIER",
+    "FeatureSpec",
+    "PreprocessingError",
+    "Preprocessor",
+]
+
+#: Outlier clipping bound in IQRs beyond the quartiles. Wide on purpose: it targets data-entry and unit
+#: errors, not genuine extreme physiology, which is exactly what an uncertainty-aware model must see.
+CLIP_IQR_MULTIPLIER = 8.0
+
+#: Scalar types accepted as numbers (numpy floats/ints are also registered as numbers.Real).
+_NUMBER_TYPES = (Real, np.integer, np.floating, np.bool_)
+
+#: A table to fit or transform: a pandas DataFrame or any mapping of column name -> 1-D array.
+ColumnSource: TypeAlias = "pd.DataFrame | Mapping[str, Any]"
+
+
+class PreprocessingError(ValueError):
+    """A request value or table column that cannot be preprocessed.
+
+    Subclasses ValueError so generic callers still catch it, and carries ``field`` (the feature name, or
+    None for errors about the whole row) so the server can point the client at the offending input.
+    """
+
+    def __init__(self, message: str, field: str | None = None) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class FeatureSpec(BaseModel):
+    """Fitted preprocessing for one raw input feature.
+
+    Everything is stored explicitly (rather than, say, a pickled scikit-learn transformer) so that the
+    manifest is human-readable, diffable and loadable by a process without scikit-learn.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    unit: str = ""
+    kind: Literal["numeric", "categorical"]
+    # numeric only
+    clip_low: float | None = None
+    clip_high: float | None = None
+    min: float | None = None
+    max: float | None = None
+    plausible_low: float | None = None
+    plausible_high: float | None = None
+    # categorical only
+    categories: list[str] | None = None
+    # training median (numeric) or training mode (categorical)
+    impute: float | str | None = None
+
+    @model_validator(mode="after")
+    def _check_complete(self) -> FeatureSpec:
+        """Reject half-filled specs at load time, so a corrupt manifest fails loudly, not per request."""
+        if self.kind == "numeric":
+            needed = {
+                "clip_low": self.clip_low,
+                "clip_high": self.clip_high,
+                "min": self.min,
+                "max": self.max,
+                "plausible_low": self.plausible_low,
+                "plausible_high": self.plausible_high,
+                "impute": self.impute,
+            }
+            absent = [key for key, value in needed.items() if value is None]
+            if absent:
+                raise ValueError(f"numeric feature {self.name!r} lacks {', '.join(absent)}")
+            if not isinstance(self.impute, (int, float)) or isinstance(self.impute, bool):
+                raise ValueError(f"numeric feature {self.name!r} needs a numeric impute value")
+            values = [float(v) for v in needed.values() if isinstance(v, (int, float))]
+            if not all(math.isfinite(v) for v in values):
+                raise ValueError(f"numeric feature {self.name!r} has non-finite constants")
+            if self.categories is not None:
+                raise ValueError(f"numeric feature {self.name!r} must not list categories")
+        else:
+            if not self.categories:
+                raise ValueError(f"categorical feature {self.name!r} needs at least one category")
+            if len(set(self.categories)) != len(self.categories):
+                raise ValueError(f"categorical feature {self.name!r} has duplicate categories")
+            if not isinstance(self.impute, str) or self.impute not in self.categories:
+                raise ValueError(
+                    f"categorical feature {self.name!r} needs its mode (a known category) as impute"
+                )
+        return self
+
+    @property
+    def output_names(self) -> list[str]:
+        """Names of the model inputs this feature expands to (``name=category`` for one-hot columns)."""
+        if self.kind == "numeric":
+            return [self.name]
+        assert self.categories is not None
+        return [f"{self.name}={category}" for category in self.categories]
+
+    @property
+    def n_outputs(self) -> int:
+        """Width of this feature in the model input."""
+        return 1 if self.kind == "numeric" else len(self.categories or ())
+
+    def scale(self, values: np.ndarray) -> np.ndarray:
+        """Clip and MinMax-scale already-imputed numeric values (float64 in, float64 out).
+
+        A constant training column (max == min) maps to 0 rather than dividing by zero: it carried no
+        information during training, so it must not inject any at serving time either.
+        """
+        assert self.clip_low is not None and self.clip_high is not None
+        assert self.min is not None and self.max is not None
+        clipped = np.clip(values, self.clip_low, self.clip_high)
+        span = self.max - self.min
+        if span <= 0.0:
+            return np.zeros_like(clipped)
+        return (clipped - self.min) / span
+
+    def is_plausible(self, value: float) -> bool:
+        """Whether a raw numeric value lies in the widened training range (servers flag it otherwise)."""
+        assert self.plausible_low is not None and self.plausible_high is not None
+        return self.plausible_low <= value <= self.plausible_high
+
+
+class Preprocessor(BaseModel):
+    """An ordered list of fitted :class:`FeatureSpec`, i.e. the whole raw-input -> model-input mapping."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: list[FeatureSpec]
+
+    _by_name: dict[str, FeatureSpec] = PrivateAttr(default_factory=dict)
+    _offsets: dict[str, int] = PrivateAttr(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> Preprocessor:
+        """Duplicate names would make request dicts ambiguous, so they are rejected up front."""
+        names = [spec.name for spec in self.features]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"duplicate feature names: {duplicates}")
+        return self
+
+    def model_post_init(self, __context: Any) -> None:
+        """Precompute name lookups and column offsets once instead of on every request."""
+        offset = 0
+        for spec in self.features:
+            self._by_name[spec.name] = spec
+            self._offsets[spec.name] = offset
+            offset += spec.n_outputs
+
+    # ------------------------------------------------------------------ fitting
+
+    @classmethod
+    def fit(
+        cls,
+        data: ColumnSource,
+        feature_names: Sequence[str],
+        categorical: Collection[str] = frozenset(),
+        units: Mapping[str, str] | None = None,
+    ) -> Preprocessor:
+        """Fit every feature on ``data``, which must contain the TRAINING rows only.
+
+        Fitting on validation, test or OOD rows would leak their distribution (medians, ranges, even which
+        categories exist) into the model and flatter every evaluation, so callers split first and pass
+        the training split here. Missing values (NaN/None) are ignored when fitting; infinities are an
+        error because no real measurement is infinite.
+        """
+        names = list(feature_names)
+        if len(set(names)) != len(names):
+            raise ValueError("feature_names contains duplicates")
+        stray = sorted(set(categorical) - set(names))
+        if stray:
+            raise ValueError(f"categorical names that are not features: {stray}")
+        units = dict(units or {})
+        specs: list[FeatureSpec] = []
+        for name in names:
+            column = _get_column(data, name)
+            unit = units.get(name, "")
+            if name in categorical:
+                specs.append(_fit_categorical(name, unit, column))
+            else:
+                specs.append(_fit_numeric(name, unit, column))
+        return cls(features=specs)
+
+    # ------------------------------------------------------------------ introspection
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Raw input names, in model order."""
+        return [spec.name for spec in self.features]
+
+    @property
+    def output_names(self) -> list[str]:
+        """Model input column names after one-hot expansion, in column order."""
+        return [name for spec in self.features for name in spec.output_names]
+
+    @property
+    def n_outputs(self) -> int:
+        """Model input width."""
+        return sum(spec.n_outputs for spec in self.features)
+
+    def spec(self, name: str) -> FeatureSpec:
+        """The spec of one feature; unknown names raise :class:`PreprocessingError` naming them."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise PreprocessingError(f"unknown feature {name!r}", field=name) from None
+
+    # ------------------------------------------------------------------ serving path
+
+    def transform(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[list[str]]]:
+        """Transform request rows into a float32 matrix ``(len(rows), n_outputs)``.
+
+        Returns the matrix and, per row, the names of the features that were missing and imputed, in
+        feature order; the server reports those so a caller knows which inputs the answer assumed.
+        """
+        n_rows = len(rows)
+        out = np.zeros((n_rows, self.n_outputs), dtype=np.float64)
+        imputed: list[list[str]] = []
+        for i, row in enumerate(rows):
+            if not isinstance(row, Mapping):
+                raise PreprocessingError(f"row {i} is a {type(row).__name__}, expected a mapping")
+            for key in row:
+                if key not in self._by_name:
+                    raise PreprocessingError(f"unknown feature {key!r}", field=str(key))
+            filled: list[str] = []
+            for spec in self.features:
+                offset = self._offsets[spec.name]
+                value = row.get(spec.name)
+                if spec.kind == "numeric":
+                    number = _numeric_value(value, spec.name)
+                    if number is None:
+                        filled.append(spec.name)
+                        assert isinstance(spec.impute, (int, float))
+                        number = float(spec.impute)
+                    out[i, offset] = number  # raw for now; scaled column-wise below
+                else:
+                    category = _category_value(value, spec.name)
+                    if category is None:
+                        filled.append(spec.name)
+                        assert isinstance(spec.impute, str)
+                        category = spec.impute
+                    assert spec.categories is not None
+                    if category in spec.categories:
+                        out[i, offset + spec.categories.index(category)] = 1.0
+            imputed.append(filled)
+        # Scale whole columns with the same function as transform_frame, so both paths agree bit for bit.
+        for spec in self.features:
+            if spec.kind == "numeric":
+                offset = self._offsets[spec.name]
+                out[:, offset] = spec.scale(out[:, offset])
+        return out.astype(np.float32), imputed
+
+    def implausible(self, row: Mapping[str, Any]) -> list[str]:
+        """Numeric features of a request row that lie outside their plausible range.
+
+        Clipping keeps such values from blowing up the network, but a heart rate of 900 is far more likely
+        a unit or typing error than a patient, so the server surfaces these names as warnings.
+        Non-numeric and missing values are skipped here; :meth:`transform` is what rejects them.
+        """
+        flagged: list[str] = []
+        for spec in self.features:
+            if spec.kind != "numeric":
+                continue
+            try:
+                number = _numeric_value(row.get(spec.name), spec.name)
+            except PreprocessingError:
+                continue
+            if number is not None and not spec.is_plausible(number):
+                flagged.append(spec.name)
+        return flagged
+
+    # ------------------------------------------------------------------ training / evaluation path
+
+    def transform_frame(self, data: ColumnSource) -> np.ndarray:
+        """Vectorised transform of a whole table (DataFrame or dict of columns) to float32.
+
+        Same semantics as :meth:`transform`, except that NaN/None/pd.NA in a column mean "missing" (that
+        is how a CSV represents it). Extra columns (e.g. the target) are ignored, because training frames
+        carry them; a missing feature column is an error, because it is almost always a loader bug.
+        """
+        columns: list[np.ndarray] = []
+        n_rows: int | None = None
+        for spec in self.features:
+            raw = _get_column(data, spec.name)
+            if n_rows is None:
+                n_rows = len(raw)
+            elif len(raw) != n_rows:
+                raise PreprocessingError(
+                    f"column {spec.name!r} has {len(raw)} rows, expected {n_rows}", field=spec.name
+                )
+            if spec.kind == "numeric":
+                values = _numeric_column(raw, spec.name)
+                assert isinstance(spec.impute, (int, float))
+                values = np.where(np.isnan(values), float(spec.impute), values)
+                columns.append(spec.scale(values)[:, None])
+            else:
+                assert spec.categories is not None and isinstance(spec.impute, str)
+                labels = _category_column(raw, spec.name)
+                index = {category: j for j, category in enumerate(spec.categories)}
+                codes = np.fromiter(
+                    (index.get(spec.impute if label is None else label, -1) for label in labels),
+                    dtype=np.int64,
+                    count=len(labels),
+                )
+                block = np.zeros((len(labels), len(spec.categories)), dtype=np.float64)
+                known = codes >= 0
+                block[np.flatnonzero(known), codes[known]] = 1.0
+                columns.append(block)
+        if not columns:
+            return np.zeros((0, 0), dtype=np.float32)
+        return np.concatenate(columns, axis=1).astype(np.float32)
+
+    # ------------------------------------------------------------------ persistence
+
+    def to_dict(self) -> dict[str, Any]:
+        """A JSON-safe dict for the checkpoint manifest (floats are kept at full precision)."""
+        return self.model_dump(mode="json")
+
+    @classmethod
+    def from_dict(cls, payload: Mapping[str, Any]) -> Preprocessor:
+        """Rebuild from :meth:`to_dict` output, validating it so a corrupt manifest fails at load time."""
+        return cls.model_validate(dict(payload))
+
+
+# ---------------------------------------------------------------------- helpers
+
+
+def _get_column(data: ColumnSource, name: str) -> np.ndarray:
+    """Fetch one column as a 1-D numpy array from a DataFrame or mapping, without importing pandas."""
+    try:
+        present = name in data
+    except TypeError:
+        present = False
+    if not present:
+        raise PreprocessingError(f"column {name!r} is missing from the table", field=name)
+    column = data[name]
+    to_numpy = getattr(column, "to_numpy", None)
+    array = np.asarray(to_numpy() if callable(to_numpy) else column)
+    if array.ndim != 1:
+        raise PreprocessingError(f"column {name!r} must be one-dimensional, got shape {array.shape}", name)
+    return array
+
+
+def _is_missing_scalar(value: Any) -> bool:
+    """None, NaN, NaT or pandas' NA. Used only where a table cell means missing (fit / frame paths)."""
+    if value is None:
+        return True
+    if type(value).__name__ in {"NAType", "NaTType"}:
+        return True
+    return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
+
+
+def _numeric_column(raw: np.ndarray, name: str) -> np.ndarray:
+    """A column as float64 with NaN for missing; non-numeric cells and infinities raise."""
+    if raw.dtype.kind in "biuf":
+        values = raw.astype(np.float64)
+    else:
+        values = np.empty(len(raw), dtype=np.float64)
+        for i, cell in enumerate(raw):
+            if _is_missing_scalar(cell):
+                values[i] = np.nan
+            elif isinstance(cell, _NUMBER_TYPES):
+                values[i] = float(cell)
+            else:
+                raise PreprocessingError(f"feature {name!r} is numeric, got {cell!r} in row {i}", field=name)
+    if np.isinf(values).any():
+        row = int(np.flatnonzero(np.isinf(values))[0])
+        raise PreprocessingError(f"feature {name!r} has an infinite value in row {row}", field=name)
+    return values
+
+
+def _category_column(raw: np.ndarray, name: str) -> list[str | None]:
+    """A column as category strings with None for missing."""
+    return [None if _is_missing_scalar(cell) else _category_string(cell, name) for cell in raw]
+
+
+def _category_string(value: Any, name: str) -> str:
+    """Canonical string of a category value, so 3, 3.0 and "3" from different sources agree."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (bool, np.bool_)):
+        return str(bool(value))
+    if isinstance(value, Integral):
+        return str(int(value))
+    if isinstance(value, (Real, np.floating)):
+        number = float(value)
+        if not math.isfinite(number):
+            raise PreprocessingError(f"feature {name!r} is categorical, got {value!r}", field=name)
+        return str(int(number)) if number.is_integer() else repr(number)
+    raise PreprocessingError(f"feature {name!r} is categorical, got a {type(value).__name__}", field=name)
+
+
+def _numeric_value(value: Any, name: str) -> float | None:
+    """A request value for a numeric feature: None means missing; anything not a finite number raises.
+
+    Booleans are accepted as 1/0 because JSON clients naturally send ``true`` for 0/1 indicators.
+    Strings are rejected even when they look numeric: a string here means the client serialised the
+    wrong thing, and guessing would hide that.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, _NUMBER_TYPES):
+        raise PreprocessingError(
+            f"feature {name!r} must be a number or null, got {type(value).__name__} {value!r}", field=name
+        )
+    number = float(value)
+    if math.isnan(number):
+        raise PreprocessingError(f"feature {name!r} is NaN; send null for a missing value", field=name)
+    if math.isinf(number):
+        raise PreprocessingError(f"feature {name!r} is infinite", field=name)
+    return number
+
+
+def _category_value(value: Any, name: str) -> str | None:
+    """A request value for a categorical feature: None means missing; NaN is rejected like for numbers."""
+    if value is None:
+        return None
+    if isinstance(value, (float, np.floating)) and math.isnan(float(value)):
+        raise PreprocessingError(f"feature {name!r} is NaN; send null for a missing value", field=name)
+    return _category_string(value, name)
+
+
+def _fit_numeric(name: str, unit: str, raw: np.ndarray) -> FeatureSpec:
+    """Fit clipping, imputation, scaling and the plausible range of one numeric training column."""
+    values = _numeric_column(raw, name)
+    observed = values[~np.isnan(values)]
+    if observed.size == 0:
+        raise PreprocessingError(f"feature {name!r} has no observed values in the training split", field=name)
+    q1, median, q3 = (float(q) for q in np.percentile(observed, [25.0, 50.0, 75.0]))
+    iqr = q3 - q1
+    lowest, highest = float(observed.min()), float(observed.max())
+    if iqr > 0.0:
+        clip_low, clip_high = q1 - CLIP_IQR_MULTIPLIER * iqr, q3 + CLIP_IQR_MULTIPLIER * iqr
+    else:
+        # A zero IQR (indicators such as diabetes 0/1, or near-constant columns) would make the 8*IQR
+        # bounds collapse onto one value and erase every minority value, so clip to the observed range.
+        clip_low, clip_high = lowest, highest
+    scaled_basis = np.clip(np.where(np.isnan(values), median, values), clip_low, clip_high)
+    return FeatureSpec(
+        name=name,
+        unit=unit,
+        kind="numeric",
+        clip_low=clip_low,
+        clip_high=clip_high,
+        impute=median,
+        min=float(scaled_basis.min()),
+        max=float(scaled_basis.max()),
+        plausible_low=lowest - iqr,
+        plausible_high=highest + iqr,
+    )
+
+
+def _fit_categorical(name: str, unit: str, raw: np.ndarray) -> FeatureSpec:
+    """Fit the sorted category list and the mode of one categorical training column."""
+    labels = [label for label in _category_column(raw, name) if label is not None]
+    if not labels:
+        raise PreprocessingError(f"feature {name!r} has no observed values in the training split", field=name)
+    counts: dict[str, int] = {}
+    for label in labels:
+        counts[label] = counts.get(label, 0) + 1
+    categories = sorted(counts)
+    # Most frequent; ties go to the alphabetically first category so refits are deterministic.
+    mode = min(categories, key=lambda category: (-counts[category], category))
+    return FeatureSpec(name=name, unit=unit, kind="categorical", categories=categories, impute=mode)

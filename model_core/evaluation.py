@@ -1,0 +1,70 @@
+"""Evaluate a checkpoint on its data set's test and OOD splits (``lrbnn evaluate``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from model_core.checkpoint.io import LoadedCheckpoint
+from model_core.checkpoint.manifest import Task
+from model_core.data.dataset import TabularSplits
+from model_core.metrics import classification_report, ood_report, regression_report, selective_risk
+from model_core.predict import Prediction, predict
+
+
+def _np(t: torch.Tensor) -> np.ndarray:
+    return t.detach().cpu().numpy().astype(np.float64)
+
+
+def evaluate_predictions(
+    task: Task, test: Prediction, y_test: np.ndarray, ood: Prediction | None
+) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    if task is Task.REGRESSION:
+        out["test"] = regression_report(_np(test.mean), _np(test.variance), y_test)
+        errors = np.abs(_np(test.mean) - y_test)
+    else:
+        probs = _np(test.mean)
+        out["test"] = classification_report(probs, y_test, _np(test.epistemic))
+        errors = ((probs >= 0.5).astype(np.int64) != y_test).astype(np.float64)
+    out["selective"] = {f"{k:.2f}": v for k, v in selective_risk(errors, _np(test.variance)).items()}
+    if ood is not None and len(ood) > 0:
+        out["ood"] = ood_report(_np(test.ood_score), _np(ood.ood_score))
+    return out
+
+
+def evaluate_checkpoint(
+    ckpt: LoadedCheckpoint, splits: TabularSplits, samples: int | None = None, seed: int = 0
+) -> dict[str, Any]:
+    manifest = ckpt.manifest
+    s = samples or manifest.calibration.default_samples
+    x_test = torch.from_numpy(splits.x_test)
+    test = predict(ckpt.model, x_test, samples=s, seed=seed)
+    ood = (
+        predict(ckpt.model, torch.from_numpy(splits.x_ood), samples=s, seed=seed + 1)
+        if len(splits.y_ood)
+        else None
+    )
+    report = evaluate_predictions(manifest.task, test, splits.y_test, ood)
+    if ood is not None:
+        report["ood"]["flag_rate_in"] = float(
+            (test.ood_score > manifest.calibration.ood_threshold).float().mean()
+        )
+        report["ood"]["flag_rate_out"] = float(
+            (ood.ood_score > manifest.calibration.ood_threshold).float().mean()
+        )
+    report.update(
+        {
+            "model_name": manifest.model_name,
+            "model_version": manifest.model_version,
+            "method": manifest.architecture.method.value,
+            "parameter_count": manifest.parameter_count,
+            "samples": s,
+            "dataset": splits.dataset,
+            "split_sizes": splits.sizes,
+            "ece_binning": "15 equal-width confidence bins",
+        }
+    )
+    return report

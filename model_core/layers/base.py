@@ -1,0 +1,79 @@
+"""What every layer of the library shares: explicit forward modes and the predictive context.
+
+A layer's ``forward`` obeys its :class:`Mode`: ``sample`` draws one weight sample per call (training,
+reparameterised), ``mean`` uses the posterior means. S-sample prediction goes through
+``predictive(x, ctx)`` which maps (N, n) or (S, N, n) inputs to (S, N, m) outputs in one call, with no
+Python loop over samples. ``kl()`` returns a scalar sum; deterministic layers return zero.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+import torch
+from torch import Tensor, nn
+
+from model_core.sampling.noise import NoiseSource
+from model_core.sampling.types import Backend
+
+
+class Mode(str, Enum):
+    SAMPLE = "sample"
+    MEAN = "mean"
+
+
+@dataclass
+class PredictiveContext:
+    """How S predictive samples are drawn: count, noise, backend and whether cached draws are used."""
+
+    samples: int
+    noise: NoiseSource
+    backend: Backend = Backend.AUTO
+
+    @property
+    def use_cache(self) -> bool:
+        return self.backend is Backend.CACHED
+
+
+def softplus_floor(rho: Tensor, floor: float) -> Tensor:
+    """σ = softplus(ρ) + floor: smooth, positive, never exp (which overflows and has no floor)."""
+    return nn.functional.softplus(rho) + floor
+
+
+def inverse_softplus(sigma: float) -> float:
+    """ρ such that softplus(ρ) = sigma."""
+    return float(torch.log(torch.expm1(torch.tensor(float(sigma)))))
+
+
+def expand_samples(x: Tensor, samples: int) -> Tensor:
+    """View a shared (N, d) input as (S, N, d) without copying."""
+    return x.unsqueeze(0).expand(samples, *x.shape) if x.dim() == 2 else x
+
+
+class BayesianModule(nn.Module):
+    """Base class: a mode switch and a KL sum over its Bayesian children."""
+
+    mode: Mode = Mode.SAMPLE
+
+    def set_mode(self, mode: Mode | str) -> BayesianModule:
+        mode = Mode(mode)
+        for mod in self.modules():
+            if isinstance(mod, BayesianModule):
+                mod.mode = mode
+        return self
+
+    def kl(self) -> Tensor:
+        """KL(q ‖ p) summed over every Bayesian parameter below this module."""
+        total = torch.zeros(())
+        for child in self.children():
+            if isinstance(child, BayesianModule):
+                total = total + child.kl()
+        return total
+
+    def predictive(self, x: Tensor, ctx: PredictiveContext) -> Tensor:
+        raise NotImplementedError
+
+    def parameter_count(self) -> int:
+        """Learnable scalars (means and scales both count)."""
+        return sum(p.numel() for p in self.parameters())

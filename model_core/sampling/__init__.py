@@ -1,0 +1,21 @@
+"""The low-rank Monte Carlo sampling op (see :mod:`model_core.sampling.api`)."""
+
+from model_core.sampling.api import BACKENDS, choose_backend, register_backend, sample_lowrank
+from model_core.sampling.cpu import draw_factor_samples
+from model_core.sampling.noise import NoiseError, NoiseSource, make_generator
+from model_core.sampling.types import PER_EXAMPLE_BACKENDS, Backend, FactorPosterior, FactorSamples
+
+__all__ = [
+    "BACKENDS",
+    "PER_EXAMPLE_BACKENDS",
+    "Backend",
+    "FactorPosterior",
+    "FactorSamples",
+    "NoiseError",
+    "NoiseSource",
+    "choose_backend",
+    "draw_factor_samples",
+    "make_generator",
+    "register_backend",
+    "sample_lowrank",
+]

@@ -1,0 +1,96 @@
+"""Where the Monte Carlo noise comes from.
+
+A batch handed to the sampling op may merge rows from several requests (dynamic batching). Each block of
+rows draws its per-example noise from its own generator, in the same order whether it runs alone or
+merged, so a request's answer never depends on what it was batched with. Schemes whose noise is shared
+across rows (one weight draw per sample, e.g. ``factored``) are only valid with a single block.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import Tensor
+
+
+class NoiseError(ValueError):
+    """A sampling scheme asked for noise that this source cannot give reproducibly."""
+
+
+def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torch.Generator:
+    """A generator seeded with ``seed`` (or from the global RNG when ``None``)."""
+    gen = torch.Generator(device=device)
+    if seed is None:
+        gen.seed()
+    else:
+        gen.manual_seed(int(seed))
+    return gen
+
+
+class NoiseSource:
+    """Gaussian noise for S samples over N rows, split into blocks that each own a generator."""
+
+    def __init__(self, generators: Sequence[torch.Generator], block_sizes: Sequence[int]) -> None:
+        if len(generators) != len(block_sizes) or not generators:
+            raise ValueError("need one generator per block and at least one block")
+        if any(b < 0 for b in block_sizes):
+            raise ValueError("block sizes must be non-negative")
+        self.generators = list(generators)
+        self.block_sizes = [int(b) for b in block_sizes]
+
+    @classmethod
+    def from_seed(cls, seed: int | None, rows: int, device: torch.device | str = "cpu") -> NoiseSource:
+        return cls([make_generator(seed, device)], [rows])
+
+    @classmethod
+    def from_seeds(
+        cls, seeds: Sequence[int | None], block_sizes: Sequence[int], device: torch.device | str = "cpu"
+    ) -> NoiseSource:
+        return cls([make_generator(s, device) for s in seeds], block_sizes)
+
+    @property
+    def rows(self) -> int:
+        return sum(self.block_sizes)
+
+    @property
+    def single_block(self) -> bool:
+        return len(self.generators) == 1
+
+    @property
+    def device(self) -> torch.device:
+        return self.generators[0].device
+
+    def per_row(self, samples: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Noise of shape (S, N, width), rows drawn block by block from their own generators."""
+        if self.single_block:
+            return torch.randn(
+                (samples, self.rows, width), generator=self.generators[0], dtype=dtype, device=self.device
+            )
+        parts = [
+            torch.randn((samples, b, width), generator=g, dtype=dtype, device=self.device)
+            for g, b in zip(self.generators, self.block_sizes, strict=True)
+        ]
+        return torch.cat(parts, dim=1)
+
+    def per_row_uniform(self, samples: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Uniform(0, 1) noise of shape (S, N, width) (MC-dropout masks), block by block."""
+        parts = [
+            torch.rand((samples, b, width), generator=g, dtype=dtype, device=self.device)
+            for g, b in zip(self.generators, self.block_sizes, strict=True)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=1)
+
+    def shared(self, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
+        """Noise shared by all rows (one weight draw per sample): only reproducible with one block."""
+        if not self.single_block:
+            raise NoiseError("row-shared noise needs a single-block noise source; use a per-example scheme")
+        return torch.randn(shape, generator=self.generators[0], dtype=dtype, device=self.device)
+
+    def seeds(self, count: int = 1) -> Tensor:
+        """Per-row 63-bit seeds (int64, shape (N, count)) for on-device RNGs such as Triton's Philox."""
+        parts = [
+            torch.randint(0, 2**62, (b, count), generator=g, dtype=torch.int64, device=self.device)
+            for g, b in zip(self.generators, self.block_sizes, strict=True)
+        ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts, dim=0)
