@@ -96,7 +96,10 @@ def summarize(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
     p_bar = probs.mean(0)
     entropy = _entropy(p_bar)
     aleatoric = _entropy(probs).mean(0)
-    epistemic = (entropy - aleatoric).clamp_min(0.0)
+    # MI = mean_s KL(p_s ‖ p̄): equal to H(p̄) − mean_s H(p_s), but exactly 0 when all samples agree
+    # (a deterministic model), where the difference of entropies would leave rounding noise.
+    log_ratio = torch.log(probs.clamp_min(1e-30)) - torch.log(p_bar.clamp_min(1e-30))
+    epistemic = (probs * log_ratio).sum(-1).mean(0).clamp_min(0.0)
     variance = (p_bar * (1 - p_bar)).sum(-1) if lik is Likelihood.CATEGORICAL else p_bar[:, 1] * p_bar[:, 0]
     mean = p_bar[:, 1] if lik is Likelihood.BERNOULLI else p_bar
     return Prediction(mean, variance, epistemic, aleatoric, entropy, epistemic)
@@ -111,7 +114,7 @@ def _chunks(noise: NoiseSource, max_rows: int) -> list[tuple[int, int, NoiseSour
     def flush() -> None:
         nonlocal start, cur_gens, cur_sizes
         if cur_sizes:
-            out.append((start, start + sum(cur_sizes), NoiseSource(cur_gens, cur_sizes)))
+            out.append((start, start + sum(cur_sizes), NoiseSource(cur_gens, cur_sizes, noise.batch_invariant)))
             start += sum(cur_sizes)
             cur_gens, cur_sizes = [], []
 
@@ -120,7 +123,7 @@ def _chunks(noise: NoiseSource, max_rows: int) -> list[tuple[int, int, NoiseSour
             flush()
             for lo in range(0, size, max_rows):
                 n = min(max_rows, size - lo)
-                out.append((pos + lo, pos + lo + n, NoiseSource([gen], [n])))
+                out.append((pos + lo, pos + lo + n, NoiseSource([gen], [n], noise.batch_invariant)))
             start = pos + size
         else:
             if sum(cur_sizes) + size > max_rows:

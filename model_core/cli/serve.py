@@ -1,21 +1,29 @@
-"""``lrbnn serve``: the model server (see the ``service`` package)."""
+"""``lrbnn serve``: the model server (see the ``service`` package, imported lazily)."""
 
 from __future__ import annotations
 
 import argparse
+import os
 
 from model_core.cli.common import fail
 
+DEFAULT_REPOSITORY = "deploy/models"
+
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model-repository", default="deploy/models")
+    p.add_argument(
+        "--model-repository",
+        default=None,
+        help=f"model repository <repo>/<model>/<version>/ (default: $LRBNN_MODEL_REPOSITORY or {DEFAULT_REPOSITORY})",
+    )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
 
 
 def run(args: argparse.Namespace) -> int:
+    repo = args.model_repository or os.environ.get("LRBNN_MODEL_REPOSITORY") or DEFAULT_REPOSITORY
     try:
-        from service.main import serve  # type: ignore[import-not-found]
+        from service.main import serve
     except ImportError as exc:
-        return fail(f"the service is not available: {exc}")
-    return int(serve(args.model_repository, args.host, args.port))
+        return fail(f"the service is not available (install the 'serve' extra): {exc}")
+    return int(serve(repo, args.host, args.port))

@@ -66,7 +66,7 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model_name or (args.task if args.task != "csv" else "csv-model"),
         model_version=args.model_version,
     )
-    manifest = train_checkpoint(splits, opts, args.out, {"task": args.task, **_csv_meta(args)})
+    manifest = train_checkpoint(splits, opts, args.out, {"task": args.task, "command": args.command_line, **_csv_meta(args)})
     print(
         json.dumps(
             {

@@ -42,7 +42,7 @@ __all__ = [
 ]
 
 _PROB_TOL = 1e-6  # float32 softmax can overshoot [0, 1] by a few ulps
-_ROW_SUM_TOL = 1e-3  # loose enough for float16/bfloat16 softmax, tight enough to catch logits
+_ROW_SUM_TOL = 1e-2  # bfloat16 softmax rows can be off by a few 1e-3; unnormalised scores are off by far more
 
 
 class ReliabilityCurve(NamedTuple):

@@ -32,6 +32,18 @@ def register_backend(backend: Backend, fn: SamplerFn) -> None:
     BACKENDS[backend] = fn
 
 
+def register_triton_backend() -> bool:
+    """Register the Triton kernel if Triton imports and CUDA (or ``TRITON_INTERPRET=1``) is there.
+
+    Called lazily (``auto`` on CUDA, or an explicit ``triton`` request); returns whether it is registered.
+    """
+    if Backend.TRITON in BACKENDS:
+        return True
+    from model_core.sampling.triton_kernels import register_triton_backend as _register
+
+    return _register()
+
+
 @dataclass(frozen=True)
 class CpuCostModel:
     """Seconds per unit of work on the CPU, measured by ``lrbnn bench sampling`` on the 2-core dev box.
@@ -59,7 +71,7 @@ def work(
     if backend in (Backend.FACTORED, Backend.CACHED):
         normals = 0 if backend is Backend.CACHED else s * (r * (m + n) + m)
         return normals, s * nr * n * r + s * nr * r * m, s * nr * m
-    if backend is Backend.LRT:
+    if backend in (Backend.LRT, Backend.TRITON):  # triton: the same scheme, noise in registers
         return s * nr * (r + m), 2 * first + 2 * s * nr * r * m, s * nr * (2 * r + 4 * m)
     if backend is Backend.LRT_A:
         return s * nr * r + s * (m * r + m), 2 * first + s * nr * r * m, s * nr * (2 * r + m) + s * m * r
@@ -79,11 +91,11 @@ def choose_backend(
 ) -> Backend:
     """The ``auto`` rule: Triton on CUDA, else the cheapest exact scheme for this shape.
 
-    Only per-example schemes are eligible when the noise source has several blocks (merged requests).
+    Only per-example schemes are eligible when the noise source must be batch invariant (merged requests).
     """
-    if x.is_cuda and Backend.TRITON in BACKENDS:
+    if x.is_cuda and register_triton_backend():
         return Backend.TRITON
-    if noise is not None and not noise.single_block:
+    if noise is not None and noise.batch_invariant:
         return Backend.LRT
     shared_x = x.dim() == 2
     n_rows = int(x.shape[-2])
@@ -120,8 +132,14 @@ def sample_lowrank(
         if samples > cache.samples:
             raise ValueError(f"{samples} samples requested but only {cache.samples} are cached")
         return cpu.apply_factors(x, cache, samples)
+    if torch.compiler.is_compiling():  # torch.compile / export see one opaque op, noise from row seeds
+        from model_core.sampling.custom_op import sample_lowrank_seeded
+
+        return sample_lowrank_seeded(x, post, samples, noise.seeds(), backend.value)
     if backend is Backend.AUTO:
         backend = choose_backend(x, post, samples, noise)
+    if backend is Backend.TRITON:
+        register_triton_backend()
     try:
         fn = BACKENDS[backend]
     except KeyError:

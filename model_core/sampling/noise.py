@@ -31,13 +31,18 @@ def make_generator(seed: int | None, device: torch.device | str = "cpu") -> torc
 class NoiseSource:
     """Gaussian noise for S samples over N rows, split into blocks that each own a generator."""
 
-    def __init__(self, generators: Sequence[torch.Generator], block_sizes: Sequence[int]) -> None:
+    def __init__(
+        self, generators: Sequence[torch.Generator], block_sizes: Sequence[int], batch_invariant: bool = False
+    ) -> None:
         if len(generators) != len(block_sizes) or not generators:
             raise ValueError("need one generator per block and at least one block")
         if any(b < 0 for b in block_sizes):
             raise ValueError("block sizes must be non-negative")
         self.generators = list(generators)
         self.block_sizes = [int(b) for b in block_sizes]
+        #: When set (serving), ``auto`` only picks per-example schemes, so a block's answer is the same
+        #: alone or merged with other blocks; a multi-block source is always batch invariant.
+        self.batch_invariant = batch_invariant or len(self.generators) > 1
 
     @classmethod
     def from_seed(cls, seed: int | None, rows: int, device: torch.device | str = "cpu") -> NoiseSource:
@@ -47,7 +52,7 @@ class NoiseSource:
     def from_seeds(
         cls, seeds: Sequence[int | None], block_sizes: Sequence[int], device: torch.device | str = "cpu"
     ) -> NoiseSource:
-        return cls([make_generator(s, device) for s in seeds], block_sizes)
+        return cls([make_generator(s, device) for s in seeds], block_sizes, batch_invariant=True)
 
     @property
     def rows(self) -> int:

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import shlex
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -139,7 +137,6 @@ def train_checkpoint(
         "best_val_nll": None if math.isinf(result.best_val_nll) else result.best_val_nll,
         "train_seconds": round(result.seconds, 2),
         "split_sizes": splits.sizes,
-        "command": " ".join(shlex.quote(a) for a in ["lrbnn", *sys.argv[1:]]) if sys.argv else "",
         "options": {
             k: (v.value if hasattr(v, "value") else v) for k, v in vars(opts).items() if k != "progress"
         },

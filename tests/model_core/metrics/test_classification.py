@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -28,8 +29,8 @@ from model_core.metrics import (
 #   probability of the true class = [0.9, 0.8, 0.4, 0.3]
 P = np.array([0.9, 0.2, 0.6, 0.3])
 Y = np.array([1, 0, 0, 1])
-# uncertainty: errors are examples 2 (u=0.8) and 3 (u=0.1)
-U = np.array([0.6, 0.5, 0.8, 0.1])
+# uncertainty: errors are examples 2 (u=0.8) and 3 (u=0.3)
+U = np.array([0.1, 0.5, 0.8, 0.3])
 
 
 def test_nll_hand_computed() -> None:
@@ -92,18 +93,33 @@ def test_auprc_hand_computed() -> None:
     assert auprc(P, Y) == pytest.approx(5 / 6)
 
 
+def test_aupr_err_succ_shared_case() -> None:
+    # errors (positive for aupr_err) are examples 2, 3 with u = 0.8, 0.3
+    # aupr_err, u descending: 0.8 (err) 0.5 (ok) 0.3 (err) 0.1 (ok) -> precisions 1, 2/3 -> AP 5/6
+    assert aupr_err(P, Y, U) == pytest.approx(5 / 6)
+    # aupr_succ, u ascending: 0.1 (ok) 0.3 (err) 0.5 (ok) 0.8 (err) -> precisions 1, 2/3 -> AP 5/6
+    # (ranking successes by +u instead would give 0.5 here)
+    assert aupr_succ(P, Y, U) == pytest.approx(5 / 6)
+
+
+# Five-example case where aupr_err and aupr_succ differ.
+#   p = [0.9, 0.8, 0.7, 0.4, 0.2], y = [1, 1, 0, 1, 0] -> predictions [1, 1, 1, 0, 0]
+#   correct = [T, T, F, F, T]; uncertainty u = [0.3, 0.2, 0.6, 0.25, 0.5]
+P5 = np.array([0.9, 0.8, 0.7, 0.4, 0.2])
+Y5 = np.array([1, 1, 0, 1, 0])
+U5 = np.array([0.3, 0.2, 0.6, 0.25, 0.5])
+
+
 def test_aupr_err_hand_computed() -> None:
-    # errors (positive) are examples 2, 3 with u = 0.8, 0.1
-    # ranking by u desc: 0.8 (err) 0.6 (ok) 0.5 (ok) 0.1 (err)
+    # u descending: 0.6 (err) 0.5 (ok) 0.3 (ok) 0.25 (err) 0.2 (ok)
     # precision at errors: 1/1, 2/4 -> AP = (1 + 0.5) / 2 = 0.75
-    assert aupr_err(P, Y, U) == pytest.approx(0.75)
+    assert aupr_err(P5, Y5, U5) == pytest.approx(0.75)
 
 
 def test_aupr_succ_hand_computed() -> None:
-    # successes (positive) are examples 0, 1 with u = 0.6, 0.5; ranked by -u, i.e. u ascending:
-    # 0.1 (err) 0.5 (ok) 0.6 (ok) 0.8 (err)
-    # precision at successes: 1/2, 2/3 -> AP = (1/2 + 2/3) / 2 = 7/12
-    assert aupr_succ(P, Y, U) == pytest.approx(7 / 12)
+    # ranked by -u, i.e. u ascending: 0.2 (ok) 0.25 (err) 0.3 (ok) 0.5 (ok) 0.6 (err)
+    # precision at successes: 1/1, 2/3, 3/4 -> AP = (1 + 2/3 + 3/4) / 3 = 29/36 = 0.8055556
+    assert aupr_succ(P5, Y5, U5) == pytest.approx(29 / 36)
 
 
 def test_ece_hand_computed_default_bins() -> None:
@@ -177,17 +193,22 @@ def test_reliability_curve_bins_are_left_open_right_closed() -> None:
 
 def test_single_class_gives_nan_not_error() -> None:
     labels = np.ones(4, dtype=int)
-    assert math.isnan(auroc(P, labels))
-    assert math.isnan(auprc(P, labels))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # nan quietly, without scikit-learn's UndefinedMetricWarning
+        assert math.isnan(auroc(P, labels))
+        assert math.isnan(auprc(P, labels))
+        assert math.isnan(auroc(np.eye(3)[[0, 0]], np.array([0, 0])))
     # brier is still defined: (0.1^2 + 0.8^2 + 0.4^2 + 0.7^2) / 4 = (0.01 + 0.64 + 0.16 + 0.49) / 4 = 0.325
     assert brier(P, labels) == pytest.approx(0.325)
 
 
 def test_aupr_err_succ_nan_when_no_errors_or_all_errors() -> None:
     right = (P > 0.5).astype(int)  # every prediction correct
-    assert math.isnan(aupr_err(P, right, U))
-    assert math.isnan(aupr_succ(P, right, U))
-    assert math.isnan(aupr_err(P, 1 - right, U))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert math.isnan(aupr_err(P, right, U))
+        assert math.isnan(aupr_succ(P, right, U))
+        assert math.isnan(aupr_err(P, 1 - right, U))
 
 
 def test_multiclass_auroc_auprc_skip_absent_class() -> None:
@@ -212,8 +233,8 @@ def test_classification_report_hand_computed() -> None:
         "accuracy": 0.5,
         "auroc": 0.75,
         "auprc": 5 / 6,
-        "aupr_err": 0.75,
-        "aupr_succ": 7 / 12,
+        "aupr_err": 5 / 6,
+        "aupr_succ": 5 / 6,
     }
     assert set(report) == set(expected)
     for key, value in expected.items():

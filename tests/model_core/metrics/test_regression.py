@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from scipy.special import ndtr
+from scipy.special import ndtr, ndtri
 
 from model_core.metrics import (
     crps_gaussian,
@@ -106,6 +106,15 @@ def test_calibration_error_hand_computed_default_levels() -> None:
     # sum |obs - l|: levels .05-.30: 6/3 - 1.05 = 0.95; levels .35-.65: 3.5 - 7/3 = 1.1666667;
     #                levels .70-.95: 4.95 - 6*2/3 = 0.95 -> total 3.0666667, / 19 = 0.1614035
     assert regression_calibration_error(MU, VAR, Y) == pytest.approx(0.1614035, abs=1e-6)
+
+
+def test_calibration_error_agrees_with_picp_including_interval_endpoints() -> None:
+    # target 0 sits exactly on the upper end of the central 50% interval of N(0, 1) (z = ndtri(0.75));
+    # picp counts endpoints as covered, and so must the calibration error: coverage 1/2 at level 0.5 -> 0
+    edge = float(ndtri(0.75))
+    mu, var, y = np.array([0.0, 0.0]), np.ones(2), np.array([edge, 10.0])
+    assert picp(mu, var, y, level=0.5) == 0.5
+    assert regression_calibration_error(mu, var, y, levels=[0.5]) == 0.0
 
 
 def test_huge_variance_covers_everything_and_tiny_variance_nothing() -> None:

@@ -16,7 +16,6 @@ UNC = np.array([0.9, 0.1, 0.8, 0.2, 0.3, 0.7, 0.4, 0.5, 0.6, 0.95])
 def test_selective_risk_hand_computed() -> None:
     # kept k = ceil(r * 10): 1.0 -> 10, 0.95 -> 10, 0.9 -> 9, 0.85 -> 9, 0.8 -> 8, 0.75 -> 8, 0.7 -> 7
     # errors among kept: 4/10, 4/10, 3/9, 3/9, 2/8, 2/8, 1/7
-    # (0.7 * 10 is 7.000000000000001 in floating point: it must still keep 7, not 8)
     risks = selective_risk(ERRORS, UNC)
     expected = {1.0: 0.4, 0.95: 0.4, 0.9: 1 / 3, 0.85: 1 / 3, 0.8: 0.25, 0.75: 0.25, 0.7: 1 / 7}
     assert list(risks) == list(expected)
@@ -24,10 +23,18 @@ def test_selective_risk_hand_computed() -> None:
         assert risks[r] == pytest.approx(value), r
 
 
+def test_selective_risk_float_noise_does_not_keep_an_extra_example() -> None:
+    # 0.55 * 100 is 55.00000000000001 in floating point; ceil must still give 55, not 56.
+    # Sorted errors are 55 zeros then 45 ones: keeping 55 -> risk 0 (56 would give 1/56).
+    errors = np.array([0.0] * 55 + [1.0] * 45)
+    unc = np.arange(100, dtype=float)
+    assert selective_risk(errors, unc, retentions=(0.55,))[0.55] == 0.0
+
+
 def test_selective_risk_ties_broken_by_index() -> None:
-    # all uncertainties equal: the stable sort keeps the original order [1, 0, 0, 1]
+    # all uncertainties equal: the stable sort keeps the original order [1, 0, 0, 0]
     # r=0.25 -> k=1 -> [1] -> 1.0; r=0.5 -> [1, 0] -> 0.5; r=0.75 -> [1, 0, 0] -> 1/3
-    errors = np.array([1.0, 0.0, 0.0, 1.0])
+    errors = np.array([1.0, 0.0, 0.0, 0.0])
     risks = selective_risk(errors, np.full(4, 0.5), retentions=(0.25, 0.5, 0.75))
     assert risks == pytest.approx({0.25: 1.0, 0.5: 0.5, 0.75: 1 / 3})
 

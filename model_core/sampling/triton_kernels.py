@@ -1,0 +1,272 @@
+"""The ``triton`` backend: two-stage LRT fused into one Triton kernel, Philox noise drawn in registers.
+
+Stage 1 (μ_h = x μ_B, v_h = x² σ_B²) is two small matmuls done once for all samples (once per sample
+when x is (S, N, n)). The kernel then takes a tile of BLOCK_P (sample, row) pairs × BLOCK_M output
+columns and, in registers,
+
+* draws h_s = μ_h + √v_h ⊙ ε₁ (r padded to a power of two >= 16, padded lanes masked to zero),
+* computes the mean h μ_Aᵀ + μ_b and the variance h² σ_A²ᵀ + σ_b² with two ``tl.dot`` (fp32 accumulation),
+* draws ε₂ and writes y = mean + √var ⊙ ε₂.
+
+No noise tensor ever exists in global memory: the only writes are the S×N×m outputs.
+
+Noise addressing (what makes the kernel batch-invariant): every normal is a function of (row seed, sample
+index, stage, column) only, never of the row's position in the batch or of the tile shape. The row seed
+(from :meth:`NoiseSource.seeds`) is the 64-bit Philox key; the 64-bit counter is ``(s << 32) | q`` with
+``q = k // 4`` for stage 1 (latent k) and ``q = 2**31 + j // 4`` for stage 2 (column j). One Philox call
+gives four normals (``tl.randn4x``, two Box–Muller pairs), used for four consecutive columns, so each
+normal costs a quarter of a Philox block. Column tiles recompute the same stage-1 noise, so every column
+sees the same h_s.
+
+Triton is optional: this module imports without it, and :func:`register_triton_backend` only registers
+the backend when Triton imports and can run (CUDA, or the CPU interpreter with ``TRITON_INTERPRET=1``).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from model_core.sampling.noise import NoiseSource
+from model_core.sampling.types import FactorPosterior
+
+try:  # Triton is an optional dependency (the ``gpu`` extra)
+    import triton
+    import triton.language as tl
+
+    HAVE_TRITON = True
+except ImportError:  # pragma: no cover - exercised only where Triton is absent
+    triton = None
+    tl = None
+    HAVE_TRITON = False
+
+#: Offset of the stage-2 counters: stage 1 uses quads [0, ceil(r/4)), stage 2 [2**31, 2**31 + ceil(m/4)).
+STAGE2_COUNTER = 2**31
+#: Philox rounds (10 = the Random123 default, the same as ``tl.randn``).
+PHILOX_ROUNDS = 10
+#: Tile used under the interpreter (autotuning there would only waste CPU time). Each program instance
+#: costs the interpreter a roughly fixed overhead, so the row tile is tall; BLOCK_M stays small so that
+#: test shapes span several column tiles.
+INTERPRET_CONFIG = {"BLOCK_P": 256, "BLOCK_M": 32}
+#: ``tl.dot`` input precision on CUDA: "ieee" keeps full fp32 products (default), "tf32" uses tensor cores.
+PRECISION_ENV = "LRBNN_TRITON_PRECISION"
+
+
+def interpreter_enabled() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "0") == "1"
+
+
+def triton_runnable() -> bool:
+    """Triton imports and has somewhere to run: a CUDA device or the CPU interpreter."""
+    return HAVE_TRITON and (torch.cuda.is_available() or interpreter_enabled())
+
+
+def padded_rank(r: int) -> int:
+    """r rounded up to a power of two, at least 16 (the smallest ``tl.dot`` inner dimension)."""
+    return max(16, 1 << max(0, r - 1).bit_length())
+
+
+if HAVE_TRITON:
+
+    def _lrt_kernel(
+        mu_h_ptr,  # (S or 1, N, R) fp32: stage-1 means
+        std_h_ptr,  # same layout: stage-1 standard deviations √v_h
+        mu_a_ptr,  # (M, R) fp32 contiguous
+        var_a_ptr,  # (M, R) fp32 contiguous: σ_A²
+        bias_mu_ptr,  # (M,) fp32 (unused without bias)
+        bias_var_ptr,  # (M,) fp32: σ_b² (unused without a bias sigma)
+        seeds_ptr,  # (N,) int64 row seeds
+        out_ptr,  # (S, N, M) fp32 contiguous
+        total_p,  # S * N
+        n_rows,  # N
+        M,
+        R,
+        stride_hs,  # sample stride of mu_h / std_h (0 when x is shared by the samples)
+        stride_hn,  # row stride of mu_h / std_h
+        p_bucket,  # autotune key only: next power of two of S * N
+        HAS_BIAS: tl.constexpr,
+        HAS_BIAS_SIGMA: tl.constexpr,
+        R_PAD: tl.constexpr,
+        PRECISION: tl.constexpr,
+        N_ROUNDS: tl.constexpr,
+        BLOCK_P: tl.constexpr,
+        BLOCK_M: tl.constexpr,
+    ):
+        pid_p = tl.program_id(0)
+        pid_m = tl.program_id(1)
+        p = pid_p * BLOCK_P + tl.arange(0, BLOCK_P)
+        p_mask = p < total_p
+        s = (p // n_rows).to(tl.int64)
+        i = p % n_rows
+        seed = tl.load(seeds_ptr + i, mask=p_mask, other=0)[:, None]
+        counter_base = (s << 32)[:, None]
+
+        # stage 1: h = mu_h + std_h * eps1 for this tile's (sample, row) pairs, all R latents
+        k = tl.arange(0, R_PAD)
+        k_mask = k < R
+        h_off = s[:, None] * stride_hs + i[:, None].to(tl.int64) * stride_hn + k[None, :]
+        h_mask = p_mask[:, None] & k_mask[None, :]
+        mu_h = tl.load(mu_h_ptr + h_off, mask=h_mask, other=0.0).to(tl.float32)
+        std_h = tl.load(std_h_ptr + h_off, mask=h_mask, other=0.0).to(tl.float32)
+        kq = tl.arange(0, R_PAD // 4)
+        e1, e2, e3, e4 = tl.randn4x(seed, counter_base + kq[None, :], N_ROUNDS)
+        eps1 = tl.interleave(tl.interleave(e1, e2), tl.interleave(e3, e4))  # column 4q+l <- quad q
+        h = mu_h + std_h * eps1
+
+        # stage 2: y = h mu_A^T + mu_b + sqrt(h^2 var_A^T + var_b) * eps2 for BLOCK_M columns
+        j = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        j_mask = j < M
+        a_off = j[None, :].to(tl.int64) * R + k[:, None]
+        a_mask = k_mask[:, None] & j_mask[None, :]
+        mu_at = tl.load(mu_a_ptr + a_off, mask=a_mask, other=0.0).to(tl.float32)
+        var_at = tl.load(var_a_ptr + a_off, mask=a_mask, other=0.0).to(tl.float32)
+        mean = tl.dot(h, mu_at, input_precision=PRECISION)
+        var = tl.dot(h * h, var_at, input_precision=PRECISION)
+        if HAS_BIAS:
+            mean += tl.load(bias_mu_ptr + j, mask=j_mask, other=0.0).to(tl.float32)[None, :]
+        if HAS_BIAS_SIGMA:
+            var += tl.load(bias_var_ptr + j, mask=j_mask, other=0.0).to(tl.float32)[None, :]
+        jq = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
+        f1, f2, f3, f4 = tl.randn4x(seed, (counter_base + STAGE2_COUNTER) + jq[None, :], N_ROUNDS)
+        eps2 = tl.interleave(tl.interleave(f1, f2), tl.interleave(f3, f4))
+        y = mean + tl.sqrt(tl.maximum(var, 0.0)) * eps2
+        out_off = p[:, None].to(tl.int64) * M + j[None, :]
+        tl.store(out_ptr + out_off, y, mask=p_mask[:, None] & j_mask[None, :])
+
+
+_KERNELS: dict[bool, Any] = {}
+
+
+def _cuda_configs() -> list[Any]:
+    configs = []
+    for block_p in (32, 64, 128):
+        for block_m in (64, 128, 256):
+            for warps in (4, 8):
+                if block_p * block_m > 128 * 128 and warps == 4:
+                    continue
+                configs.append(triton.Config({"BLOCK_P": block_p, "BLOCK_M": block_m}, num_warps=warps))
+    return configs
+
+
+def get_kernel(interpret: bool | None = None) -> Any:
+    """The jitted kernel: autotuned on CUDA, a plain jit (fixed tile) under the interpreter.
+
+    Built on first use so that ``TRITON_INTERPRET`` is read when the kernel is needed, not at import.
+    """
+    if not HAVE_TRITON:
+        raise RuntimeError("Triton is not installed")
+    mode = interpreter_enabled() if interpret is None else interpret
+    if mode not in _KERNELS:
+        jitted = triton.jit(_lrt_kernel)
+        if mode:
+            _KERNELS[mode] = jitted
+        else:
+            _KERNELS[mode] = triton.autotune(configs=_cuda_configs(), key=["M", "R", "p_bucket"])(jitted)
+    return _KERNELS[mode]
+
+
+def _precision(interpret: bool) -> str:
+    if interpret:
+        return "ieee"
+    value = os.environ.get(PRECISION_ENV, "ieee")
+    if value not in ("ieee", "tf32", "tf32x3"):
+        raise ValueError(f"{PRECISION_ENV} must be ieee, tf32 or tf32x3, got {value!r}")
+    return value
+
+
+def lrt_triton_from_seeds(x: Tensor, post: FactorPosterior, samples: int, row_seeds: Tensor) -> Tensor:
+    """Two-stage LRT outputs (S, N, m) with the noise of row i derived from ``row_seeds[i]`` only.
+
+    ``x`` is (N, n) or (S, N, n); ``row_seeds`` is (N,) or (N, 1) int64. Computes in fp32 and returns
+    ``x.dtype``.
+    """
+    if not HAVE_TRITON:
+        raise RuntimeError("Triton is not installed")
+    interpret = interpreter_enabled()
+    if not x.is_cuda and not interpret:
+        raise RuntimeError("the triton backend needs a CUDA tensor (or TRITON_INTERPRET=1 on the CPU)")
+    device = x.device
+    m, r = post.out_features, post.rank
+    n_rows = int(x.shape[-2])
+    seeds = row_seeds.reshape(-1).to(device=device, dtype=torch.int64).contiguous()
+    if seeds.numel() != n_rows:
+        raise ValueError(f"need one seed per row: {seeds.numel()} seeds for {n_rows} rows")
+    f32 = torch.float32
+    xf = x.to(f32)
+    mu_b = post.mu_b.to(device=device, dtype=f32)
+    sigma_b = post.sigma_b.to(device=device, dtype=f32)
+    # stage 1, once for all samples (per sample when x is (S, N, n)): tiny matmuls, no noise
+    mu_h = torch.matmul(xf, mu_b).contiguous()
+    std_h = torch.matmul(xf * xf, sigma_b * sigma_b).sqrt_().contiguous()
+    stride_hs = 0 if x.dim() == 2 else n_rows * r
+    mu_a = post.mu_a.to(device=device, dtype=f32).contiguous()
+    var_a = post.sigma_a.to(device=device, dtype=f32).square().contiguous()
+    has_bias = post.bias_mu is not None
+    has_bias_sigma = has_bias and post.bias_sigma is not None
+    bias_mu = post.bias_mu.to(device=device, dtype=f32).contiguous() if post.bias_mu is not None else mu_a
+    if post.bias_mu is not None and post.bias_sigma is not None:
+        bias_var = post.bias_sigma.to(device=device, dtype=f32).square().contiguous()
+    else:
+        bias_var = mu_a
+    out = torch.empty((samples, n_rows, m), dtype=f32, device=device)
+    total_p = samples * n_rows
+    if total_p == 0 or m == 0:
+        return out.to(x.dtype)
+    kernel = get_kernel(interpret)
+    r_pad = padded_rank(r)
+    p_bucket = 1 << max(0, total_p - 1).bit_length()
+    args = (mu_h, std_h, mu_a, var_a, bias_mu, bias_var, seeds, out, total_p, n_rows, m, r, stride_hs, r, p_bucket)
+    consts: dict[str, Any] = {
+        "HAS_BIAS": has_bias,
+        "HAS_BIAS_SIGMA": has_bias_sigma,
+        "R_PAD": r_pad,
+        "PRECISION": _precision(interpret),
+        "N_ROUNDS": PHILOX_ROUNDS,
+    }
+    if interpret:
+        block_p, block_m = INTERPRET_CONFIG["BLOCK_P"], INTERPRET_CONFIG["BLOCK_M"]
+        grid = (triton.cdiv(total_p, block_p), triton.cdiv(m, block_m))
+        kernel[grid](*args, **consts, BLOCK_P=block_p, BLOCK_M=block_m)
+    else:
+
+        def grid(meta: dict[str, Any]) -> tuple[int, int]:
+            return (triton.cdiv(total_p, meta["BLOCK_P"]), triton.cdiv(m, meta["BLOCK_M"]))
+
+        kernel[grid](*args, **consts)
+    return out if x.dtype == f32 else out.to(x.dtype)
+
+
+def lrt_triton(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> Tensor:
+    """The ``triton`` backend (a :data:`~model_core.sampling.api.SamplerFn`): one seed per row."""
+    seeds = noise.seeds(1)
+    return lrt_triton_from_seeds(x, post, samples, seeds)
+
+
+def register_triton_backend() -> bool:
+    """Register ``Backend.TRITON`` if Triton imports and CUDA (or ``TRITON_INTERPRET=1``) is there.
+
+    Returns whether the backend is registered. Safe to call any number of times.
+    """
+    from model_core.sampling.api import BACKENDS, register_backend
+    from model_core.sampling.types import Backend
+
+    if Backend.TRITON in BACKENDS:
+        return True
+    if not triton_runnable():
+        return False
+    register_backend(Backend.TRITON, lrt_triton)
+    return True
+
+
+__all__ = [
+    "HAVE_TRITON",
+    "get_kernel",
+    "lrt_triton",
+    "lrt_triton_from_seeds",
+    "padded_rank",
+    "register_triton_backend",
+    "triton_runnable",
+]

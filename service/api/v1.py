@@ -1,0 +1,175 @@
+"""V1: named features in, per-instance predictive summaries out; model listing and hot reload."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from model_core.checkpoint import Task
+from service.api.body import parse_json, validate
+from service.api.deps import app_state, disconnect_waiter
+from service.api.schemas import (
+    ErrorResponse,
+    FeatureInfo,
+    ModelInfo,
+    ModelsResponse,
+    PredictRequest,
+    PredictResponse,
+    ReloadRequest,
+    ReloadResponse,
+)
+from service.errors import Forbidden
+from service.inference import InferenceResult
+from service.repository import ServedModel
+from service.state import AppState, Endpoint
+
+router = APIRouter(tags=["v1"])
+
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 503, 504)
+}
+
+
+def json_response(payload: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
+
+
+def _predictions(result: InferenceResult) -> list[dict[str, Any]]:
+    out = result.outputs
+    regression = result.served.manifest.task is Task.REGRESSION
+    cols = {k: v.tolist() for k, v in out.items()}
+    ood = result.ood.tolist()
+    preds = []
+    for i in range(len(ood)):
+        p: dict[str, Any] = {
+            "mean": cols["mean"][i],
+            "variance": cols["variance"][i],
+            "epistemic": cols["epistemic"][i],
+            "aleatoric": cols["aleatoric"][i],
+            "ood_score": cols["ood_score"][i],
+            "ood": ood[i],
+            "imputed": result.imputed[i],
+            "flagged": result.flagged[i],
+        }
+        if regression and "interval_low" in cols:
+            p["interval"] = [cols["interval_low"][i], cols["interval_high"][i]]
+        preds.append(p)
+    return preds
+
+
+@router.post(
+    "/v1/models/{name}:predict",
+    response_model=PredictResponse,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/PredictRequest"}}},
+        }
+    },
+    summary="Predict with uncertainty (named features)",
+)
+async def predict(name: str, request: Request) -> Response:
+    state = app_state(request)
+    async with state.track(request, name, Endpoint.V1_PREDICT) as served:
+        body = validate(PredictRequest, parse_json(await request.body()))
+        request.state.instances = len(body.instances)
+        result = await state.inference.predict(
+            served,
+            body.instances,
+            body.parameters.samples,
+            body.parameters.seed,
+            disconnect_waiter(request),
+        )
+        return json_response(
+            {
+                "model_name": served.name,
+                "model_version": served.version,
+                "samples": result.samples,
+                "predictions": _predictions(result),
+            }
+        )
+
+
+def model_info(served: ServedModel, versions: list[str]) -> ModelInfo:
+    m = served.manifest
+    features = []
+    for spec in served.preprocessor.features:
+        features.append(
+            FeatureInfo(
+                name=spec.name,
+                unit=spec.unit,
+                kind=spec.kind,
+                categories=spec.categories,
+                plausible_low=spec.plausible_low,
+                plausible_high=spec.plausible_high,
+                imputed_with=spec.impute,
+            )
+        )
+    return ModelInfo(
+        name=served.name,
+        version=served.version,
+        versions=versions,
+        task=m.task.value,
+        method=m.architecture.method.value,
+        rank=m.architecture.rank,
+        parameter_count=m.parameter_count,
+        sampling_mode=served.sampling_mode.value,
+        default_samples=served.default_samples,
+        ood_score=m.calibration.ood_score.value,
+        ood_threshold=m.calibration.ood_threshold,
+        sha256=m.sha256,
+        device=served.runtime.device,
+        output=m.output_schema.model_dump(exclude_none=True),
+        features=features,
+    )
+
+
+@router.get("/v1/models", response_model=ModelsResponse, responses=ERRORS, summary="Models and input schemas")
+async def list_models(request: Request) -> Response:
+    state = app_state(request)
+    state.authorize(request)
+    versions = state.repository.discover()
+    infos = [model_info(s, versions.get(s.name, [s.version])) for s in state.repository.models()]
+    payload = ModelsResponse(models=infos, failed=dict(state.repository.errors))
+    return json_response(payload.model_dump(mode="json"))
+
+
+@router.post(
+    "/v1/models/{name}/reload",
+    response_model=ReloadResponse,
+    responses={**ERRORS, 409: {"model": ErrorResponse}},
+    summary="Hot reload (admin token): validate the new version fully, keep the old one on failure",
+)
+async def reload(name: str, request: Request) -> Response:
+    state = app_state(request)
+    admin = state.admin_tokens
+    if not admin.enabled:
+        raise Forbidden("reload is disabled (no LRBNN_ADMIN_TOKEN configured)")
+    admin.check(request.headers.get("authorization"), "reload")
+    raw = await request.body()
+    body = validate(ReloadRequest, parse_json(raw)) if raw.strip() else ReloadRequest()
+    previous = _current_version(state, name)
+    served = await asyncio.to_thread(state.repository.reload, name, body.version)
+    state.inference.attach(served)
+    return json_response(
+        ReloadResponse(
+            model_name=served.name,
+            model_version=served.version,
+            previous_version=previous,
+            sha256=served.manifest.sha256,
+        ).model_dump(mode="json")
+    )
+
+
+def _current_version(state: AppState, name: str) -> str | None:
+    return next((m.version for m in state.repository.models() if m.name == name), None)
+
+
+def as_float_list(values: np.ndarray) -> list[float]:
+    return [float(v) for v in values.ravel()]

@@ -1,0 +1,102 @@
+"""``create_app(settings)``: routers, middleware and a lifespan that loads and warms every model.
+
+``/readyz`` turns 200 only after the lifespan has loaded and warmed up each model; loading runs in a
+worker thread so ``/livez`` answers during a slow start.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+
+from service.api import errors, health, v1, v2
+from service.api.schemas import PredictRequest
+from service.inference import InferenceService
+from service.logs import AccessLogMiddleware, configure_logging
+from service.monitoring.metrics import Metrics
+from service.repository import ModelRepository
+from service.security import BodyLimitMiddleware, TokenSet
+from service.settings import Settings
+from service.state import AppState
+
+log = logging.getLogger("lrbnn.service")
+
+
+def build_state(settings: Settings) -> AppState:
+    metrics = Metrics()
+    admin = settings.admin()
+    return AppState(
+        settings=settings,
+        repository=ModelRepository(settings),
+        metrics=metrics,
+        inference=InferenceService(settings, metrics),
+        tokens=TokenSet(settings.tokens()),
+        admin_tokens=TokenSet([admin] if admin else []),
+    )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    state: AppState = app.state.lrbnn
+    await asyncio.to_thread(state.repository.load_all)
+    for served in state.repository.models():
+        state.inference.attach(served)
+    state.loaded = True
+    log.info(
+        "ready" if state.repository.ready else "started with failed models",
+        extra={"models": {m.name: m.version for m in state.repository.models()},
+               "failed": list(state.repository.errors)},
+    )
+    try:
+        yield
+    finally:
+        state.draining = True
+        await state.inference.stop()
+
+
+def _openapi_with_request_models(app: FastAPI) -> dict[str, Any]:
+    """FastAPI's schema plus the hand-parsed request bodies (parsed from raw bytes, see ``api/body``)."""
+    if app.openapi_schema:
+        return app.openapi_schema
+    from fastapi.openapi.utils import get_openapi
+
+    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    body = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
+    components.update(body.pop("$defs", {}))
+    components["PredictRequest"] = body
+    app.openapi_schema = schema
+    return schema
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or Settings()
+    configure_logging(settings.log_level)
+    app = FastAPI(
+        title="lrbnn model server",
+        version="0.1.0",
+        description="Low-rank Bayesian neural networks served with calibrated uncertainty and OOD flags.",
+        lifespan=lifespan,
+    )
+    app.state.lrbnn = build_state(settings)
+    errors.install(app)
+    for router in (health.router, v1.router, v2.router):
+        app.include_router(router)
+    # added last = outermost: the body limit sees bytes first, the access log sees every answer
+    if settings.cors_origin_list:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origin_list,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
+        )
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(AccessLogMiddleware)
+    app.openapi = lambda: _openapi_with_request_models(app)  # type: ignore[method-assign]
+    return app

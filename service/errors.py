@@ -1,0 +1,92 @@
+"""Every error the service answers deliberately, each with its HTTP status and a metric reason.
+
+One place decides the status of each failure (``api/errors.py`` only renders these), so a client input
+can never surface as a 500: anything a client sends that we refuse is one of these classes.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+
+
+class Reason(str, Enum):
+    """Values of the ``reason`` label of ``lrbnn_requests_rejected_total`` (a closed set)."""
+
+    INVALID = "invalid"
+    TOO_LARGE = "too_large"
+    UNAUTHORIZED = "unauthorized"
+    FORBIDDEN = "forbidden"
+    QUEUE_FULL = "queue_full"
+    TIMEOUT = "timeout"
+    DRAINING = "draining"
+    NOT_READY = "not_ready"
+
+
+class ServiceError(Exception):
+    """Base: ``status`` for the answer, ``reason`` for the rejection metric, ``field`` when known."""
+
+    status = 500
+    reason: Reason | None = None
+
+    def __init__(self, message: str, field: str | None = None, retry_after_s: float | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.field = field
+        self.retry_after_s = retry_after_s
+
+
+class InvalidInput(ServiceError):
+    status = 422
+    reason = Reason.INVALID
+
+
+class BadRequest(ServiceError):
+    """Malformed request (not JSON, wrong tensor shape/datatype): 400."""
+
+    status = 400
+    reason = Reason.INVALID
+
+
+class PayloadTooLarge(ServiceError):
+    status = 413
+    reason = Reason.TOO_LARGE
+
+
+class Unauthorized(ServiceError):
+    status = 401
+    reason = Reason.UNAUTHORIZED
+
+
+class Forbidden(ServiceError):
+    status = 403
+    reason = Reason.FORBIDDEN
+
+
+class ModelNotFound(ServiceError):
+    status = 404
+
+
+class QueueFull(ServiceError):
+    status = 429
+    reason = Reason.QUEUE_FULL
+
+
+class Draining(ServiceError):
+    status = 503
+    reason = Reason.DRAINING
+
+
+class ModelNotReady(ServiceError):
+    status = 503
+    reason = Reason.NOT_READY
+
+
+class InferenceTimeout(ServiceError):
+    status = 504
+    reason = Reason.TIMEOUT
+
+
+class ReloadFailed(ServiceError):
+    """The new version did not validate; the old one keeps serving (409: the repository is at fault)."""
+
+    status = 409

@@ -1,0 +1,147 @@
+"""The request path shared by V1 and V2: validate -> preprocess -> batch -> record -> outputs.
+
+``samples`` and ``seed`` are resolved here, once; the protocol modules only translate their wire formats
+into :meth:`InferenceService.predict` calls and its :class:`InferenceResult` back into answers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from model_core.data.preprocessing import PreprocessingError
+from service.batching import ModelBatcher
+from service.errors import InvalidInput, PayloadTooLarge
+from service.monitoring.drift import DriftMonitor
+from service.monitoring.metrics import DRIFT_STATISTICS, Metrics
+from service.repository import ServedModel
+from service.runtime.base import Outputs
+from service.settings import Settings
+
+log = logging.getLogger("lrbnn.service.inference")
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class InferenceResult:
+    served: ServedModel
+    samples: int
+    outputs: Outputs
+    ood: np.ndarray
+    imputed: list[list[str]]
+    flagged: list[list[str]]
+
+
+class InferenceService:
+    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+        self.settings = settings
+        self.metrics = metrics
+        self.batchers: dict[str, ModelBatcher] = {}
+        self.drift: dict[str, DriftMonitor] = {}
+
+    def attach(self, served: ServedModel) -> None:
+        """Start serving ``served`` (first load or reload): series, drift window, batcher."""
+        arch = served.manifest.architecture
+        self.metrics.register_model(
+            served.name,
+            served.version,
+            served.manifest.sha256,
+            arch.method.value,
+            "" if arch.rank is None else str(arch.rank),
+            served.runtime.device,
+        )
+        ref = served.manifest.drift_reference.quantiles
+        self.drift[served.name] = DriftMonitor(ref, self.settings.drift_window, served.ood_threshold)
+        if served.name not in self.batchers:
+            batcher = ModelBatcher(
+                served.name,
+                self.metrics,
+                self.settings.max_batch_size,
+                self.settings.max_batch_delay_ms / 1000.0,
+                self.settings.max_queue,
+            )
+            batcher.start()
+            self.batchers[served.name] = batcher
+
+    async def stop(self) -> None:
+        for batcher in self.batchers.values():
+            await batcher.stop()
+
+    # -- validation ----------------------------------------------------------------------------
+    def resolve_samples(self, served: ServedModel, samples: int | None) -> int:
+        if samples is None:
+            return served.default_samples
+        if not 1 <= samples <= self.settings.max_samples:
+            raise InvalidInput(
+                f"parameters.samples must be between 1 and {self.settings.max_samples}, got {samples}",
+                field="parameters.samples",
+            )
+        return samples
+
+    @staticmethod
+    def check_seed(seed: int | None) -> int | None:
+        if seed is not None and not 0 <= seed <= MAX_SEED:
+            raise InvalidInput(f"parameters.seed must be between 0 and 2**63-1, got {seed}", field="parameters.seed")
+        return seed
+
+    def check_count(self, count: int, field: str = "instances") -> None:
+        if count < 1:
+            raise InvalidInput(f"{field} must hold at least one instance", field=field)
+        if count > self.settings.max_instances:
+            raise PayloadTooLarge(
+                f"{field} holds {count} instances; at most {self.settings.max_instances} per request",
+                field=field,
+            )
+
+    @staticmethod
+    def preprocess(served: ServedModel, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[list[str]]]:
+        try:
+            return served.preprocessor.transform(rows)
+        except PreprocessingError as exc:
+            field = f"instances.{exc.field}" if exc.field else "instances"
+            raise InvalidInput(str(exc), field=field) from None
+
+    # -- the path ------------------------------------------------------------------------------
+    async def predict(
+        self,
+        served: ServedModel,
+        rows: Sequence[Mapping[str, Any]],
+        samples: int | None,
+        seed: int | None,
+        disconnected: Callable[[], Awaitable[object]] | None = None,
+    ) -> InferenceResult:
+        self.check_count(len(rows))
+        s = self.resolve_samples(served, samples)
+        self.check_seed(seed)
+        x, imputed = self.preprocess(served, rows)
+        flagged = [served.preprocessor.implausible(row) for row in rows]
+        outputs = await self.batchers[served.name].submit(
+            served, x, s, seed, self.settings.request_timeout_s, disconnected
+        )
+        ood = outputs["ood_score"] > served.ood_threshold
+        self.record(served, outputs, ood)
+        return InferenceResult(served, s, outputs, ood, imputed, flagged)
+
+    def record(self, served: ServedModel, outputs: Outputs, ood: np.ndarray) -> None:
+        """Uncertainty histograms, counters and the drift window: O(batch), never O(window)."""
+        m, name = self.metrics, served.name
+        n = int(ood.shape[0])
+        m.predictions.labels(name).inc(n)
+        m.ood_predictions.labels(name).inc(int(ood.sum()))
+        for hist, key in (
+            (m.predictive_variance, "variance"),
+            (m.epistemic, "epistemic"),
+            (m.ood_score, "ood_score"),
+        ):
+            child = hist.labels(name)
+            for v in np.asarray(outputs[key], dtype=np.float64).reshape(n, -1).sum(axis=1).tolist():
+                child.observe(v)
+        stats = self.drift[name].update(outputs["ood_score"])
+        m.ood_rate.labels(name).set(stats.ood_rate)
+        for stat in DRIFT_STATISTICS:
+            m.drift.labels(name, stat).set(getattr(stats, stat))

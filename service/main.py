@@ -1,0 +1,73 @@
+"""``serve(repo, host, port) -> int``: uvicorn with a graceful drain, exiting 0 on SIGTERM.
+
+On the first SIGTERM/SIGINT the server drains: ``/readyz`` turns 503, new model requests get 503 with
+``Retry-After``, in-flight ones finish (at most ``LRBNN_DRAIN_TIMEOUT_S``), then uvicorn shuts down.
+uvicorn would re-raise the captured signal after its shutdown (turning a clean drain into exit status
+143); :class:`DrainingServer` does not record the signal, so ``serve`` returns 0. A second signal exits
+at once.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import time
+from pathlib import Path
+from types import FrameType
+
+import uvicorn
+
+from service.app import create_app
+from service.settings import Settings
+from service.state import AppState
+
+log = logging.getLogger("lrbnn.service")
+
+
+class DrainingServer(uvicorn.Server):
+    def __init__(self, config: uvicorn.Config, state: AppState) -> None:
+        super().__init__(config)
+        self.state = state
+        self.drain_started: float | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self.drain_started is not None:  # second signal: stop now
+            self.should_exit = True
+            self.force_exit = True
+            return
+        self.drain_started = time.monotonic()
+        self.state.draining = True
+        log.info("draining", extra={"signal": signal.Signals(sig).name, "inflight": self.state.inflight})
+
+    async def on_tick(self, counter: int) -> bool:
+        if await super().on_tick(counter):
+            return True
+        if self.drain_started is None:
+            return False
+        waited = time.monotonic() - self.drain_started
+        if self.state.inflight == 0 or waited >= self.state.settings.drain_timeout_s:
+            log.info("drained", extra={"inflight_left": self.state.inflight, "waited_s": round(waited, 3)})
+            self.should_exit = True
+            return True
+        return False
+
+
+def serve(repo: str | os.PathLike[str] | None = None, host: str = "127.0.0.1", port: int = 8000) -> int:
+    """Run the server until a signal drains it; returns the process exit status."""
+    settings = Settings() if repo is None else Settings(model_repository=Path(repo))
+    app = create_app(settings)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,
+        access_log=False,
+        lifespan="on",
+        timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+    )
+    server = DrainingServer(config, app.state.lrbnn)
+    server.run()
+    if not server.started:
+        return 1
+    return 0

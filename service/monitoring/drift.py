@@ -1,0 +1,112 @@
+"""Sliding-window drift of OOD scores against the checkpoint's ``drift_reference`` quantiles.
+
+Cost: the window is a ring buffer of the last W scores plus per-bin counts over the reference grid
+(the n ≈ 1000 reference quantiles q_0 ≤ … ≤ q_{n-1} cut the line into n + 1 bins). Adding a batch of b
+scores costs O(b log n) (a binary search each, one count in, one evicted count out); the statistics
+cost O(n) per batch, independent of W, so a window of 10,000 is as cheap as one of 100.
+
+Statistics (all on the binned window, which is the approximation):
+
+* PSI over 10 bins cut at the reference deciles, Σ (p_w − p_r) ln(p_w / p_r), proportions floored at
+  1e-4 so an empty bin gives a large finite value instead of infinity.
+* KS: max_j |F_w(q_j) − F_r(q_j)| evaluated at the reference quantiles, with F_r(q_j) = j / (n − 1).
+  Exact for the window CDF at those points; the sup between grid points is missed by at most one
+  reference step (1 / (n − 1) ≈ 0.001) plus the window mass inside that bin.
+* Wasserstein-1: ∫ |F_w − F_r| dx with F_w held constant inside each reference interval, plus the exact
+  mean distance of window scores beyond q_0 or q_{n-1} (running sums). The in-range error is at most
+  the largest reference interval width.
+"""
+
+from __future__ import annotations
+
+import threading
+from dataclasses import dataclass
+
+import numpy as np
+
+PSI_BINS = 10
+PSI_FLOOR = 1e-4
+
+
+@dataclass(frozen=True)
+class DriftStats:
+    psi: float
+    ks: float
+    wasserstein: float
+    ood_rate: float
+    count: int
+
+
+class DriftMonitor:
+    def __init__(self, reference: list[float], window: int, threshold: float) -> None:
+        q = np.asarray(reference, dtype=np.float64)
+        if q.ndim != 1 or q.size < 2:
+            raise ValueError("the drift reference needs at least two quantiles")
+        self.q = q
+        self.n = q.size
+        self.window = int(window)
+        self.threshold = float(threshold)
+        self._bins = np.zeros(self.window, dtype=np.int64)  # fine bin of each windowed score
+        self._scores = np.zeros(self.window, dtype=np.float64)
+        self._ood = np.zeros(self.window, dtype=bool)
+        self._counts = np.zeros(self.n + 1, dtype=np.int64)  # bin k = number of reference quantiles < s
+        self._pos = 0
+        self._filled = 0
+        self._ood_sum = 0
+        self._below = 0.0  # Σ (q_0 − s) over windowed s < q_0
+        self._above = 0.0  # Σ (s − q_{n-1}) over windowed s > q_{n-1}
+        self._ref_cdf = np.arange(self.n, dtype=np.float64) / (self.n - 1)
+        self._widths = np.diff(q)
+        # decile edges as indices into q: the coarse bin of a score is the number of edges below it
+        self._edge_idx = np.round(np.linspace(0, self.n - 1, PSI_BINS + 1)[1:-1]).astype(np.int64)
+        self._ref_psi = np.diff(np.concatenate(([0.0], self._ref_cdf[self._edge_idx], [1.0])))
+        self._lock = threading.Lock()
+
+    def update(self, scores: np.ndarray) -> DriftStats:
+        """Add a batch of scores (evicting the oldest) and return the statistics of the new window."""
+        s = np.asarray(scores, dtype=np.float64).ravel()[-self.window :]
+        with self._lock:
+            for value, k in zip(s.tolist(), np.searchsorted(self.q, s, side="left").tolist(), strict=True):
+                self._push(value, int(k))
+            return self._stats()
+
+    def _push(self, value: float, k: int) -> None:
+        i = self._pos
+        if self._filled == self.window:
+            self._evict(i)
+        else:
+            self._filled += 1
+        self._bins[i], self._scores[i] = k, value
+        flagged = value > self.threshold
+        self._ood[i] = flagged
+        self._ood_sum += int(flagged)
+        self._counts[k] += 1
+        if value < self.q[0]:
+            self._below += self.q[0] - value
+        elif value > self.q[-1]:
+            self._above += value - self.q[-1]
+        self._pos = (i + 1) % self.window
+
+    def _evict(self, i: int) -> None:
+        old = float(self._scores[i])
+        self._counts[self._bins[i]] -= 1
+        self._ood_sum -= int(self._ood[i])
+        if old < self.q[0]:
+            self._below -= self.q[0] - old
+        elif old > self.q[-1]:
+            self._above -= old - self.q[-1]
+
+    def _stats(self) -> DriftStats:
+        m = self._filled
+        if m == 0:
+            return DriftStats(0.0, 0.0, 0.0, 0.0, 0)
+        # window CDF at q_j: scores s ≤ q_j are exactly those with bin k ≤ j
+        cdf = np.cumsum(self._counts[: self.n]) / m
+        diff = np.abs(cdf - self._ref_cdf)
+        ks = float(diff.max())
+        w1 = float((diff[:-1] * self._widths).sum() + (max(self._below, 0.0) + max(self._above, 0.0)) / m)
+        coarse_cdf = np.concatenate(([0.0], cdf[self._edge_idx], [1.0]))
+        p_w = np.maximum(np.diff(coarse_cdf), PSI_FLOOR)
+        p_r = np.maximum(self._ref_psi, PSI_FLOOR)
+        psi = float(((p_w - p_r) * np.log(p_w / p_r)).sum())
+        return DriftStats(psi, ks, w1, self._ood_sum / m, m)

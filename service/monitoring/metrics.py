@@ -1,0 +1,94 @@
+"""Every Prometheus object of the contract, defined once, in a registry owned by one app instance.
+
+Label values come only from the model repository (model name, version, sha256, ...) or from closed
+enums (endpoint, code, reason, statistic), never from what a client typed; an unknown model therefore
+creates no series. Series for a model are created when it is loaded, so dashboards see zeros at once.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+
+from service.errors import Reason
+
+__all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
+BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+#: Mutual information is at most ln 2 ≈ 0.69 for a binary model; predictive std is unbounded.
+UNCERTAINTY_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+DRIFT_STATISTICS = ("psi", "ks", "wasserstein")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        r = self.registry = registry or CollectorRegistry()
+        self.request_duration = Histogram(
+            "lrbnn_request_duration_seconds", "End-to-end request latency.",
+            ["model", "endpoint", "code"], buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.queue_wait = Histogram(
+            "lrbnn_queue_wait_seconds", "Time from enqueue to batch dispatch.", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.inference_duration = Histogram(
+            "lrbnn_inference_duration_seconds", "Runtime time of one merged batch.", ["model"],
+            buckets=LATENCY_BUCKETS, registry=r,
+        )
+        self.batch_size = Histogram(
+            "lrbnn_batch_size", "Instances per merged batch.", ["model"], buckets=BATCH_BUCKETS, registry=r
+        )
+        self.predictions = Counter("lrbnn_predictions", "Instances predicted.", ["model"], registry=r)
+        self.ood_predictions = Counter(
+            "lrbnn_ood_predictions", "Instances flagged out-of-distribution.", ["model"], registry=r
+        )
+        self.rejected = Counter(
+            "lrbnn_requests_rejected", "Requests refused, by reason.", ["model", "reason"], registry=r
+        )
+        self.predictive_variance = Histogram(
+            "lrbnn_predictive_variance", "Total predictive variance per instance.", ["model"],
+            buckets=UNCERTAINTY_BUCKETS, registry=r,
+        )
+        self.epistemic = Histogram(
+            "lrbnn_epistemic_uncertainty", "Epistemic uncertainty per instance.", ["model"],
+            buckets=UNCERTAINTY_BUCKETS, registry=r,
+        )
+        self.ood_score = Histogram(
+            "lrbnn_ood_score", "OOD score per instance.", ["model"], buckets=UNCERTAINTY_BUCKETS, registry=r
+        )
+        self.ood_rate = Gauge(
+            "lrbnn_ood_rate", "Fraction of OOD-flagged instances in the drift window.", ["model"], registry=r
+        )
+        self.drift = Gauge(
+            "lrbnn_uncertainty_drift", "Drift of the windowed OOD scores from the checkpoint's reference.",
+            ["model", "statistic"], registry=r,
+        )
+        self.inflight = Gauge("lrbnn_inflight_requests", "Requests being served.", ["model"], registry=r)
+        self.model_info = Gauge(
+            "lrbnn_model_info", "The served version of each model (value 1).",
+            ["model", "version", "sha256", "method", "rank", "device"], registry=r,
+        )
+        self._info_labels: dict[str, tuple[str, ...]] = {}
+
+    def register_model(
+        self, model: str, version: str, sha256: str, method: str, rank: str, device: str
+    ) -> None:
+        """Create the model's series (zeros) and point ``lrbnn_model_info`` at this version."""
+        old = self._info_labels.pop(model, None)
+        if old is not None:
+            self.model_info.remove(*old)
+        labels = (model, version, sha256, method, rank, device)
+        self.model_info.labels(*labels).set(1)
+        self._info_labels[model] = labels
+        for metric in (self.predictions, self.ood_predictions):
+            metric.labels(model)
+        self.inflight.labels(model)
+        self.ood_rate.labels(model)
+        for stat in DRIFT_STATISTICS:
+            self.drift.labels(model, stat)
+        for reason in Reason:
+            self.rejected.labels(model, reason.value)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

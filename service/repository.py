@@ -1,0 +1,207 @@
+"""The model repository ``<root>/<model>/<version>/``: discover, load, verify, warm up, hot reload.
+
+A model is served only after its checkpoint verified (manifest, sha256, tensor shapes), its
+preprocessing parsed and one warm-up prediction came back finite; a reload builds the new version
+completely beside the old one and swaps only on success, so a bad upload never interrupts serving.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from model_core.checkpoint import CheckpointError, Manifest, SamplingMode, load_checkpoint, read_manifest
+from model_core.data.preprocessing import Preprocessor
+from service.errors import ModelNotFound, ReloadFailed
+from service.runtime.base import Runtime, RuntimeLoadError
+from service.settings import BackendName, Settings
+
+log = logging.getLogger("lrbnn.service.repository")
+
+WARMUP_SEED = 0
+
+
+class ModelLoadError(RuntimeError):
+    """A version directory that must not be served; the message says which check failed."""
+
+
+@dataclass(frozen=True)
+class ServedModel:
+    """One loaded, verified and warmed-up model version: everything a request needs, immutable."""
+
+    name: str
+    version: str
+    path: Path
+    manifest: Manifest
+    preprocessor: Preprocessor
+    runtime: Runtime
+    sampling_mode: SamplingMode
+    default_samples: int
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def feature_names(self) -> list[str]:
+        return self.preprocessor.feature_names
+
+    @property
+    def ood_threshold(self) -> float:
+        return self.manifest.calibration.ood_threshold
+
+
+def version_key(version: str) -> tuple[bool, int, str]:
+    """Numeric versions sort numerically (``10`` after ``9``) and above non-numeric names."""
+    return (version.isdigit(), int(version) if version.isdigit() else 0, version)
+
+
+def _build_torch(path: Path, settings: Settings, mode: SamplingMode) -> tuple[Manifest, Runtime]:
+    from service.runtime.torch import TorchRuntime, resolve_device
+
+    device = resolve_device(settings.device.value)
+    ckpt = load_checkpoint(path, device)
+    return ckpt.manifest, TorchRuntime(ckpt.model, ckpt.manifest, device, mode, settings.max_samples)
+
+
+def _build_onnx(path: Path, settings: Settings, mode: SamplingMode) -> tuple[Manifest, Runtime]:
+    from service.runtime.onnx import build_onnx_runtime
+
+    manifest = read_manifest(path)
+    return manifest, build_onnx_runtime(path, manifest)
+
+
+RuntimeBuilder = Callable[[Path, Settings, SamplingMode], tuple[Manifest, Runtime]]
+
+#: How each ``LRBNN_BACKEND`` turns a version directory into a verified manifest and a runtime.
+RUNTIME_BUILDERS: dict[BackendName, RuntimeBuilder] = {
+    BackendName.TORCH: _build_torch,
+    BackendName.ONNX: _build_onnx,
+}
+
+
+class ModelRepository:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.root = Path(settings.model_repository)
+        self._models: dict[str, ServedModel] = {}
+        self.errors: dict[str, str] = {}
+        self._reload_lock = threading.Lock()
+
+    # -- discovery -----------------------------------------------------------------------------
+    def discover(self) -> dict[str, list[str]]:
+        """Model name -> its version directories, oldest first."""
+        if not self.root.is_dir():
+            return {}
+        found: dict[str, list[str]] = {}
+        for model_dir in sorted(p for p in self.root.iterdir() if p.is_dir() and not p.name.startswith(".")):
+            versions = [v.name for v in model_dir.iterdir() if v.is_dir() and not v.name.startswith(".")]
+            if versions:
+                found[model_dir.name] = sorted(versions, key=version_key)
+        return found
+
+    def newest_version(self, name: str) -> str:
+        versions = self.discover().get(name)
+        if not versions:
+            raise ModelNotFound(f"model {name!r} is not in the repository", field="name")
+        return versions[-1]
+
+    # -- loading -------------------------------------------------------------------------------
+    def build(self, name: str, version: str) -> ServedModel:
+        """Load, verify and warm up ``<root>/<name>/<version>`` without serving it yet."""
+        path = self.root / name / version
+        if not path.is_dir():
+            raise ModelLoadError(f"{path}: no such version directory")
+        mode = self.settings.sampling_mode
+        try:
+            manifest = read_manifest(path)
+            mode = mode or manifest.calibration.sampling_mode
+            manifest, runtime = RUNTIME_BUILDERS[self.settings.backend](path, self.settings, mode)
+        except (CheckpointError, RuntimeLoadError, OSError, RuntimeError) as exc:
+            raise ModelLoadError(str(exc)) from exc
+        if manifest.model_name != name or manifest.model_version != version:
+            raise ModelLoadError(
+                f"{path}: manifest says {manifest.model_name}/{manifest.model_version}, "
+                f"directory says {name}/{version}"
+            )
+        try:
+            preprocessor = Preprocessor.from_dict(manifest.input_schema.preprocessing)
+        except ValueError as exc:
+            raise ModelLoadError(f"{path}: invalid input_schema.preprocessing: {exc}") from exc
+        default = min(self.settings.default_samples or manifest.calibration.default_samples,
+                      self.settings.max_samples)
+        served = ServedModel(
+            name=name,
+            version=version,
+            path=path,
+            manifest=manifest,
+            preprocessor=preprocessor,
+            runtime=runtime,
+            sampling_mode=getattr(runtime, "sampling_mode", mode),
+            default_samples=default,
+        )
+        self.warm_up(served)
+        return served
+
+    @staticmethod
+    def warm_up(served: ServedModel) -> None:
+        """One prediction on an all-imputed row: loads kernels and proves the outputs are finite."""
+        x, _ = served.preprocessor.transform([{}])
+        t0 = time.perf_counter()
+        out = served.runtime.predict(x, served.default_samples, [WARMUP_SEED], [1])
+        bad = [k for k, v in out.items() if not np.isfinite(v).all()]
+        if bad:
+            raise ModelLoadError(f"{served.path}: warm-up prediction is not finite in {bad}")
+        log.info(
+            "model loaded",
+            extra={
+                "model": served.name,
+                "version": served.version,
+                "sampling_mode": served.sampling_mode.value,
+                "device": served.runtime.device,
+                "warmup_ms": round((time.perf_counter() - t0) * 1000, 2),
+            },
+        )
+
+    def load_all(self) -> None:
+        """Serve the newest version of every model; a model that fails is recorded in ``errors``."""
+        for name, versions in self.discover().items():
+            try:
+                self._models[name] = self.build(name, versions[-1])
+                self.errors.pop(name, None)
+            except ModelLoadError as exc:
+                self.errors[name] = str(exc)
+                log.error("model failed to load", extra={"model": name, "error": str(exc)})
+
+    def reload(self, name: str, version: str | None = None) -> ServedModel:
+        """Build the requested (default: newest) version and swap it in; the old one serves on failure."""
+        if name not in self._models and name not in self.discover():
+            raise ModelNotFound(f"model {name!r} is not in the repository", field="name")
+        with self._reload_lock:
+            target = version or self.newest_version(name)
+            try:
+                served = self.build(name, target)
+            except ModelLoadError as exc:
+                old = self._models.get(name)
+                still = f"; still serving version {old.version}" if old else ""
+                raise ReloadFailed(f"reload of {name}/{target} refused: {exc}{still}") from exc
+            self._models[name] = served
+            self.errors.pop(name, None)
+            return served
+
+    # -- lookup --------------------------------------------------------------------------------
+    def get(self, name: str) -> ServedModel:
+        try:
+            return self._models[name]
+        except KeyError:
+            raise ModelNotFound(f"model {name!r} is not served", field="name") from None
+
+    def models(self) -> list[ServedModel]:
+        return [self._models[k] for k in sorted(self._models)]
+
+    @property
+    def ready(self) -> bool:
+        return bool(self._models) and not self.errors

@@ -1,0 +1,79 @@
+"""Service configuration: every ``LRBNN_*`` environment variable, parsed and validated once at start-up.
+
+Names are fixed by ``CONTRACT.md``; a bad value fails the start-up with the variable named, rather than
+surfacing as a strange error on the first request.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from model_core.checkpoint.manifest import SamplingMode
+
+
+class Device(str, Enum):
+    AUTO = "auto"
+    CPU = "cpu"
+    CUDA = "cuda"
+
+
+class BackendName(str, Enum):
+    TORCH = "torch"
+    ONNX = "onnx"
+
+
+def _split_csv(value: str) -> list[str]:
+    return [part.strip() for part in value.split(",") if part.strip()]
+
+
+class Settings(BaseSettings):
+    """All knobs of the server; ``Settings()`` reads the environment, tests pass keyword arguments."""
+
+    model_config = SettingsConfigDict(env_prefix="LRBNN_", extra="ignore", protected_namespaces=())
+
+    model_repository: Path = Path("deploy/models")
+    device: Device = Device.AUTO
+    backend: BackendName = BackendName.TORCH
+    max_batch_size: int = Field(default=64, ge=1, description="instances merged into one sampling call")
+    max_batch_delay_ms: float = Field(default=2.0, ge=0.0, description="longest wait to fill a batch")
+    max_queue: int = Field(default=256, ge=1, description="queued requests per model before 429")
+    max_samples: int = Field(default=1024, ge=1)
+    default_samples: int | None = Field(default=None, ge=1, description="None: the manifest's default")
+    max_instances: int = Field(default=1024, ge=1, description="instances per request before 413")
+    request_timeout_s: float = Field(default=10.0, gt=0.0)
+    api_tokens: SecretStr = SecretStr("")
+    api_tokens_file: Path | None = None
+    admin_token: SecretStr | None = None
+    drift_window: int = Field(default=10_000, ge=10)
+    max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    cors_origins: str = ""
+    drain_timeout_s: float = Field(default=30.0, ge=0.0)
+    sampling_mode: SamplingMode | None = None
+    log_level: str = "INFO"
+
+    @field_validator("sampling_mode", "default_samples", "api_tokens_file", mode="before")
+    @classmethod
+    def _empty_is_unset(cls, value: object) -> object:
+        return None if value == "" else value
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return _split_csv(self.cors_origins)
+
+    def tokens(self) -> list[str]:
+        """Predict tokens from ``LRBNN_API_TOKENS`` (comma-separated) plus the token file (one a line)."""
+        tokens = _split_csv(self.api_tokens.get_secret_value())
+        if self.api_tokens_file is not None:
+            for line in self.api_tokens_file.read_text().splitlines():
+                line = line.strip()
+                if line and not line.startswith("#"):
+                    tokens.append(line)
+        return tokens
+
+    def admin(self) -> str | None:
+        value = self.admin_token.get_secret_value() if self.admin_token is not None else ""
+        return value or None

@@ -1,0 +1,90 @@
+"""What one app instance holds: settings, repository, metrics, the inference path and its lifecycle.
+
+Also the one gate every model request passes (:meth:`AppState.track`): authentication, draining,
+model lookup, in-flight accounting and the request/rejection metrics, in that order, so the V1 and V2
+handlers cannot drift apart on any of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from enum import Enum
+
+from starlette.requests import Request
+
+from service.errors import Draining, ServiceError
+from service.inference import InferenceService
+from service.monitoring.metrics import Metrics
+from service.repository import ModelRepository, ServedModel
+from service.security import TokenSet
+from service.settings import Settings
+
+
+class Endpoint(str, Enum):
+    """Values of the ``endpoint`` label (a closed set)."""
+
+    V1_PREDICT = "v1_predict"
+    V2_INFER = "v2_infer"
+
+
+@dataclass
+class AppState:
+    settings: Settings
+    repository: ModelRepository
+    metrics: Metrics
+    inference: InferenceService
+    tokens: TokenSet
+    admin_tokens: TokenSet
+    loaded: bool = False
+    draining: bool = False
+    inflight: int = 0
+    started: float = field(default_factory=time.time)
+
+    @property
+    def ready(self) -> bool:
+        return self.loaded and not self.draining and self.repository.ready
+
+    def authorize(self, request: Request) -> None:
+        if self.tokens.enabled:
+            self.tokens.check(request.headers.get("authorization"), "prediction")
+
+    @asynccontextmanager
+    async def track(self, request: Request, name: str, endpoint: Endpoint) -> AsyncIterator[ServedModel]:
+        """Gate and measure one model request; yields the served model version."""
+        t0 = time.perf_counter()
+        known = name in {m.name for m in self.repository.models()}
+        code = 200
+        counted = False
+        try:
+            self.authorize(request)
+            if self.draining:
+                raise Draining("the server is shutting down", retry_after_s=1)
+            served = self.repository.get(name)
+            request.state.model = served.name
+            self.inflight += 1
+            counted = True
+            self.metrics.inflight.labels(served.name).inc()
+            yield served
+        except ServiceError as exc:
+            code = exc.status
+            if known and exc.reason is not None:
+                self.metrics.rejected.labels(name, exc.reason.value).inc()
+            raise
+        except asyncio.CancelledError:
+            code = 499  # the client went away (nginx's convention); nothing was answered
+            raise
+        except Exception:
+            code = 500
+            raise
+        finally:
+            if counted:
+                self.inflight -= 1
+                self.metrics.inflight.labels(name).dec()
+            if known:
+                self.metrics.request_duration.labels(name, endpoint.value, str(code)).observe(
+                    time.perf_counter() - t0
+                )

@@ -1,0 +1,39 @@
+"""Shared fixtures: generated data sets and tiny checkpoints (no test depends on the shared data dir)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+
+def make_toy_csv(path: Path, n: int = 600, seed: int = 0) -> Path:
+    """A binary task with a learnable signal, a categorical column and some missing values."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.normal(0, 1, n)
+    x2 = rng.normal(5, 2, n)
+    color = rng.choice(["red", "green", "blue"], n)
+    logit = 2.0 * x1 - 0.8 * (x2 - 5) + (color == "red") * 1.0
+    y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
+    x2_str = [("" if rng.random() < 0.05 else f"{v:.4f}") for v in x2]
+    lines = ["x1,x2,color,label"] + [
+        f"{a:.4f},{b},{c},{'yes' if t else 'no'}" for a, b, c, t in zip(x1, x2_str, color, y)
+    ]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture(scope="session")
+def toy_csv(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_toy_csv(tmp_path_factory.mktemp("data") / "toy.csv")
+
+
+@pytest.fixture(scope="session")
+def data_dir() -> Path:
+    """The shared real data directory, or skip (real-data tests run in CI where it exists)."""
+    raw = os.environ.get("LRBNN_DATA_DIR")
+    if not raw or not (Path(raw) / "support2" / "support2.csv").is_file():
+        pytest.skip("LRBNN_DATA_DIR with support2/support2.csv is not available")
+    return Path(raw)
