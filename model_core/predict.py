@@ -34,6 +34,7 @@ DEFAULT_CHUNK_ELEMENTS = 64 * 1024 * 1024
 INTERVAL_LEVEL = 0.9
 _Z90 = 1.6448536269514722  # standard normal quantile at 0.95
 REGRESSION_SCALE_FLOOR = 1e-3
+MI_RESOLUTION = 1e-7  # nats
 
 
 @dataclass
@@ -99,7 +100,10 @@ def summarize(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
     # MI = mean_s KL(p_s ‖ p̄): equal to H(p̄) − mean_s H(p_s), but exactly 0 when all samples agree
     # (a deterministic model), where the difference of entropies would leave rounding noise.
     log_ratio = torch.log(probs.clamp_min(1e-30)) - torch.log(p_bar.clamp_min(1e-30))
-    epistemic = (probs * log_ratio).sum(-1).mean(0).clamp_min(0.0)
+    epistemic = (probs * log_ratio).sum(-1).mean(0)
+    # below float32 resolution of the entropies it is rounding noise (identical samples whose mean is off
+    # by an ulp), and noise would rank examples when the MI is used as an OOD score
+    epistemic = torch.where(epistemic < MI_RESOLUTION, torch.zeros_like(epistemic), epistemic)
     variance = (p_bar * (1 - p_bar)).sum(-1) if lik is Likelihood.CATEGORICAL else p_bar[:, 1] * p_bar[:, 0]
     mean = p_bar[:, 1] if lik is Likelihood.BERNOULLI else p_bar
     return Prediction(mean, variance, epistemic, aleatoric, entropy, epistemic)
@@ -114,7 +118,9 @@ def _chunks(noise: NoiseSource, max_rows: int) -> list[tuple[int, int, NoiseSour
     def flush() -> None:
         nonlocal start, cur_gens, cur_sizes
         if cur_sizes:
-            out.append((start, start + sum(cur_sizes), NoiseSource(cur_gens, cur_sizes, noise.batch_invariant)))
+            out.append(
+                (start, start + sum(cur_sizes), NoiseSource(cur_gens, cur_sizes, noise.batch_invariant))
+            )
             start += sum(cur_sizes)
             cur_gens, cur_sizes = [], []
 

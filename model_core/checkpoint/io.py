@@ -75,10 +75,16 @@ def save_checkpoint(directory: str | Path, model: BayesianModule, manifest: Mani
     data["parameter_count"] = model.parameter_count()
     data.setdefault("format_version", FORMAT_VERSION)
     final = Manifest.model_validate(data)
-    tmp_m = out / (MANIFEST_FILE + ".tmp")
-    tmp_m.write_text(json.dumps(final.model_dump(mode="json"), indent=2) + "\n")
-    os.replace(tmp_m, out / MANIFEST_FILE)
+    write_manifest(out, final)
     return final
+
+
+def write_manifest(directory: str | Path, manifest: Manifest) -> None:
+    """Atomically (re)write ``manifest.json``; the weights and their hash are left as they are."""
+    out = Path(directory)
+    tmp_m = out / (MANIFEST_FILE + ".tmp")
+    tmp_m.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
+    os.replace(tmp_m, out / MANIFEST_FILE)
 
 
 def read_manifest(directory: str | Path) -> Manifest:

@@ -1,18 +1,60 @@
-"""``lrbnn reproduce``: the paper's experiments (tables and plots)."""
+"""``lrbnn reproduce``: train every method on the paper's tasks and write tables and plots."""
 
 from __future__ import annotations
 
 import argparse
+import json
+from pathlib import Path
 
-from model_core.cli.common import fail
+from model_core.cli.common import add_data_dir, fail
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--task", default="icu")
-    p.add_argument("--seeds", type=int, default=3)
-    p.add_argument("--quick", action="store_true")
-    p.add_argument("--out", required=True)
+    p.add_argument("--task", default="all", help="icu, air, sentiment or all (default)")
+    p.add_argument("--seeds", type=int, default=3, help="seeds per method (default 3)")
+    p.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all eight)")
+    p.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch, S=16 (for CI)")
+    p.add_argument("--no-sweep", action="store_true", help="skip the ICU rank sweep")
+    add_data_dir(p)
+    p.add_argument("--out", required=True, help="output directory (results.json, results.md, figures/)")
 
 
 def run(args: argparse.Namespace) -> int:
-    return fail("reproduce is not implemented yet (tracked by the reproduction issue)")
+    from dataclasses import replace
+
+    from model_core.data import TASK_LOADERS, resolve_data_dir
+    from model_core.models.spec import Method
+    from model_core.reproduce.config import TASKS
+    from model_core.reproduce.plots import make_plots
+    from model_core.reproduce.report import write_report
+    from model_core.reproduce.runner import run_task
+
+    tasks = list(TASKS) if args.task == "all" else [args.task]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown:
+        return fail(f"unknown task(s) {unknown}; choose from {sorted(TASKS)} or all")
+    data_dir = resolve_data_dir(args.data_dir)
+    methods = tuple(Method(m) for m in args.methods) if args.methods else None
+    out = Path(args.out)
+    all_results = []
+    for task in tasks:
+        if task not in TASK_LOADERS:
+            print(f"lrbnn reproduce: skipping {task}: no loader for it in this build")
+            continue
+        cfg = TASKS[task]
+        if args.no_sweep:
+            cfg = replace(cfg, rank_sweep=())
+        loader = TASK_LOADERS[task]
+        results = run_task(
+            cfg,
+            lambda seed, _load=loader: _load(data_dir, seed=seed),  # type: ignore[misc]
+            args.seeds,
+            out / task,
+            quick=args.quick,
+            methods=methods,
+        )
+        make_plots(results, out / task)
+        all_results.append(results)
+    md, js = write_report(all_results, out)
+    print(json.dumps({"results_md": str(md), "results_json": str(js)}))
+    return 0

@@ -41,10 +41,17 @@ def elbo_loss(
     n_train: int,
     beta: float = 1.0,
     weights: Tensor | None = None,
+    normalizer: float | None = None,
 ) -> tuple[Tensor, Tensor]:
-    """(loss, mean NLL) for one minibatch; see the module docstring for the formula."""
+    """(loss, mean NLL) for one minibatch; see the module docstring for the formula.
+
+    ``normalizer`` divides the summed NLL (default: the number of examples here). Under data-parallel
+    training each rank sees a shard of the global batch and uses ``global_batch / world_size``, so the
+    average DDP takes over ranks is exactly the single-process loss.
+    """
     nll = nll_terms(outputs, target, likelihood)
     if weights is not None:
         nll = nll * weights
-    data_term = nll.mean(-1).sum()  # mean over examples, summed over ensemble members if any
-    return data_term + beta * kl / n_train, nll.mean().detach()
+    denom = float(nll.shape[-1]) if normalizer is None else normalizer
+    data_term = nll.sum(-1).sum() / max(denom, 1.0)  # summed over ensemble members if any
+    return data_term + beta * kl / n_train, nll.mean().detach() if nll.numel() else nll.sum().detach()

@@ -16,6 +16,7 @@ from tqdm.auto import tqdm
 from model_core.layers.base import BayesianModule, Mode
 from model_core.models.spec import ArchitectureSpec, Likelihood
 from model_core.predict import Prediction, predict
+from model_core.training.distributed import current as current_dist
 from model_core.training.elbo import elbo_loss
 
 
@@ -76,6 +77,12 @@ def fit(
     model.to(device)
     x_train, y_train = x_train.to(device), y_train.to(device)
     x_val, y_val = x_val.to(device), y_val.to(device)
+    ddp = current_dist()
+    train_module: torch.nn.Module = model
+    if ddp.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        train_module = DistributedDataParallel(model)
     y_fit = (
         (y_train - spec.target_loc) / spec.target_scale if spec.likelihood is Likelihood.GAUSSIAN else y_train
     )
@@ -87,7 +94,10 @@ def fit(
     history: list[dict[str, float]] = []
     start = time.perf_counter()
     bar = tqdm(
-        range(1, cfg.epochs + 1), disable=not cfg.progress, desc=f"train {spec.method.value}", unit="ep"
+        range(1, cfg.epochs + 1),
+        disable=not cfg.progress or not ddp.is_main,
+        desc=f"train {spec.method.value}",
+        unit="ep",
     )
     epoch = 0
     for epoch in bar:
@@ -96,10 +106,13 @@ def fit(
         perm = torch.randperm(n, generator=gen).to(device)
         total, batches = 0.0, 0
         for lo in range(0, n, cfg.batch_size):
-            idx = perm[lo : lo + cfg.batch_size]
+            batch = perm[lo : lo + cfg.batch_size]
+            idx = batch[ddp.rank :: ddp.world_size]  # this rank's shard of the global minibatch
             xb, yb = x_train[idx], y_fit[idx]
             w = None if weights_by_class is None else weights_by_class[y_train[idx].long()]
-            loss, nll = elbo_loss(model(xb), yb, spec.likelihood, model.kl(), n, cfg.kl_beta, w)
+            norm = len(batch) / ddp.world_size
+            out = train_module(xb)
+            loss, nll = elbo_loss(out, yb, spec.likelihood, model.kl(), n, cfg.kl_beta, w, norm)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

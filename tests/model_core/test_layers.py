@@ -96,7 +96,7 @@ def test_variance_matched_initialisation() -> None:
     layer = LowRankBayesLinear(n, m, r)
     w = layer.mean_weight()
     assert w.var().item() == pytest.approx(2 / (n + m), rel=0.1)
-    sigma0 = 0.1 * (2 / (n + m) / r) ** 0.25
+    sigma0 = 0.5 * (2 / (n + m) / r) ** 0.25
     assert layer.posterior().sigma_a.mean().item() == pytest.approx(sigma0, rel=1e-3)
 
 

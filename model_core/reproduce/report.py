@@ -1,0 +1,39 @@
+"""results.json and results.md for a reproduction run."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+import torch
+
+from model_core.reproduce.paper import paper_dataset
+from model_core.reproduce.runner import TaskResults, results_to_json
+from model_core.reproduce.tables import markdown_table, spectrum_table, summary_rows, sweep_table
+
+
+def write_report(all_results: list[TaskResults], out: Path) -> tuple[Path, Path]:
+    out.mkdir(parents=True, exist_ok=True)
+    machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    payload = {
+        "machine": machine,
+        "tasks": {r.config.task: {**results_to_json(r), "summary": summary_rows(r)} for r in all_results},
+    }
+    js = out / "results.json"
+    js.write_text(json.dumps(payload, indent=1, default=float))
+    parts = [f"# Reproduction results\n\nMachine: {machine}.\n"]
+    for r in all_results:
+        parts.append(f"## {r.config.task} (paper: {paper_dataset(r.config.task)})\n")
+        parts.append(markdown_table(r))
+        if r.sweep:
+            parts.append(f"\n### Rank sweep ({r.config.task}, low-rank)\n\n" + sweep_table(r))
+        if r.spectrum:
+            parts.append("\n### Spectra of the trained deterministic weights (Eckart–Young tail)\n\n")
+            parts.append(spectrum_table(r))
+        figs = sorted((out / r.config.task / "figures").glob("*.png"))
+        if figs:
+            parts.append("\nFigures: " + ", ".join(f"`{p.relative_to(out)}`" for p in figs) + "\n")
+    md = out / "results.md"
+    md.write_text("\n".join(parts))
+    return md, js

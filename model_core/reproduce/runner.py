@@ -1,0 +1,172 @@
+"""Run the experiments: every method × seed on a task, a rank sweep and the spectrum check."""
+
+from __future__ import annotations
+
+import json
+from itertools import pairwise
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from model_core.checkpoint.io import load_checkpoint
+from model_core.models.spec import Method
+from model_core.predict import predict
+from model_core.reproduce.config import QUICK, TaskConfig
+from model_core.reproduce.spectrum import spectrum_report
+from model_core.training.pipeline import TrainOptions, train_checkpoint
+
+SplitLoader = Callable[[int], Any]  # seed -> splits
+
+
+@dataclass
+class RunRecord:
+    task: str
+    method: str
+    seed: int
+    rank: int | None
+    params: int
+    train_seconds: float
+    epochs_run: int
+    metrics: dict[str, dict[str, float]]
+    arrays: str = ""  # npz with the predictions used for the plots
+
+    def metric(self, dotted: str) -> float | None:
+        section, _, key = dotted.partition(".")
+        value = self.metrics.get(section, {}).get(key)
+        return float(value) if isinstance(value, (int, float)) else None
+
+
+@dataclass
+class TaskResults:
+    config: TaskConfig
+    runs: list[RunRecord] = field(default_factory=list)
+    sweep: list[RunRecord] = field(default_factory=list)
+    spectrum: list[dict[str, Any]] = field(default_factory=list)
+    quick: bool = False
+
+
+def _options(
+    cfg: TaskConfig, method: Method, seed: int, quick: bool, rank: int | None = None
+) -> TrainOptions:
+    opts = TrainOptions(
+        method=method,
+        rank=rank or cfg.rank,
+        seed=seed,
+        epochs=QUICK["epochs"] if quick else cfg.epochs,
+        patience=QUICK["patience"] if quick else cfg.patience,
+        samples=QUICK["samples"] if quick else cfg.samples,
+        progress=False,
+        model_name=f"{cfg.task}-{method.value}",
+    )
+    if cfg.hidden is not None:
+        opts.hidden = cfg.hidden
+    return opts
+
+
+def _save_arrays(path: Path, ckpt_dir: Path, splits: Any, samples: int) -> None:
+    """Predictions on test and OOD with the evaluation's seeds, for reliability/OOD/selective plots."""
+    ckpt = load_checkpoint(ckpt_dir)
+    test = predict(ckpt.model, torch.from_numpy(splits.x_test), samples=samples, seed=0)
+    arrays: dict[str, np.ndarray] = {
+        "y_test": np.asarray(splits.y_test),
+        "mean": test.mean.numpy(),
+        "variance": test.variance.numpy(),
+        "score_in": test.ood_score.numpy(),
+    }
+    if len(splits.y_ood):
+        ood = predict(ckpt.model, torch.from_numpy(splits.x_ood), samples=samples, seed=1)
+        arrays["score_out"] = ood.ood_score.numpy()
+    np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
+
+
+def run_one(cfg: TaskConfig, splits: Any, opts: TrainOptions, out: Path) -> RunRecord:
+    ckpt_dir = out / "checkpoints" / f"{opts.method.value}-r{opts.rank}-s{opts.seed}"
+    manifest = train_checkpoint(splits, opts, ckpt_dir, {"task": cfg.task})
+    assert manifest is not None
+    arrays = out / "arrays" / f"{ckpt_dir.name}.npz"
+    arrays.parent.mkdir(parents=True, exist_ok=True)
+    _save_arrays(arrays, ckpt_dir, splits, opts.samples)
+    metrics = {k: v for k, v in manifest.training.get("metrics", {}).items() if isinstance(v, dict)}
+    uses_rank = opts.method in (Method.LOWRANK, Method.LOWRANK_ENS, Method.LRSVD)
+    return RunRecord(
+        task=cfg.task,
+        method=opts.method.value,
+        seed=opts.seed,
+        rank=opts.rank if uses_rank else None,
+        params=manifest.parameter_count,
+        train_seconds=float(manifest.training.get("train_seconds", 0.0)),
+        epochs_run=int(manifest.training.get("epochs_run", 0)),
+        metrics=metrics,
+        arrays=str(arrays.relative_to(out)),
+    )
+
+
+def sweep_ranks(rank: int, widths: list[int]) -> tuple[int | None, ...]:
+    """Factorise every layer the rank fits (r < min(m, n)); the rest stay mean-field."""
+    return tuple(rank if rank < min(n, m) else None for n, m in pairwise(widths))
+
+
+def run_task(
+    cfg: TaskConfig,
+    load_splits: SplitLoader,
+    seeds: int,
+    out: Path,
+    quick: bool = False,
+    methods: tuple[Method, ...] | None = None,
+    log: Callable[[str], None] = print,
+) -> TaskResults:
+    out.mkdir(parents=True, exist_ok=True)
+    results = TaskResults(cfg, quick=quick)
+    chosen = methods or cfg.methods
+    jobs = [(seed, m) for seed in range(seeds) for m in chosen]
+    cache: dict[int, Any] = {}
+    bar = tqdm(jobs, desc=f"reproduce {cfg.task}", unit="run")
+    for seed, method in bar:
+        bar.set_postfix(method=method.value, seed=seed)
+        if seed not in cache:
+            cache = {seed: load_splits(seed)}
+        start = time.perf_counter()
+        rec = run_one(cfg, cache[seed], _options(cfg, method, seed, quick), out)
+        results.runs.append(rec)
+        log(
+            f"{cfg.task} {method.value} seed {seed}: {rec.params} params, {time.perf_counter() - start:.0f} s"
+        )
+        _checkpoint_results(results, out)
+    if cfg.rank_sweep:
+        splits = load_splits(0)
+        widths = [splits.n_features, *(cfg.hidden or ()), 1]
+        sweep = cfg.rank_sweep[:2] if quick else cfg.rank_sweep
+        for seed in range(1 if quick else seeds):
+            for r in tqdm(sweep, desc=f"rank sweep {cfg.task} seed {seed}", unit="rank"):
+                opts = _options(cfg, Method.LOWRANK, seed, quick, rank=r)
+                opts.ranks = sweep_ranks(r, widths)
+                results.sweep.append(run_one(cfg, load_splits(seed) if seed else splits, opts, out / "sweep"))
+                _checkpoint_results(results, out)
+    dense = [r for r in results.runs if r.method == Method.DETERMINISTIC.value and r.seed == 0]
+    if dense:
+        ckpt = out / "checkpoints" / f"deterministic-r{cfg.rank}-s0"
+        results.spectrum = spectrum_report(load_checkpoint(ckpt).model, cfg.rank)
+    _checkpoint_results(results, out)
+    return results
+
+
+def results_to_json(results: TaskResults) -> dict[str, Any]:
+    return {
+        "task": results.config.task,
+        "samples": QUICK["samples"] if results.quick else results.config.samples,
+        "quick": results.quick,
+        "runs": [vars(r) for r in results.runs],
+        "rank_sweep": [vars(r) for r in results.sweep],
+        "spectrum": results.spectrum,
+    }
+
+
+def _checkpoint_results(results: TaskResults, out: Path) -> None:
+    """Write partial results after every run, so a long reproduction can be inspected or resumed."""
+    (out / "results.partial.json").write_text(json.dumps(results_to_json(results), indent=1, default=float))

@@ -1,0 +1,113 @@
+"""Markdown tables in the paper's layout: one row per method, mean ± std over seeds, the paper beside."""
+
+from __future__ import annotations
+
+import statistics
+from collections import defaultdict
+from typing import Any
+
+from model_core.reproduce.paper import paper_dataset, paper_value
+from model_core.reproduce.runner import RunRecord, TaskResults
+
+
+def _fmt(values: list[float]) -> str:
+    if not values:
+        return "—"
+    mean = statistics.fmean(values)
+    if len(values) == 1:
+        return f"{mean:.3f}"
+    return f"{mean:.3f} ± {statistics.stdev(values):.3f}"
+
+
+def _paper(task: str, method: str, metric: str) -> str:
+    value, std = paper_value(task, method, metric)
+    if value is None:
+        return "—"
+    return f"{value:.3f}" if std is None else f"{value:.3f} ± {std:.3f}"
+
+
+def aggregate(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
+    groups: dict[str, list[RunRecord]] = defaultdict(list)
+    for r in runs:
+        groups[r.method].append(r)
+    return groups
+
+
+def summary_rows(results: TaskResults) -> list[dict[str, Any]]:
+    """One dict per method: parameters, seconds, each metric's mean/std (what results.json keeps)."""
+    rows = []
+    for method, runs in aggregate(results.runs).items():
+        row: dict[str, Any] = {
+            "method": method,
+            "seeds": len(runs),
+            "params": runs[0].params,
+            "train_seconds_mean": statistics.fmean(r.train_seconds for r in runs),
+        }
+        for metric in results.config.metrics:
+            vals = [v for r in runs if (v := r.metric(metric)) is not None]
+            row[metric] = {
+                "mean": statistics.fmean(vals) if vals else None,
+                "std": statistics.stdev(vals) if len(vals) > 1 else None,
+                "n": len(vals),
+            }
+        rows.append(row)
+    return rows
+
+
+def markdown_table(results: TaskResults) -> str:
+    cfg = results.config
+    task = cfg.task
+    header = ["method", "params", "train s"]
+    for m in cfg.metrics:
+        key = m.split(".", 1)[1]
+        header += [m, f"paper {key}"]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, runs in aggregate(results.runs).items():
+        paper_params = paper_value(task, method, "params")[0]
+        params = f"{runs[0].params:,}" + (f" (paper {paper_params:,.0f})" if paper_params else "")
+        cells = [method, params, f"{statistics.fmean(r.train_seconds for r in runs):.0f}"]
+        for m in cfg.metrics:
+            vals = [v for r in runs if (v := r.metric(m)) is not None]
+            cells += [_fmt(vals), _paper(task, method, m.split(".", 1)[1])]
+        lines.append("| " + " | ".join(cells) + " |")
+    seeds = sorted({r.seed for r in results.runs})
+    note = (
+        f"\n{len(seeds)} seed(s); S = {16 if results.quick else cfg.samples} Monte Carlo samples; "
+        f"ECE with 15 equal-width confidence bins; paper column: {paper_dataset(task)} (a different data set where it is "
+        "not ours); — = not reported."
+    )
+    return "\n".join(lines) + "\n" + note + "\n"
+
+
+def sweep_table(results: TaskResults) -> str:
+    if not results.sweep:
+        return ""
+    by_rank: dict[int, list[RunRecord]] = defaultdict(list)
+    for r in results.sweep:
+        by_rank[int(r.rank or 0)].append(r)
+    metrics = [
+        m for m in results.config.metrics if m in ("test.auroc", "test.nll", "test.mae", "ood.ood_auroc")
+    ]
+    header = ["rank", "params", *metrics]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for rank in sorted(by_rank):
+        runs = by_rank[rank]
+        cells = [str(rank), f"{runs[0].params:,}"]
+        cells += [_fmt([v for r in runs if (v := r.metric(m)) is not None]) for m in metrics]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def spectrum_table(results: TaskResults) -> str:
+    if not results.spectrum:
+        return ""
+    lines = [
+        "| layer | shape | rank used | tail energy Σ_{i>r} σ_i² | tail fraction | rank for 99 % energy |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in results.spectrum:
+        lines.append(
+            f"| {row['layer']} | {row['shape'][0]}×{row['shape'][1]} | {row['rank_used']} | "
+            f"{row['tail_energy']:.3f} | {row['tail_fraction']:.3f} | {row['effective_rank_99']} |"
+        )
+    return "\n".join(lines) + "\n"
