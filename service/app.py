@@ -1,12 +1,13 @@
 """``create_app(settings)``: routers, middleware and a lifespan that loads and warms every model.
 
-``/readyz`` turns 200 only after the lifespan has loaded and warmed up each model; loading runs in a
-worker thread so ``/livez`` answers during a slow start.
+``/readyz`` turns 200 only after every model is loaded and warmed up; loading runs in a background
+task (the heavy part in a worker thread) so ``/livez`` answers during a slow start.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,7 +17,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import errors, health, v1, v2
-from service.api.schemas import PredictRequest
+from service.api.schemas import PredictRequest, V2InferRequest
 from service.inference import InferenceService
 from service.logs import AccessLogMiddleware, configure_logging
 from service.monitoring.metrics import Metrics
@@ -41,22 +42,36 @@ def build_state(settings: Settings) -> AppState:
     )
 
 
-@asynccontextmanager
-async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-    state: AppState = app.state.lrbnn
+async def load_models(state: AppState) -> None:
+    """Load, verify and warm up every model in a worker thread, then turn ``/readyz`` green."""
     await asyncio.to_thread(state.repository.load_all)
     for served in state.repository.models():
         state.inference.attach(served)
     state.loaded = True
     log.info(
         "ready" if state.repository.ready else "started with failed models",
-        extra={"models": {m.name: m.version for m in state.repository.models()},
-               "failed": list(state.repository.errors)},
+        extra={
+            "models": {m.name: m.version for m in state.repository.models()},
+            "failed": list(state.repository.errors),
+        },
     )
+
+
+@asynccontextmanager
+async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+    """Loading runs in the background so the socket opens at once: ``/livez`` answers 200 and
+    ``/readyz`` 503 during a slow start, instead of connection refused (which restarts pods)."""
+    state: AppState = app.state.lrbnn
+    loading = asyncio.create_task(load_models(state), name="load-models")
+    state.loading = loading
     try:
         yield
     finally:
         state.draining = True
+        if not loading.done():
+            loading.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await loading
         await state.inference.stop()
 
 
@@ -68,9 +83,20 @@ def _openapi_with_request_models(app: FastAPI) -> dict[str, Any]:
 
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    body = PredictRequest.model_json_schema(ref_template="#/components/schemas/{model}")
-    components.update(body.pop("$defs", {}))
-    components["PredictRequest"] = body
+    for model in (PredictRequest, V2InferRequest):
+        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
+        components.update(body.pop("$defs", {}))
+        components[model.__name__] = body
+    # No route takes FastAPI-validated parameters (bodies are parsed by hand, path parameters are
+    # plain strings), so FastAPI's automatic 422 (HTTPValidationError) can never be answered: drop it.
+    for methods in schema.get("paths", {}).values():
+        for op in methods.values():
+            answer = op.get("responses", {}).get("422", {})
+            ref = answer.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
+            if ref.endswith("/HTTPValidationError"):
+                del op["responses"]["422"]
+    for unused in ("HTTPValidationError", "ValidationError"):
+        components.pop(unused, None)
     app.openapi_schema = schema
     return schema
 

@@ -19,12 +19,14 @@ import logging
 import math
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
-from service.errors import InferenceTimeout, QueueFull
+from service.errors import ClientDisconnected, InferenceTimeout, ModelFailed, QueueFull
 from service.monitoring.metrics import Metrics
 from service.repository import ServedModel
 from service.runtime.base import Outputs
@@ -32,7 +34,7 @@ from service.runtime.base import Outputs
 log = logging.getLogger("lrbnn.service.batching")
 
 
-@dataclass
+@dataclass(eq=False, repr=False)  # identity comparison; no repr of arrays and manifests, ever
 class Job:
     served: ServedModel
     x: np.ndarray
@@ -40,6 +42,7 @@ class Job:
     seed: int | None
     future: asyncio.Future[Outputs]
     enqueued: float = field(default_factory=time.perf_counter)
+    queued: bool = True
 
     @property
     def key(self) -> tuple[int, int]:
@@ -65,6 +68,9 @@ class ModelBatcher:
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._last_batch_s = 0.01
+        # one compute thread per model: batches of a model never overlap, and torch keeps its per-thread
+        # state (thread pools, caches) warm instead of meeting a different pool thread each time
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lrbnn-{name}")
 
     def start(self) -> None:
         if self._task is None:
@@ -76,8 +82,10 @@ class ModelBatcher:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
             self._task = None
+        self._executor.shutdown(wait=False)
         while self._queue:
             job = self._queue.popleft()
+            job.queued = False
             if not job.future.done():
                 job.future.cancel()
 
@@ -96,9 +104,9 @@ class ModelBatcher:
         samples: int,
         seed: int | None,
         timeout_s: float,
-        disconnected: Callable[[], Awaitable[object]] | None = None,
+        disconnected: Callable[[], Coroutine[Any, Any, object]] | None = None,
     ) -> Outputs:
-        """Queue one request and wait for its answer (QueueFull, InferenceTimeout, or CancelledError)."""
+        """Queue one request and wait for its answer (or QueueFull, InferenceTimeout, ClientDisconnected)."""
         if len(self._queue) >= self.max_queue:
             raise QueueFull(
                 f"model {self.name!r}: {self.max_queue} requests already queued",
@@ -108,7 +116,9 @@ class ModelBatcher:
         job = Job(served, x, samples, seed, loop.create_future())
         self._queue.append(job)
         self._arrived.set()
-        watcher = loop.create_task(disconnected()) if disconnected is not None else None
+        watcher: asyncio.Task[object] | None = None
+        if disconnected is not None:
+            watcher = loop.create_task(disconnected())
         try:
             waiters: set[asyncio.Future[object]] = {job.future}  # type: ignore[arg-type]
             if watcher is not None:
@@ -117,15 +127,16 @@ class ModelBatcher:
             if job.future in done:
                 return job.future.result()
             if watcher is not None and watcher in done:
-                raise asyncio.CancelledError("client disconnected")
+                raise ClientDisconnected(f"model {self.name!r}: the client disconnected while queued")
             raise InferenceTimeout(f"model {self.name!r}: no answer within {timeout_s:g} s")
         finally:
             if watcher is not None:
                 watcher.cancel()
             if not job.future.done():
                 job.future.cancel()  # the dispatcher skips it; the result of a running batch is dropped
-            with contextlib.suppress(ValueError):
+            if job.queued:  # timed out or abandoned while waiting: free the slot now
                 self._queue.remove(job)
+                job.queued = False
 
     # -- dispatcher ----------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -144,12 +155,14 @@ class ModelBatcher:
                 break
             if job.key == key and not job.future.done() and rows + job.rows <= self.max_batch_size:
                 self._queue.remove(job)
+                job.queued = False
                 batch.append(job)
                 rows += job.rows
         return rows
 
     async def _collect(self) -> list[Job]:
         first = self._queue.popleft()
+        first.queued = False
         if first.future.done():
             return []
         batch, key = [first], first.key
@@ -181,14 +194,16 @@ class ModelBatcher:
         self.metrics.batch_size.labels(self.name).observe(sum(sizes))
         t0 = time.perf_counter()
         try:
-            out = await asyncio.to_thread(
-                served.runtime.predict, x, live[0].samples, [j.seed for j in live], sizes
+            out = await asyncio.get_running_loop().run_in_executor(
+                self._executor, served.runtime.predict, x, live[0].samples, [j.seed for j in live], sizes
             )
-        except Exception as exc:  # a runtime failure answers every request of the batch, never hangs it
+        except Exception:  # a runtime failure answers every request of the batch (503), never hangs it
             log.exception("batch failed", extra={"model": self.name, "instances": sum(sizes)})
             for job in live:
                 if not job.future.done():
-                    job.future.set_exception(exc)
+                    job.future.set_exception(
+                        ModelFailed(f"model {self.name!r} failed to compute this request", retry_after_s=1)
+                    )
             return
         finally:
             self._last_batch_s = time.perf_counter() - t0

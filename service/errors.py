@@ -20,6 +20,8 @@ class Reason(str, Enum):
     TIMEOUT = "timeout"
     DRAINING = "draining"
     NOT_READY = "not_ready"
+    DISCONNECTED = "client_disconnected"
+    MODEL_ERROR = "model_error"
 
 
 class ServiceError(Exception):
@@ -81,9 +83,23 @@ class ModelNotReady(ServiceError):
     reason = Reason.NOT_READY
 
 
+class ModelFailed(ServiceError):
+    """The model's compute raised (a runtime fault, not the client's input): 503 for that model only."""
+
+    status = 503
+    reason = Reason.MODEL_ERROR
+
+
 class InferenceTimeout(ServiceError):
     status = 504
     reason = Reason.TIMEOUT
+
+
+class ClientDisconnected(ServiceError):
+    """The client went away while its request waited; nobody reads the answer (nginx's 499)."""
+
+    status = 499
+    reason = Reason.DISCONNECTED
 
 
 class ReloadFailed(ServiceError):

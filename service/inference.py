@@ -7,7 +7,7 @@ into :meth:`InferenceService.predict` calls and its :class:`InferenceResult` bac
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +25,27 @@ from service.settings import Settings
 log = logging.getLogger("lrbnn.service.inference")
 
 MAX_SEED = 2**63 - 1
+
+
+def flag(served: ServedModel, row: Mapping[str, Any]) -> list[str]:
+    """Features to warn about, in schema order: numeric values outside the plausible range and
+    categories never seen in training (which the preprocessor encodes as "no known category")."""
+    pre = served.preprocessor
+    implausible = set(pre.implausible(row))
+    out = []
+    for spec in pre.features:
+        if spec.name in implausible:
+            out.append(spec.name)
+        elif spec.kind == "categorical" and row.get(spec.name) is not None:
+            value = row[spec.name]
+            label = value if isinstance(value, str) else None
+            if isinstance(value, int) and not isinstance(value, bool):
+                label = str(value)  # no float(): a JSON integer may be beyond the float range
+            elif label is None and isinstance(value, float) and value.is_integer():
+                label = str(int(value))
+            if label not in (spec.categories or []):
+                out.append(spec.name)
+    return out
 
 
 @dataclass(frozen=True)
@@ -86,7 +107,9 @@ class InferenceService:
     @staticmethod
     def check_seed(seed: int | None) -> int | None:
         if seed is not None and not 0 <= seed <= MAX_SEED:
-            raise InvalidInput(f"parameters.seed must be between 0 and 2**63-1, got {seed}", field="parameters.seed")
+            raise InvalidInput(
+                f"parameters.seed must be between 0 and 2**63-1, got {seed}", field="parameters.seed"
+            )
         return seed
 
     def check_count(self, count: int, field: str = "instances") -> None:
@@ -99,12 +122,20 @@ class InferenceService:
             )
 
     @staticmethod
-    def preprocess(served: ServedModel, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[list[str]]]:
+    def preprocess(
+        served: ServedModel, rows: Sequence[Mapping[str, Any]]
+    ) -> tuple[np.ndarray, list[list[str]]]:
         try:
             return served.preprocessor.transform(rows)
         except PreprocessingError as exc:
             field = f"instances.{exc.field}" if exc.field else "instances"
             raise InvalidInput(str(exc), field=field) from None
+        except OverflowError:  # an integer literal beyond float range (JSON allows any size)
+            name = _overflowing_feature(rows)
+            raise InvalidInput(
+                f"feature {name!r} is out of range (an integer beyond the float range)",
+                field=f"instances.{name}",
+            ) from None
 
     # -- the path ------------------------------------------------------------------------------
     async def predict(
@@ -113,13 +144,13 @@ class InferenceService:
         rows: Sequence[Mapping[str, Any]],
         samples: int | None,
         seed: int | None,
-        disconnected: Callable[[], Awaitable[object]] | None = None,
+        disconnected: Callable[[], Coroutine[Any, Any, object]] | None = None,
     ) -> InferenceResult:
         self.check_count(len(rows))
         s = self.resolve_samples(served, samples)
         self.check_seed(seed)
         x, imputed = self.preprocess(served, rows)
-        flagged = [served.preprocessor.implausible(row) for row in rows]
+        flagged = [flag(served, row) for row in rows]
         outputs = await self.batchers[served.name].submit(
             served, x, s, seed, self.settings.request_timeout_s, disconnected
         )
@@ -145,3 +176,14 @@ class InferenceService:
         m.ood_rate.labels(name).set(stats.ood_rate)
         for stat in DRIFT_STATISTICS:
             m.drift.labels(name, stat).set(getattr(stats, stat))
+
+
+def _overflowing_feature(rows: Sequence[Mapping[str, Any]]) -> str:
+    for row in rows:
+        for key, value in row.items():
+            if isinstance(value, int) and not isinstance(value, bool):
+                try:
+                    float(value)
+                except OverflowError:
+                    return str(key)
+    return "?"

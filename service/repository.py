@@ -64,14 +64,17 @@ def _build_torch(path: Path, settings: Settings, mode: SamplingMode) -> tuple[Ma
 
     device = resolve_device(settings.device.value)
     ckpt = load_checkpoint(path, device)
-    return ckpt.manifest, TorchRuntime(ckpt.model, ckpt.manifest, device, mode, settings.max_samples)
+    runtime = TorchRuntime(
+        ckpt.model, ckpt.manifest, device, mode, settings.max_samples, exact=settings.batch_exact
+    )
+    return ckpt.manifest, runtime
 
 
 def _build_onnx(path: Path, settings: Settings, mode: SamplingMode) -> tuple[Manifest, Runtime]:
     from service.runtime.onnx import build_onnx_runtime
 
     manifest = read_manifest(path)
-    return manifest, build_onnx_runtime(path, manifest)
+    return manifest, build_onnx_runtime(path, manifest, exact=settings.batch_exact)
 
 
 RuntimeBuilder = Callable[[Path, Settings, SamplingMode], tuple[Manifest, Runtime]]
@@ -131,8 +134,9 @@ class ModelRepository:
             preprocessor = Preprocessor.from_dict(manifest.input_schema.preprocessing)
         except ValueError as exc:
             raise ModelLoadError(f"{path}: invalid input_schema.preprocessing: {exc}") from exc
-        default = min(self.settings.default_samples or manifest.calibration.default_samples,
-                      self.settings.max_samples)
+        default = min(
+            self.settings.default_samples or manifest.calibration.default_samples, self.settings.max_samples
+        )
         served = ServedModel(
             name=name,
             version=version,
@@ -168,7 +172,10 @@ class ModelRepository:
 
     def load_all(self) -> None:
         """Serve the newest version of every model; a model that fails is recorded in ``errors``."""
-        for name, versions in self.discover().items():
+        found = self.discover()
+        if not found:
+            log.warning("no model found; /readyz stays 503", extra={"repository": str(self.root)})
+        for name, versions in found.items():
             try:
                 self._models[name] = self.build(name, versions[-1])
                 self.errors.pop(name, None)
@@ -187,6 +194,15 @@ class ModelRepository:
             except ModelLoadError as exc:
                 old = self._models.get(name)
                 still = f"; still serving version {old.version}" if old else ""
+                log.error(
+                    "model reload refused",
+                    extra={
+                        "model": name,
+                        "version": target,
+                        "error": str(exc),
+                        "serving": old.version if old else None,
+                    },
+                )
                 raise ReloadFailed(f"reload of {name}/{target} refused: {exc}{still}") from exc
             self._models[name] = served
             self.errors.pop(name, None)

@@ -21,6 +21,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+AUTH = "Authorization"
+
 
 class TokenSet:
     """A set of accepted bearer tokens; empty means authentication is off."""
@@ -35,17 +37,17 @@ class TokenSet:
     def check(self, authorization: str | None, what: str = "this endpoint") -> None:
         """Raise 401 for an absent or malformed ``Authorization`` header, 403 for an unknown token."""
         if not authorization:
-            raise Unauthorized(f"{what} needs an 'Authorization: Bearer <token>' header", field="Authorization")
+            raise Unauthorized(f"{what} needs an 'Authorization: Bearer <token>' header", field=AUTH)
         scheme, _, token = authorization.partition(" ")
         token = token.strip()
         if scheme.lower() != "bearer" or not token:
-            raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'", field="Authorization")
+            raise Unauthorized("malformed Authorization header; expected 'Bearer <token>'", field=AUTH)
         given = token.encode()
         ok = False
         for known in self._tokens:
             ok |= hmac.compare_digest(given, known)
         if not ok:
-            raise Forbidden(f"the token is not valid for {what}", field="Authorization")
+            raise Forbidden(f"the token is not valid for {what}", field=AUTH)
 
 
 class BodyLimitMiddleware:
@@ -94,7 +96,8 @@ class BodyLimitMiddleware:
             await self._reject(send)
 
     def _reject(self, send: Send) -> Awaitable[None]:
-        return _send_json(send, 413, {"error": f"request body exceeds {self.max_bytes} bytes", "field": "body"})
+        message = f"request body exceeds {self.max_bytes} bytes"
+        return _send_json(send, 413, {"error": message, "field": "body"})
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:

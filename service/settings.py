@@ -43,6 +43,9 @@ class Settings(BaseSettings):
     max_queue: int = Field(default=256, ge=1, description="queued requests per model before 429")
     max_samples: int = Field(default=1024, ge=1)
     default_samples: int | None = Field(default=None, ge=1, description="None: the manifest's default")
+    batch_exact: bool = Field(
+        default=True, description="bit-identical answers in merged batches (one network pass per request)"
+    )
     max_instances: int = Field(default=1024, ge=1, description="instances per request before 413")
     request_timeout_s: float = Field(default=10.0, gt=0.0)
     api_tokens: SecretStr = SecretStr("")

@@ -14,9 +14,9 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import Enum
 
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 
-from service.errors import Draining, ServiceError
+from service.errors import ClientDisconnected, Draining, Reason, ServiceError
 from service.inference import InferenceService
 from service.monitoring.metrics import Metrics
 from service.repository import ModelRepository, ServedModel
@@ -40,6 +40,7 @@ class AppState:
     tokens: TokenSet
     admin_tokens: TokenSet
     loaded: bool = False
+    loading: asyncio.Task[None] | None = None
     draining: bool = False
     inflight: int = 0
     started: float = field(default_factory=time.time)
@@ -74,6 +75,11 @@ class AppState:
             if known and exc.reason is not None:
                 self.metrics.rejected.labels(name, exc.reason.value).inc()
             raise
+        except ClientDisconnect:  # the client went away while sending its body: its doing, not a 500
+            code = ClientDisconnected.status
+            if known:
+                self.metrics.rejected.labels(name, Reason.DISCONNECTED.value).inc()
+            raise ClientDisconnected("the client disconnected while sending the request") from None
         except asyncio.CancelledError:
             code = 499  # the client went away (nginx's convention); nothing was answered
             raise

@@ -14,7 +14,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--model-repository",
         default=None,
-        help=f"model repository <repo>/<model>/<version>/ (default: $LRBNN_MODEL_REPOSITORY or {DEFAULT_REPOSITORY})",
+        help="model repository <repo>/<model>/<version>/ "
+        f"(default: $LRBNN_MODEL_REPOSITORY or {DEFAULT_REPOSITORY})",
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)

@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from starlette.requests import Request
 
@@ -14,7 +15,7 @@ def app_state(request: Request) -> AppState:
     return state
 
 
-def disconnect_waiter(request: Request) -> Callable[[], Awaitable[object]]:
+def disconnect_waiter(request: Request) -> Callable[[], Coroutine[Any, Any, object]]:
     """A coroutine factory that returns when the client disconnects (the body is already read)."""
 
     async def wait() -> object:

@@ -13,7 +13,7 @@ import orjson
 from fastapi import FastAPI
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from service.errors import ServiceError, Unauthorized
@@ -21,8 +21,9 @@ from service.errors import ServiceError, Unauthorized
 log = logging.getLogger("lrbnn.service.errors")
 
 
-def error_response(status: int, message: str, field: str | None = None,
-                   headers: dict[str, str] | None = None) -> Response:
+def error_response(
+    status: int, message: str, field: str | None = None, headers: dict[str, str] | None = None
+) -> Response:
     body: dict[str, object] = {"error": message}
     if field is not None:
         body["field"] = field
@@ -51,6 +52,11 @@ async def _http_error(request: Request, exc: Exception) -> Response:
     return error_response(exc.status_code, str(exc.detail), headers=dict(exc.headers or {}))
 
 
+async def _client_disconnect(request: Request, exc: Exception) -> Response:
+    """The client left while its body was read: nobody reads this answer, and it is no server error."""
+    return error_response(499, "the client disconnected while sending the request", "body")
+
+
 async def _unexpected(request: Request, exc: Exception) -> Response:
     log.exception("unhandled error", extra={"path": request.url.path})
     return error_response(500, "internal server error")
@@ -60,4 +66,5 @@ def install(app: FastAPI) -> None:
     app.add_exception_handler(ServiceError, _service_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
     app.add_exception_handler(StarletteHTTPException, _http_error)
+    app.add_exception_handler(ClientDisconnect, _client_disconnect)
     app.add_exception_handler(Exception, _unexpected)

@@ -4,31 +4,50 @@ from __future__ import annotations
 
 import orjson
 from fastapi import APIRouter, Request
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
 
 from service.api.deps import app_state
+from service.api.schemas import Liveness, Readiness
 from service.monitoring.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/livez", summary="200 while the process runs")
+@router.get("/livez", summary="200 while the process runs", responses={200: {"model": Liveness}})
 async def livez() -> Response:
     return Response(b'{"status":"alive"}', media_type="application/json")
 
 
-@router.get("/readyz", summary="200 once every model is loaded and warmed up; 503 while loading or draining")
+@router.get(
+    "/readyz",
+    summary="200 once every model is loaded and warmed up; 503 while loading or draining",
+    responses={
+        200: {"model": Readiness},
+        503: {"model": Readiness, "description": "not ready (Retry-After)"},
+    },
+)
 async def readyz(request: Request) -> Response:
     state = app_state(request)
     if state.ready:
         body = {"status": "ready", "models": {m.name: m.version for m in state.repository.models()}}
         return Response(orjson.dumps(body), media_type="application/json")
-    status = "draining" if state.draining else "loading" if not state.loaded else "failed"
+    if state.draining:
+        status = "draining"
+    elif not state.loaded:
+        status = "loading"
+    else:
+        status = "failed" if state.repository.errors else "no models"
     body = {"status": status, "errors": state.repository.errors}
-    return Response(orjson.dumps(body), status_code=503, media_type="application/json",
-                    headers={"Retry-After": "1"})
+    return Response(
+        orjson.dumps(body), status_code=503, media_type="application/json", headers={"Retry-After": "1"}
+    )
 
 
-@router.get("/metrics", summary="Prometheus text format")
+@router.get(
+    "/metrics",
+    summary="Prometheus text format",
+    response_class=PlainTextResponse,
+    responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
+)
 async def metrics(request: Request) -> Response:
     return Response(app_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

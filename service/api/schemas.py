@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt
 
@@ -97,7 +97,11 @@ class ModelsResponse(BaseModel):
 class ReloadRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    version: str | None = Field(default=None, description="default: the newest version directory")
+    version: str | None = Field(
+        default=None,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,31}$",  # the manifest's pattern: no path tricks
+        description="default: the newest version directory",
+    )
 
 
 class ReloadResponse(BaseModel):
@@ -107,3 +111,106 @@ class ReloadResponse(BaseModel):
     model_version: str
     previous_version: str | None
     sha256: str
+
+
+# -- V2 (Open Inference Protocol) and probes: documentation of the wire format ------------------------
+# The V2 handlers parse raw bytes (tritonclient sends no Content-Type) and check every field by hand;
+# these models document exactly what they accept, so the OpenAPI document is the real contract there too.
+V2Number = float | int | None
+
+
+class V2TensorInput(BaseModel):
+    name: Literal["features", "input__0"]
+    datatype: Literal["FP32", "FP64"]
+    shape: list[Annotated[int, Field(ge=0)]] = Field(
+        min_length=2, max_length=2, description="[N, F]: F = the number of features"
+    )
+    data: list[V2Number | list[V2Number]] | None = Field(
+        default=None, description="row-major values (flat or one list per row); null = missing (imputed)"
+    )
+    parameters: dict[str, Any] | None = Field(
+        default=None, description="`binary_data_size` when the tensor follows the JSON header as raw bytes"
+    )
+
+
+class V2RequestedOutput(BaseModel):
+    name: Literal["mean", "variance", "epistemic", "aleatoric", "ood_score", "ood"]
+    parameters: dict[str, Any] | None = Field(default=None, description="`binary_data`: bool")
+
+
+class V2InferParameters(BaseModel):
+    samples: StrictInt | None = Field(
+        default=None, description="Monte Carlo samples S (1..LRBNN_MAX_SAMPLES)"
+    )
+    seed: StrictInt | None = Field(default=None, description="0..2**63-1")
+    binary_data_output: Any = Field(default=None, description="bool: every output as raw bytes")
+
+
+class V2InferRequest(BaseModel):
+    id: str | None = None
+    inputs: list[V2TensorInput] = Field(min_length=1, max_length=1)
+    outputs: list[V2RequestedOutput] | None = None
+    parameters: V2InferParameters | None = None
+
+
+class V2TensorOutput(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+    data: list[float | bool] | None = None
+    parameters: dict[str, Any] | None = None
+
+
+class V2InferResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    model_version: str
+    id: str | None = None
+    parameters: dict[str, Any]
+    outputs: list[V2TensorOutput]
+
+
+class V2TensorMetadata(BaseModel):
+    name: str
+    datatype: str
+    shape: list[int]
+
+
+class V2ModelMetadata(BaseModel):
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[V2TensorMetadata]
+    outputs: list[V2TensorMetadata]
+    parameters: dict[str, Any]
+
+
+class V2ModelReady(BaseModel):
+    name: str
+    version: str
+    ready: bool
+
+
+class V2ServerMetadata(BaseModel):
+    name: str
+    version: str
+    extensions: list[str]
+
+
+class V2Live(BaseModel):
+    live: bool
+
+
+class V2Ready(BaseModel):
+    ready: bool
+
+
+class Liveness(BaseModel):
+    status: Literal["alive"]
+
+
+class Readiness(BaseModel):
+    status: Literal["ready", "loading", "failed", "no models", "draining"]
+    models: dict[str, str] | None = Field(default=None, description="when ready: model -> version")
+    errors: dict[str, str] | None = Field(default=None, description="when not ready: model -> load error")

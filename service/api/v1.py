@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
-import numpy as np
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import Response
@@ -30,9 +29,14 @@ from service.state import AppState, Endpoint
 
 router = APIRouter(tags=["v1"])
 
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorResponse} for code in (400, 401, 403, 404, 413, 422, 429, 503, 504)
-}
+
+def errors_for(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI ``responses`` for the error statuses a route can really answer (all ``ErrorResponse``)."""
+    return {code: {"model": ErrorResponse} for code in codes}
+
+
+#: every status a model request can meet: bad input, auth, unknown model, size, queue, drain, timeout
+ERRORS = errors_for(400, 401, 403, 404, 413, 422, 429, 503, 504)
 
 
 def json_response(payload: Any, status: int = 200) -> Response:
@@ -130,7 +134,12 @@ def model_info(served: ServedModel, versions: list[str]) -> ModelInfo:
     )
 
 
-@router.get("/v1/models", response_model=ModelsResponse, responses=ERRORS, summary="Models and input schemas")
+@router.get(
+    "/v1/models",
+    response_model=ModelsResponse,
+    responses=errors_for(401, 403),
+    summary="Models and input schemas",
+)
 async def list_models(request: Request) -> Response:
     state = app_state(request)
     state.authorize(request)
@@ -143,7 +152,7 @@ async def list_models(request: Request) -> Response:
 @router.post(
     "/v1/models/{name}/reload",
     response_model=ReloadResponse,
-    responses={**ERRORS, 409: {"model": ErrorResponse}},
+    responses=errors_for(400, 401, 403, 404, 409, 413, 422),
     summary="Hot reload (admin token): validate the new version fully, keep the old one on failure",
 )
 async def reload(name: str, request: Request) -> Response:
@@ -169,7 +178,3 @@ async def reload(name: str, request: Request) -> Response:
 
 def _current_version(state: AppState, name: str) -> str | None:
     return next((m.version for m in state.repository.models() if m.name == name), None)
-
-
-def as_float_list(values: np.ndarray) -> list[float]:
-    return [float(v) for v in values.ravel()]

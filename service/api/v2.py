@@ -23,6 +23,15 @@ from starlette.responses import Response
 from model_core.checkpoint import Task
 from service.api.body import parse_json
 from service.api.deps import app_state, disconnect_waiter
+from service.api.schemas import (
+    V2InferResponse,
+    V2Live,
+    V2ModelMetadata,
+    V2ModelReady,
+    V2Ready,
+    V2ServerMetadata,
+)
+from service.api.v1 import ERRORS, errors_for
 from service.errors import BadRequest, InvalidInput, ModelNotFound, ModelNotReady
 from service.inference import InferenceResult
 from service.repository import ServedModel
@@ -47,21 +56,50 @@ SERVER_NAME = "lrbnn"
 SERVER_VERSION = "0.1.0"
 
 
+METADATA_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": V2ModelMetadata},
+    **errors_for(401, 403, 404),
+}
+READY_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": V2ModelReady},
+    **errors_for(401, 403, 404, 503),
+}
+INFER_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {
+        "model": V2InferResponse,
+        "content": {
+            "application/octet-stream": {
+                "schema": {"type": "string", "format": "binary"},
+            }
+        },
+        "description": "JSON, or with binary outputs the JSON header (Inference-Header-Content-Length "
+        "bytes) followed by the raw tensors",
+    },
+    **ERRORS,
+}
+INFER_BODY: dict[str, Any] = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": {"$ref": "#/components/schemas/V2InferRequest"}}},
+    }
+}
+
+
 def _json(payload: Any, status: int = 200) -> Response:
     return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
 
 
-@router.get("/v2", summary="Server metadata")
+@router.get("/v2", summary="Server metadata", responses={200: {"model": V2ServerMetadata}})
 async def server_metadata() -> Response:
     return _json({"name": SERVER_NAME, "version": SERVER_VERSION, "extensions": ["binary_tensor_data"]})
 
 
-@router.get("/v2/health/live")
+@router.get("/v2/health/live", responses={200: {"model": V2Live}})
 async def live() -> Response:
     return _json({"live": True})
 
 
-@router.get("/v2/health/ready")
+@router.get("/v2/health/ready", responses={200: {"model": V2Ready}, 503: {"model": V2Ready}})
 async def ready(request: Request) -> Response:
     ok = app_state(request).ready
     return _json({"ready": ok}, 200 if ok else 503)
@@ -72,16 +110,22 @@ def _served(request: Request, name: str, version: str | None) -> ServedModel:
     state.authorize(request)
     served = state.repository.get(name)
     if version is not None and version != served.version:
-        raise ModelNotFound(f"model {name!r} version {version!r} is not served (serving {served.version})",
-                            field="version")
+        raise ModelNotFound(
+            f"model {name!r} version {version!r} is not served (serving {served.version})", field="version"
+        )
     return served
 
 
 def metadata(served: ServedModel) -> dict[str, Any]:
     pre = served.preprocessor
     outputs = [
-        {"name": n, "datatype": OUTPUTS[n][0], "shape": [-1, len(served.manifest.output_schema.labels or [])]
-         if n == "mean" and served.manifest.task is Task.MULTICLASS else [-1]}
+        {
+            "name": n,
+            "datatype": OUTPUTS[n][0],
+            "shape": [-1, len(served.manifest.output_schema.labels or [])]
+            if n == "mean" and served.manifest.task is Task.MULTICLASS
+            else [-1],
+        }
         for n in OUTPUTS
     ]
     return {
@@ -100,14 +144,18 @@ def metadata(served: ServedModel) -> dict[str, Any]:
     }
 
 
-@router.get("/v2/models/{name}", summary="Model metadata")
-@router.get("/v2/models/{name}/versions/{version}", summary="Model metadata (one version)")
+@router.get("/v2/models/{name}", summary="Model metadata", responses=METADATA_RESPONSES)
+@router.get(
+    "/v2/models/{name}/versions/{version}",
+    summary="Model metadata (one version)",
+    responses=METADATA_RESPONSES,
+)
 async def model_metadata(name: str, request: Request, version: str | None = None) -> Response:
     return _json(metadata(_served(request, name, version)))
 
 
-@router.get("/v2/models/{name}/ready")
-@router.get("/v2/models/{name}/versions/{version}/ready")
+@router.get("/v2/models/{name}/ready", responses=READY_RESPONSES)
+@router.get("/v2/models/{name}/versions/{version}/ready", responses=READY_RESPONSES)
 async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
     served = _served(request, name, version)
     if app_state(request).draining:
@@ -148,13 +196,20 @@ def _tensor(body: dict[str, Any], binary: bytes, n_features: int) -> np.ndarray:
         raise BadRequest(f"unknown input {name!r}; expected {INPUT_NAMES[0]!r}", field="inputs.0.name")
     datatype = spec.get("datatype")
     if datatype not in DTYPES:
-        raise BadRequest(f"input {name!r}: datatype {datatype!r} is not supported; send FP32",
-                         field="inputs.0.datatype")
+        raise BadRequest(
+            f"input {name!r}: datatype {datatype!r} is not supported; send FP32", field="inputs.0.datatype"
+        )
     shape = spec.get("shape")
-    if (not isinstance(shape, list) or len(shape) != 2 or not all(isinstance(d, int) for d in shape)
-            or shape[1] != n_features or shape[0] < 0):
-        raise BadRequest(f"input {name!r}: shape must be [N, {n_features}], got {shape!r}",
-                         field="inputs.0.shape")
+    if (
+        not isinstance(shape, list)
+        or len(shape) != 2
+        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
+        or shape[1] != n_features
+        or shape[0] < 0
+    ):
+        raise BadRequest(
+            f"input {name!r}: shape must be [N, {n_features}], got {shape!r}", field="inputs.0.shape"
+        )
     count = shape[0] * shape[1]
     dtype = DTYPES[datatype]
     params = spec.get("parameters") or {}
@@ -162,8 +217,11 @@ def _tensor(body: dict[str, Any], binary: bytes, n_features: int) -> np.ndarray:
         size = params["binary_data_size"]
         want = count * np.dtype(dtype).itemsize
         if size != want or len(binary) < want:
-            raise BadRequest(f"input {name!r}: binary_data_size {size!r} != {want} bytes for shape {shape}",
-                             field="inputs.0.parameters.binary_data_size")
+            raise BadRequest(
+                f"input {name!r}: binary_data_size {size!r} must be {want} bytes for shape {shape}, "
+                f"with that many bytes after the JSON header (got {len(binary)})",
+                field="inputs.0.parameters.binary_data_size",
+            )
         return np.frombuffer(binary[:want], dtype=dtype).astype(np.float64).reshape(shape)
     data = spec.get("data")
     if data is None:
@@ -171,16 +229,24 @@ def _tensor(body: dict[str, Any], binary: bytes, n_features: int) -> np.ndarray:
     flat = np.asarray(data, dtype=object).ravel() if isinstance(data, list) else None
     if flat is None or flat.size != count:
         got = "not a list" if flat is None else f"{flat.size} values"
-        raise BadRequest(f"input {name!r}: shape {shape} needs {count} values, got {got}", field="inputs.0.data")
+        raise BadRequest(
+            f"input {name!r}: shape {shape} needs {count} values, got {got}", field="inputs.0.data"
+        )
     values = np.empty(count, dtype=np.float64)
     for i, v in enumerate(flat.tolist()):
         if v is None:
             values[i] = math.nan
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            values[i] = v
+            try:
+                values[i] = v
+            except OverflowError:  # an integer literal beyond float range
+                raise BadRequest(
+                    f"input {name!r}: element {i} is out of range", field="inputs.0.data"
+                ) from None
         else:
-            raise BadRequest(f"input {name!r}: element {i} is {v!r}, not a number or null",
-                             field="inputs.0.data")
+            raise BadRequest(
+                f"input {name!r}: element {i} is {v!r}, not a number or null", field="inputs.0.data"
+            )
     return values.reshape(shape)
 
 
@@ -198,7 +264,9 @@ def _rows(served: ServedModel, x: np.ndarray) -> list[dict[str, Any]]:
                 if not (v.is_integer() and 0 <= v < len(cats)):
                     raise InvalidInput(
                         f"feature {spec.name!r} is categorical: send a category index 0..{len(cats) - 1}, "
-                        f"got {v!r}", field=f"inputs.0.data.{spec.name}")
+                        f"got {v!r}",
+                        field=f"inputs.0.data.{spec.name}",
+                    )
                 row[spec.name] = cats[int(v)]
             else:
                 row[spec.name] = v
@@ -207,7 +275,8 @@ def _rows(served: ServedModel, x: np.ndarray) -> list[dict[str, Any]]:
 
 
 def _requested(body: dict[str, Any]) -> list[tuple[str, bool]]:
-    binary_all = bool((body.get("parameters") or {}).get("binary_data_output", False))
+    params = body.get("parameters") or {}
+    binary_all = bool(params.get("binary_data_output", False)) if isinstance(params, dict) else False
     outputs = body.get("outputs")
     if outputs is None:
         return [(n, binary_all) for n in DEFAULT_OUTPUTS]
@@ -218,7 +287,10 @@ def _requested(body: dict[str, Any]) -> list[tuple[str, bool]]:
         name = out.get("name") if isinstance(out, dict) else None
         if name not in OUTPUTS:
             raise BadRequest(f"unknown output {name!r}; known: {sorted(OUTPUTS)}", field=f"outputs.{i}.name")
-        binary = bool((out.get("parameters") or {}).get("binary_data", binary_all))
+        out_params = out.get("parameters") or {}
+        if not isinstance(out_params, dict):
+            raise BadRequest("'parameters' of an output must be an object", field=f"outputs.{i}.parameters")
+        binary = bool(out_params.get("binary_data", binary_all))
         chosen.append((name, binary))
     return chosen
 
@@ -227,7 +299,7 @@ def _array(result: InferenceResult, name: str) -> np.ndarray:
     return result.ood if name == "ood" else result.outputs[name]
 
 
-def _encode(result: InferenceResult, body: dict[str, Any]) -> Response:
+def _encode(result: InferenceResult, body: dict[str, Any], requested: list[tuple[str, bool]]) -> Response:
     served = result.served
     header: dict[str, Any] = {
         "model_name": served.name,
@@ -235,10 +307,10 @@ def _encode(result: InferenceResult, body: dict[str, Any]) -> Response:
         "parameters": {"samples": result.samples},
         "outputs": [],
     }
-    if isinstance(body.get("id"), str):
-        header["id"] = body["id"]
+    if body.get("id") is not None:
+        header["id"] = body["id"]  # a string: checked before the compute
     blobs: list[bytes] = []
-    for name, binary in _requested(body):
+    for name, binary in requested:
         datatype, dtype = OUTPUTS[name]
         arr = np.ascontiguousarray(_array(result, name), dtype=dtype)
         entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
@@ -259,8 +331,18 @@ def _encode(result: InferenceResult, body: dict[str, Any]) -> Response:
     )
 
 
-@router.post("/v2/models/{name}/infer", summary="Inference (Open Inference Protocol)")
-@router.post("/v2/models/{name}/versions/{version}/infer", summary="Inference on one version")
+@router.post(
+    "/v2/models/{name}/infer",
+    summary="Inference (Open Inference Protocol)",
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
+@router.post(
+    "/v2/models/{name}/versions/{version}/infer",
+    summary="Inference on one version",
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
 async def infer(name: str, request: Request, version: str | None = None) -> Response:
     state = app_state(request)
     async with state.track(request, name, Endpoint.V2_INFER) as served:
@@ -275,7 +357,9 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
         if not isinstance(params, dict):
             raise BadRequest("'parameters' must be an object", field="parameters")
         rows = _rows(served, x)
-        result = await state.inference.predict(
-            served, rows, _int_param(params, "samples"), _int_param(params, "seed"), disconnect_waiter(request)
-        )
-        return _encode(result, body)
+        samples, seed = _int_param(params, "samples"), _int_param(params, "seed")
+        requested = _requested(body)  # checked before the compute, not after
+        if body.get("id") is not None and not isinstance(body["id"], str):
+            raise BadRequest("'id' must be a string", field="id")
+        result = await state.inference.predict(served, rows, samples, seed, disconnect_waiter(request))
+        return _encode(result, body, requested)

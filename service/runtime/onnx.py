@@ -1,31 +1,59 @@
-"""The onnxruntime backend (``LRBNN_BACKEND=onnx``): a thin adapter over ``model_core.export.onnx``.
+"""The onnxruntime backend (``LRBNN_BACKEND=onnx``): an adapter over ``model_core.export.onnx_runtime``.
 
-The predictor itself (``OnnxPredictor(onnx_path, manifest).predict(x, samples, seeds, block_sizes)``)
-belongs to the ONNX export work; this module only finds ``<version>/model.onnx`` and turns an absent
-file or an absent implementation into a :class:`RuntimeLoadError` naming what is missing.
+The predictor (``OnnxPredictor(onnx_path, manifest).predict(x, samples, seeds, block_sizes)``) belongs to
+the ONNX export work and imports neither torch nor training code; this module finds
+``<version>/model.onnx``, passes the batching mode through, and turns an absent file, an absent
+implementation or a stale graph into a :class:`RuntimeLoadError` naming what is wrong.
 """
 
 from __future__ import annotations
 
 import importlib
 from pathlib import Path
+from typing import Any
+
+import numpy as np
 
 from model_core.checkpoint.manifest import Manifest
-from service.runtime.base import Runtime, RuntimeLoadError
+from service.runtime.base import Outputs, RuntimeLoadError
 
 ONNX_FILE = "model.onnx"
+#: Where the predictor may live: the torch-free module first, then the exporter's re-export.
+PREDICTOR_MODULES = ("model_core.export.onnx_runtime", "model_core.export.onnx")
 
 
-def build_onnx_runtime(version_dir: Path, manifest: Manifest) -> Runtime:
+def _predictor_class() -> Any:
+    errors = []
+    for name in PREDICTOR_MODULES:
+        try:
+            return importlib.import_module(name).OnnxPredictor
+        except (ImportError, AttributeError) as exc:
+            errors.append(f"{name}: {exc}")
+    raise RuntimeLoadError(f"the onnx backend is not available ({'; '.join(errors)})")
+
+
+class OnnxRuntime:
+    """The service's runtime contract over an ``OnnxPredictor``."""
+
+    def __init__(self, predictor: Any, exact: bool) -> None:
+        self.predictor = predictor
+        self.exact = exact
+        self.device = str(getattr(predictor, "device", "onnxruntime"))
+
+    def predict(
+        self, x: np.ndarray, samples: int, seeds: list[int | None], block_sizes: list[int]
+    ) -> Outputs:
+        out: Outputs = self.predictor.predict(x, samples, seeds, block_sizes, merge=not self.exact)
+        return out
+
+
+def build_onnx_runtime(version_dir: Path, manifest: Manifest, exact: bool = True) -> OnnxRuntime:
     path = version_dir / ONNX_FILE
     if not path.is_file():
         raise RuntimeLoadError(f"{path}: no ONNX graph (run `lrbnn export-onnx {version_dir} {path}`)")
+    predictor_cls = _predictor_class()
     try:
-        module = importlib.import_module("model_core.export.onnx")
-        predictor_cls = module.OnnxPredictor
-    except (ImportError, AttributeError) as exc:
-        raise RuntimeLoadError(f"the onnx backend is not available: {exc}") from None
-    predictor = predictor_cls(path, manifest)
-    if not hasattr(predictor, "device"):
-        predictor.device = "onnxruntime"
-    return predictor  # type: ignore[no-any-return]
+        predictor = predictor_cls(path, manifest)
+    except (ValueError, OSError) as exc:  # OnnxRuntimeError is a ValueError: unreadable or stale graph
+        raise RuntimeLoadError(str(exc)) from None
+    return OnnxRuntime(predictor, exact)

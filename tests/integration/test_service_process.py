@@ -1,0 +1,282 @@
+"""The real thing: ``lrbnn serve`` as a subprocess on a free loopback port.
+
+Covers start-up to ``/readyz``, V1 and V2 (with tritonclient when installed), a SIGTERM drain with
+requests in flight (none may fail, the exit status must be 0) and, when the bundled ICU model and the
+SUPPORT2 data are present, predictions for real patients.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "service"))
+import toy  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ICU_REPO = ROOT / "deploy" / "models"
+ICU_MODEL = "icu-mortality"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "model_core.cli",
+                "serve",
+                "--model-repository",
+                str(repo),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+            ],
+            cwd=ROOT,
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+
+    def wait_ready(self, timeout_s: float = 90.0) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited {self.proc.returncode}: {self.output()}")
+            try:
+                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.2)
+        raise AssertionError("server never became ready")
+
+    def output(self) -> str:
+        if self.proc.poll() is None:
+            return ""
+        assert self.proc.stdout is not None
+        return self.proc.stdout.read()
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+
+@pytest.fixture(scope="module")
+def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("toy-int")
+    ckpt = toy.train_toy(root / "ckpt", root / "work")
+    return toy.make_repository(root / "models", ckpt)
+
+
+@pytest.fixture(scope="module")
+def server(toy_repo: Path) -> Iterator[Server]:
+    srv = Server(toy_repo)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_v1_predict_over_http(server: Server) -> None:
+    r = httpx.post(
+        server.url + "/v1/models/toy:predict",
+        json={"instances": [toy.instance()], "parameters": {"samples": 16, "seed": 1}},
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["predictions"][0]["imputed"] == []
+    assert httpx.get(server.url + "/livez").status_code == 200
+    assert "lrbnn_model_info" in httpx.get(server.url + "/metrics").text
+
+
+def test_v2_with_tritonclient(server: Server) -> None:
+    httpclient = pytest.importorskip("tritonclient.http")
+    client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}")
+    assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("toy")
+    meta = client.get_model_metadata("toy")
+    assert meta["inputs"][0]["shape"] == [-1, 4]
+    x = np.array([[70.0, 110.0, 1.5, 1.0], [40.0, 80.0, 0.9, 0.0]], dtype=np.float32)
+    for binary in (True, False):
+        inp = httpclient.InferInput("features", list(x.shape), "FP32")
+        inp.set_data_from_numpy(x, binary_data=binary)
+        outs = [
+            httpclient.InferRequestedOutput(n, binary_data=binary)
+            for n in ("mean", "variance", "epistemic", "ood_score", "ood")
+        ]
+        res = client.infer("toy", [inp], outputs=outs, parameters={"seed": 3, "samples": 32})
+        mean, ood = res.as_numpy("mean"), res.as_numpy("ood")
+        assert mean.shape == (2,) and mean.dtype == np.float32 and ((mean > 0) & (mean < 1)).all()
+        assert ood.dtype == np.bool_
+    # the same call without requested outputs uses the contract's default set
+    inp = httpclient.InferInput("features", list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    res = client.infer("toy", [inp])
+    assert res.as_numpy("epistemic").shape == (2,)
+
+
+def _metric(srv: Server, series: str) -> float:
+    """The value of one series (name and labels exactly as exported), 0 when absent."""
+    for line in httpx.get(srv.url + "/metrics", timeout=10).text.splitlines():
+        if line.split(" ")[0] == series:
+            return float(line.split()[-1])
+    return 0.0
+
+
+def test_disconnected_client_frees_its_slot(server: Server) -> None:
+    """A client that gives up while queued leaves the queue (uvicorn's disconnect) and costs no compute."""
+    heavy = {"instances": [toy.instance()] * 512, "parameters": {"samples": 1024, "seed": 1}}
+    predicted = 'lrbnn_predictions_total{model="toy"}'
+    gone = 'lrbnn_requests_rejected_total{model="toy",reason="client_disconnected"}'
+    before, gone_before = _metric(server, predicted), _metric(server, gone)
+
+    def call() -> int:
+        return httpx.post(server.url + "/v1/models/toy:predict", json=heavy, timeout=120).status_code
+
+    def impatient() -> str:
+        try:
+            httpx.post(server.url + "/v1/models/toy:predict", json={"instances": [{}]}, timeout=0.5)
+        except httpx.TimeoutException:
+            return "gave up"
+        return "answered"
+
+    with ThreadPoolExecutor(4) as pool:
+        busy = [pool.submit(call) for _ in range(3)]
+        _wait_in_flight(server, at_least=3)
+        assert pool.submit(impatient).result() == "gave up"
+        assert [f.result() for f in busy] == [200, 200, 200]
+    time.sleep(0.2)
+    assert _metric(server, gone) == gone_before + 1
+    assert _metric(server, predicted) == before + 3 * 512  # the abandoned request was never computed
+    assert _metric(server, 'lrbnn_inflight_requests{model="toy"}') == 0.0
+
+
+def _wait_in_flight(srv: Server, at_least: int, timeout_s: float = 60.0) -> int:
+    """Poll /metrics until ``at_least`` requests are in flight; returns how many were."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        for line in httpx.get(srv.url + "/metrics", timeout=10).text.splitlines():
+            if line.startswith('lrbnn_inflight_requests{model="toy"}'):
+                value = int(float(line.split()[-1]))
+                if value >= at_least:
+                    return value
+        time.sleep(0.01)
+    raise AssertionError(f"never {at_least} requests in flight together")
+
+
+def test_sigterm_drains_in_flight_requests_and_exits_zero(toy_repo: Path) -> None:
+    srv = Server(toy_repo, env={"LRBNN_MAX_BATCH_SIZE": "4", "LRBNN_DRAIN_TIMEOUT_S": "60"})
+    try:
+        srv.wait_ready()
+        heavy = {"instances": [toy.instance()] * 512, "parameters": {"samples": 512, "seed": 1}}
+
+        def call() -> int:
+            return httpx.post(srv.url + "/v1/models/toy:predict", json=heavy, timeout=60).status_code
+
+        with ThreadPoolExecutor(6) as pool:
+            futures = [pool.submit(call) for _ in range(6)]
+            in_flight = _wait_in_flight(srv, at_least=3)
+            srv.proc.send_signal(signal.SIGTERM)
+            time.sleep(0.1)
+            try:
+                late = httpx.post(srv.url + "/v1/models/toy:predict", json={"instances": [{}]}, timeout=5)
+                assert late.status_code == 503 and late.headers.get("retry-after")
+                assert httpx.get(srv.url + "/readyz", timeout=5).status_code == 503
+            except httpx.TransportError:
+                pass  # already drained and closed: also a refusal
+            codes = [f.result() for f in futures]
+        # every request admitted before the signal finishes; later ones are refused cleanly (503)
+        assert set(codes) <= {200, 503} and codes.count(200) >= in_flight, (in_flight, codes)
+        assert srv.proc.wait(60) == 0, srv.output()
+    finally:
+        srv.stop()
+
+
+def _support2_rows(data_dir: Path, n: int) -> list[dict[str, object]]:
+    import pandas as pd
+
+    from model_core.data.icu import ICU_FEATURES
+
+    frame = pd.read_csv(data_dir / "support2" / "support2.csv").head(n)
+    rows = []
+    for rec in frame[ICU_FEATURES].to_dict(orient="records"):
+        rows.append(
+            {k: None if pd.isna(v) else (v.item() if hasattr(v, "item") else v) for k, v in rec.items()}
+        )
+    return rows
+
+
+def _as_tensor(
+    rows: list[dict[str, object]], names: list[str], cats: dict[str, list[str]]
+) -> list[list[object]]:
+    """V1 rows -> V2 rows: categories become their index, missing or unknown values null."""
+    out = []
+    for row in rows:
+        values: list[object] = []
+        for name in names:
+            v = row.get(name)
+            if name in cats:
+                v = cats[name].index(str(v)) if v is not None and str(v) in cats[name] else None
+            values.append(v)
+        out.append(values)
+    return out
+
+
+@pytest.mark.realdata
+def test_icu_model_on_real_support2_patients() -> None:
+    repo = Path(os.environ.get("LRBNN_TEST_ICU_REPOSITORY", ICU_REPO))
+    if not any((repo / ICU_MODEL).glob("*/manifest.json")):
+        pytest.skip(f"no bundled model under {repo / ICU_MODEL}")
+    data_dir = os.environ.get("LRBNN_DATA_DIR")
+    if not data_dir or not (Path(data_dir) / "support2" / "support2.csv").is_file():
+        pytest.skip("LRBNN_DATA_DIR with support2/support2.csv is not available")
+    rows = _support2_rows(Path(data_dir), 20)
+    srv = Server(repo)
+    try:
+        srv.wait_ready(180)
+        r = httpx.post(
+            srv.url + f"/v1/models/{ICU_MODEL}:predict",
+            json={"instances": rows, "parameters": {"seed": 0}},
+            timeout=60,
+        )
+        assert r.status_code == 200, r.text
+        preds = r.json()["predictions"]
+        assert len(preds) == 20 and all(0.0 <= p["mean"] <= 1.0 for p in preds)
+        assert any(p["imputed"] for p in preds)  # SUPPORT2 has gaps; the answer says which were filled
+        meta = httpx.get(srv.url + f"/v2/models/{ICU_MODEL}").json()
+        names, cats = meta["parameters"]["feature_names"], meta["parameters"]["categories"]
+        data = _as_tensor(rows, names, cats)
+        body = {
+            "inputs": [{"name": "features", "datatype": "FP32", "shape": [20, len(names)], "data": data}],
+            "parameters": {"seed": 0},
+        }
+        r2 = httpx.post(srv.url + f"/v2/models/{ICU_MODEL}/infer", json=body, timeout=60)
+        assert r2.status_code == 200, r2.text
+        mean = next(o for o in r2.json()["outputs"] if o["name"] == "mean")["data"]
+        assert mean == pytest.approx([p["mean"] for p in preds], abs=0.02)  # FP32 inputs: tiny rounding
+    finally:
+        srv.stop()

@@ -1,0 +1,143 @@
+"""Dynamic batching: identity under merging, back-pressure (429), timeouts (504), abandoned requests."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import numpy as np
+import pytest
+import toy
+from service_helpers import ServeApp, metric_value, served_model, slow_down
+
+from service.errors import ClientDisconnected
+
+pytestmark = pytest.mark.anyio
+PREDICT = "/v1/models/toy:predict"
+
+
+def _requests() -> list[dict[str, Any]]:
+    rng = np.random.default_rng(1)
+    out = []
+    for i in range(8):
+        rows = [
+            toy.instance(age=float(rng.normal(60, 15)), heart_rate=float(rng.normal(90, 20)))
+            for _ in range(1 + i % 3)
+        ]
+        out.append({"instances": rows, "parameters": {"samples": 64, "seed": 1000 + i}})
+    return out
+
+
+async def test_merged_answers_equal_answers_alone(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bodies = _requests()
+    async with serve_app(max_batch_size=64, max_batch_delay_ms=20) as client:
+        alone = [(await client.post(PREDICT, json=b)).json() for b in bodies]
+        batches = slow_down(monkeypatch, client, 0.05)
+        merged = await asyncio.gather(*(client.post(PREDICT, json=b) for b in bodies))
+        assert [r.status_code for r in merged] == [200] * len(bodies)
+        assert [r.json() for r in merged] == alone  # bit-identical, whatever the batch neighbours
+        assert any(len(sizes) > 1 for sizes in batches), f"nothing was merged: {batches}"
+        assert sum(len(sizes) for sizes in batches) == len(bodies)
+
+
+async def test_merged_pass_mode_matches_up_to_rounding(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """LRBNN_BATCH_EXACT=false: one network pass per batch; same noise, so equal up to float32 rounding."""
+    bodies = _requests()
+    async with serve_app(max_batch_delay_ms=20, batch_exact=False) as client:
+        alone = [(await client.post(PREDICT, json=b)).json()["predictions"] for b in bodies]
+        batches = slow_down(monkeypatch, client, 0.05)
+        merged = await asyncio.gather(*(client.post(PREDICT, json=b) for b in bodies))
+        assert any(len(sizes) > 1 for sizes in batches)
+        for got, want in zip((r.json()["predictions"] for r in merged), alone, strict=True):
+            for g, w in zip(got, want, strict=True):
+                for key in ("mean", "variance", "epistemic", "aleatoric", "ood_score"):
+                    assert g[key] == pytest.approx(w[key], rel=1e-4, abs=1e-7), key
+
+
+async def test_different_samples_are_never_merged(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve_app(max_batch_delay_ms=20) as client:
+        batches = slow_down(monkeypatch, client, 0.05)
+        runtime = served_model(client).runtime
+        seen: list[int] = []
+        inner = runtime.predict
+
+        def record(x: object, samples: int, seeds: list[int | None], block_sizes: list[int]) -> object:
+            seen.append(samples)
+            return inner(x, samples, seeds, block_sizes)
+
+        monkeypatch.setattr(runtime, "predict", record)
+        sizes = (8, 16) * 3
+        bodies = [{"instances": [toy.instance()], "parameters": {"samples": s, "seed": 1}} for s in sizes]
+        rs = await asyncio.gather(*(client.post(PREDICT, json=b) for b in bodies))
+        assert all(r.status_code == 200 for r in rs)
+        assert [r.json()["samples"] for r in rs] == list(sizes)
+        assert len(seen) == len(batches) and len(batches) < len(bodies)  # merged, but only by S
+
+
+async def test_full_queue_is_429_with_retry_after(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve_app(max_queue=1, max_batch_size=1) as client:
+        slow_down(monkeypatch, client, 0.3)
+        body = {"instances": [toy.instance()], "parameters": {"seed": 1}}
+        rs = await asyncio.gather(*(client.post(PREDICT, json=body) for _ in range(5)))
+        codes = sorted(r.status_code for r in rs)
+        assert 429 in codes and 200 in codes, codes
+        rejected = [r for r in rs if r.status_code == 429]
+        assert all(int(r.headers["retry-after"]) >= 1 for r in rejected)
+        scrape = (await client.get("/metrics")).text
+        value = metric_value(scrape, "lrbnn_requests_rejected_total", model="toy", reason="queue_full")
+        assert value == len(rejected)
+
+
+async def test_timeout_is_504_and_frees_the_slot(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve_app(request_timeout_s=0.1, max_queue=3) as client:
+        slow_down(monkeypatch, client, 0.4)
+        body = {"instances": [toy.instance()]}
+        rs = await asyncio.gather(*(client.post(PREDICT, json=body) for _ in range(3)))
+        assert [r.status_code for r in rs] == [504, 504, 504]
+        batcher = client.app.state.lrbnn.inference.batchers["toy"]  # type: ignore[attr-defined]
+        assert batcher.depth == 0
+        await asyncio.sleep(0.5)
+        monkeypatch.undo()
+        assert (await client.post(PREDICT, json=body)).status_code == 200
+
+
+async def test_disconnected_client_leaves_the_queue(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with serve_app(max_queue=4) as client:
+        served = served_model(client)
+        batches = slow_down(monkeypatch, client, 0.2)
+        batcher = client.app.state.lrbnn.inference.batchers["toy"]  # type: ignore[attr-defined]
+        x, _ = served.preprocessor.transform([toy.instance()])
+        busy = asyncio.create_task(batcher.submit(served, x, 8, 1, 5.0))
+        await asyncio.sleep(0.05)  # the first request is now running; the next ones queue
+
+        async def gone() -> None:
+            await asyncio.sleep(0.02)
+
+        with pytest.raises(ClientDisconnected):
+            await batcher.submit(served, x, 8, 2, 5.0, disconnected=gone)
+        assert batcher.depth == 0
+        await busy
+        await asyncio.sleep(0.05)
+        assert len(batches) == 1  # the abandoned request was never computed
+
+
+async def test_lone_request_is_not_delayed(serve_app: ServeApp) -> None:
+    """With a 3 s batch delay, a lone request still answers at once (no fixed wait)."""
+    async with serve_app(max_batch_delay_ms=3000) as client:
+        loop = asyncio.get_running_loop()
+        t0 = loop.time()
+        r = await client.post(PREDICT, json={"instances": [toy.instance()]})
+        assert r.status_code == 200
+        assert loop.time() - t0 < 2.0

@@ -1,0 +1,87 @@
+"""The drift monitor (binned PSI / KS / W1 over a ring buffer) and the gauges it drives."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import toy
+from service_helpers import ServeApp, metric_value
+
+from service.monitoring.drift import DriftMonitor
+
+REF = np.quantile(np.random.default_rng(0).gamma(2.0, 1.0, 50_000), np.linspace(0, 1, 1000)).tolist()
+
+
+def _exact_ks_w1(window: np.ndarray, sample: np.ndarray) -> tuple[float, float]:
+    grid = np.sort(np.concatenate([window, sample]))
+    fw = np.searchsorted(np.sort(window), grid, side="right") / window.size
+    fs = np.searchsorted(np.sort(sample), grid, side="right") / sample.size
+    return float(np.abs(fw - fs).max()), float((np.abs(fw - fs)[:-1] * np.diff(grid)).sum())
+
+
+def test_in_distribution_window_shows_no_drift() -> None:
+    mon = DriftMonitor(REF, window=5000, threshold=REF[950])
+    stats = mon.update(np.random.default_rng(1).gamma(2.0, 1.0, 5000))
+    assert stats.psi < 0.02 and stats.ks < 0.03 and stats.wasserstein < 0.06
+    assert stats.ood_rate == pytest.approx(0.05, abs=0.015)
+
+
+def test_shifted_window_matches_exact_statistics() -> None:
+    rng = np.random.default_rng(2)
+    mon = DriftMonitor(REF, window=4000, threshold=REF[950])
+    shifted = rng.gamma(2.0, 1.0, 4000) * 1.5 + 0.3
+    stats = mon.update(shifted)
+    ks, w1 = _exact_ks_w1(shifted, rng.gamma(2.0, 1.0, 200_000))
+    assert stats.psi > 0.2
+    assert stats.ks == pytest.approx(ks, abs=0.02)
+    assert stats.wasserstein == pytest.approx(w1, rel=0.05)
+
+
+def test_ring_buffer_evicts_the_oldest() -> None:
+    rng = np.random.default_rng(3)
+    mon = DriftMonitor(REF, window=1000, threshold=REF[950])
+    mon.update(rng.gamma(2.0, 1.0, 1000) + 5.0)  # far out: huge drift
+    for _ in range(10):  # 1000 in-distribution scores in batches push all of them out
+        stats = mon.update(rng.gamma(2.0, 1.0, 100))
+    assert stats.count == 1000
+    assert stats.ks < 0.06 and stats.wasserstein < 0.15 and stats.psi < 0.1
+    assert int(mon._counts.sum()) == 1000  # per-bin counts stay consistent with the window
+
+
+@pytest.mark.anyio
+async def test_gauges_move_when_inputs_shift(serve_app: ServeApp) -> None:
+    rng = np.random.default_rng(4)
+    normal = [
+        toy.instance(age=float(a), heart_rate=float(h), creatinine=float(c), sex=str(s))
+        for a, h, c, s in zip(
+            rng.normal(60, 15, 200),
+            rng.normal(90, 20, 200),
+            np.abs(rng.normal(1.2, 0.6, 200)),
+            rng.choice(["female", "male"], 200),
+            strict=True,
+        )
+    ]
+    shifted = [toy.instance(age=200.0, heart_rate=280.0, creatinine=15.0) for _ in range(200)]
+    async with serve_app(drift_window=200) as client:
+
+        async def gauges() -> dict[str, float]:
+            text = (await client.get("/metrics")).text
+            out = {
+                s: metric_value(text, "lrbnn_uncertainty_drift", model="toy", statistic=s)
+                for s in ("psi", "ks", "wasserstein")
+            }
+            out["ood_rate"] = metric_value(text, "lrbnn_ood_rate", model="toy")
+            return {k: float(v or 0.0) for k, v in out.items()}
+
+        r = await client.post("/v1/models/toy:predict", json={"instances": normal, "parameters": {"seed": 1}})
+        assert r.status_code == 200
+        calm = await gauges()
+        r = await client.post(
+            "/v1/models/toy:predict", json={"instances": shifted, "parameters": {"seed": 2}}
+        )
+        assert r.status_code == 200
+        drifted = await gauges()
+        assert drifted["psi"] > calm["psi"] + 0.5
+        assert drifted["ks"] > 0.5 > calm["ks"]
+        assert drifted["wasserstein"] > calm["wasserstein"]
+        assert drifted["ood_rate"] > 0.5 > calm["ood_rate"]

@@ -1,0 +1,55 @@
+"""Readiness during a slow start and while draining."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import httpx
+import pytest
+import toy
+
+from service.app import create_app
+from service.repository import ModelRepository
+from service.settings import Settings
+
+pytestmark = pytest.mark.anyio
+
+
+async def test_readyz_is_503_while_loading_then_200(repo: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = threading.Event()
+    original = ModelRepository.load_all
+
+    def slow_load(self: ModelRepository) -> None:
+        gate.wait(10)
+        original(self)
+
+    monkeypatch.setattr(ModelRepository, "load_all", slow_load)
+    app = create_app(Settings(model_repository=repo))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/livez")).status_code == 200
+            r = await client.get("/readyz")
+            assert r.status_code == 503 and r.json()["status"] == "loading"
+            assert (await client.get("/v2/health/ready")).status_code == 503
+            gate.set()
+            await app.state.lrbnn.loading
+            assert (await client.get("/readyz")).status_code == 200
+            body = {"instances": [toy.instance()]}
+            assert (await client.post("/v1/models/toy:predict", json=body)).status_code == 200
+            app.state.lrbnn.draining = True
+            assert (await client.get("/readyz")).json()["status"] == "draining"
+            r = await client.post("/v1/models/toy:predict", json=body)
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+
+
+async def test_empty_repository_is_never_ready(tmp_path: Path) -> None:
+    app = create_app(Settings(model_repository=tmp_path / "nothing-here"))
+    async with app.router.lifespan_context(app):
+        await app.state.lrbnn.loading
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert (await client.get("/livez")).status_code == 200
+            assert (await client.get("/readyz")).status_code == 503
+            assert (await client.get("/v1/models")).json() == {"models": [], "failed": {}}
