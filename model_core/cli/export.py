@@ -28,5 +28,6 @@ def run(args: argparse.Namespace) -> int:
     if not layout:
         print("noise inputs: none (deterministic model; the number of samples does not matter)")
     for item in layout:
-        print(f"  {item.name}: (S, N, {item.width}) {item.kind}")
+        axis = item.to_json()["shape"][0]
+        print(f"  {item.name}: ({axis}, N, {item.width}) {item.kind}")
     return 0

@@ -33,10 +33,12 @@ from model_core.export.onnx_runtime import (
     META_LAYOUT,
     META_OUTPUTS,
     NoiseInput,
+    OnnxPredictor,
     layout_to_json,
 )
 from model_core.layers.base import BayesianModule, Mode, PredictiveContext
 from model_core.layers.lowrank import LowRankBayesLinear
+from model_core.models.ensemble import Ensemble
 from model_core.models.mlp import BayesMLP
 from model_core.models.spec import ArchitectureSpec, Likelihood, Method
 from model_core.predict import summarize
@@ -45,7 +47,7 @@ from model_core.sampling.noise import NoiseError, NoiseSource
 from model_core.sampling.types import Backend
 
 OPSET = 18
-#: Example sizes for tracing: not 0 or 1 (which exporters specialise) and unlike any layer width.
+#: Example sizes for tracing: not 0 or 1, which exporters specialise (S and N must stay symbolic).
 EXAMPLE_S, EXAMPLE_N = 5, 7
 SUPPORTED_METHODS = (
     Method.LOWRANK,
@@ -54,6 +56,8 @@ SUPPORTED_METHODS = (
     Method.DETERMINISTIC,
     Method.MCDROPOUT,
     Method.RANK1,
+    Method.ENSEMBLE,
+    Method.LOWRANK_ENS,
 )
 BASE_OUTPUTS = ("mean", "variance", "epistemic", "aleatoric", "entropy", "ood_score")
 INTERVAL_OUTPUTS = ("interval_low", "interval_high")
@@ -141,13 +145,19 @@ class _RecordingNoise(ExplicitNoise):
         return torch.rand((samples, self.n_rows, width), generator=self.generator, dtype=dtype)
 
 
-def traced_predictive(model: BayesMLP, x: Tensor, ctx: PredictiveContext) -> Tensor:
+def traced_predictive(model: BayesianModule, x: Tensor, ctx: PredictiveContext) -> Tensor:
     """``model.predictive`` with each low-rank layer calling the ``lrt`` scheme directly.
 
     Why: under ``torch.export`` :func:`~model_core.sampling.api.sample_lowrank` swaps in an opaque custom
     op that derives its noise from row seeds, which an ONNX graph cannot run. This mirrors
-    ``BayesMLP.predictive``; :func:`build_graph` checks that both give the same outputs.
+    ``BayesMLP.predictive`` and ``Ensemble.predictive``; :func:`build_graph` checks that both give the
+    same outputs. For a Bayesian ensemble ``ctx.samples`` is the per-member count ceil(S / M).
     """
+    if isinstance(model, Ensemble):
+        if not model.bayesian_members:
+            return torch.stack([member(x) for member in model.members])
+        return torch.cat([traced_predictive(member, x, ctx) for member in model.members], dim=0)  # type: ignore[arg-type]
+    assert isinstance(model, BayesMLP)
     last = len(model.layers) - 1
     for i, layer in enumerate(model.layers):
         if isinstance(layer, LowRankBayesLinear):
@@ -165,7 +175,7 @@ def _check_method(model: BayesianModule) -> ArchitectureSpec:
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ArchitectureSpec):
         raise ExportError("the model has no architecture spec; only registry-built models can be exported")
-    if spec.method not in SUPPORTED_METHODS or not isinstance(model, BayesMLP):
+    if spec.method not in SUPPORTED_METHODS or not isinstance(model, (BayesMLP, Ensemble)):
         supported = ", ".join(m.value for m in SUPPORTED_METHODS)
         raise ExportError(f"method {spec.method.value!r} cannot be exported to ONNX (supported: {supported})")
     return spec
@@ -199,14 +209,14 @@ def output_names(spec: ArchitectureSpec) -> list[str]:
 class PredictiveGraph(nn.Module):
     """forward(x, *noise) -> predictive summaries; the module that is exported (and the torch reference).
 
-    S is read from the noise tensors' first axis; a model without noise (deterministic) uses S = 1, which
-    gives the same summaries as any S because its samples are identical.
+    S is read from the noise tensors' first axis (for a Bayesian ensemble: samples per member). A model
+    without noise uses S = 1: a deterministic net's samples are identical, and a deterministic ensemble
+    always gives one sample per member.
     """
 
     def __init__(self, model: BayesianModule, layout: Sequence[NoiseInput]) -> None:
         super().__init__()
         self.spec = _check_method(model)
-        assert isinstance(model, BayesMLP)
         self.model = model
         self.kinds = [n.kind for n in layout]
         self.names = output_names(self.spec)
@@ -216,21 +226,24 @@ class PredictiveGraph(nn.Module):
         src = ExplicitNoise(noise, self.kinds)
         out = traced_predictive(self.model, x, PredictiveContext(samples, src, Backend.LRT))  # type: ignore[arg-type]
         src.check_exhausted()
-        if not noise:
-            out = out[:1] if out.dim() == 3 else out.unsqueeze(0)
         pred = summarize(out, self.spec)
         return tuple(getattr(pred, name) for name in self.names)
 
 
 def build_graph(model: BayesianModule) -> tuple[PredictiveGraph, list[NoiseInput]]:
     """The exportable wrapper and its noise layout (widths and kinds, S and N left symbolic)."""
-    _check_method(model)
     model.set_mode(Mode.SAMPLE)
-    layout = [NoiseInput(name, shape[-1], kind) for name, shape, kind in noise_layout(model, 2, 3)]
+    spec = _check_method(model)
+    groups = spec.members if spec.method is Method.LOWRANK_ENS else 1
+    recorded = noise_layout(model, 2 * groups, 3)
+    if any(shape[0] != 2 for _, shape, _ in recorded):
+        raise ExportError(f"unexpected noise sample axis in {recorded} (expected S / {groups} = 2)")
+    layout = [NoiseInput(name, shape[-1], kind, groups) for name, shape, kind in recorded]
     graph = PredictiveGraph(model, layout).eval()
     x, *noise = _example_inputs(graph.spec, layout)
     with torch.no_grad():
-        ref = model.predictive(x, PredictiveContext(EXAMPLE_S, ExplicitNoise(noise), Backend.LRT))
+        ctx = PredictiveContext(EXAMPLE_S * groups, ExplicitNoise(noise), Backend.LRT)
+        ref = model.predictive(x, ctx)
         ctx = PredictiveContext(EXAMPLE_S, ExplicitNoise(noise), Backend.LRT)
         got = traced_predictive(graph.model, x, ctx)
     if not torch.allclose(ref, got, rtol=1e-5, atol=1e-6):
@@ -239,7 +252,7 @@ def build_graph(model: BayesianModule) -> tuple[PredictiveGraph, list[NoiseInput
 
 
 def _example_inputs(spec: ArchitectureSpec, layout: Sequence[NoiseInput]) -> tuple[Tensor, ...]:
-    # Sizes other than 0 and 1 (and distinct from every width) so the exporter keeps S and N symbolic.
+    # Sizes other than 0 and 1 (which exporters specialise) so that S and N stay symbolic.
     s, n = EXAMPLE_S, EXAMPLE_N
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(n, spec.in_features, generator=gen)
@@ -258,18 +271,25 @@ def _export_dynamo(graph: PredictiveGraph, args: tuple[Tensor, ...], layout: Seq
     s, n = Dim("S", min=1), Dim("N", min=1)
     # forward(x, *noise): the varargs are one tuple in the signature, so their shapes nest in a tuple.
     shapes = ({0: n}, tuple({0: s, 1: n} for _ in layout)) if layout else ({0: n},)
-    with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
-        warnings.simplefilter("ignore")
-        program = torch.onnx.export(
-            graph,
-            args,
-            dynamo=True,
-            opset_version=OPSET,
-            input_names=[INPUT_NAME, *(i.name for i in layout)],
-            dynamic_shapes=shapes,
-            optimize=True,
-            verbose=False,
-        )
+    # The exporter logs warnings about optional packages (torchvision) that do not concern this graph.
+    registration_log = logging.getLogger("torch.onnx._internal.exporter._registration")
+    level = registration_log.level
+    registration_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), redirect_stdout(io.StringIO()):
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                graph,
+                args,
+                dynamo=True,
+                opset_version=OPSET,
+                input_names=[INPUT_NAME, *(i.name for i in layout)],
+                dynamic_shapes=shapes,
+                optimize=True,
+                verbose=False,
+            )
+    finally:
+        registration_log.setLevel(level)
     if program is None:
         raise ExportError("torch.onnx.export returned no program")
     return program.model_proto  # type: ignore[attr-defined]
@@ -408,6 +428,7 @@ __all__ = [
     "SUPPORTED_METHODS",
     "ExplicitNoise",
     "ExportError",
+    "OnnxPredictor",  # re-exported for callers that look here; torch-free code imports onnx_runtime
     "PredictiveGraph",
     "build_graph",
     "export_model",
