@@ -1,0 +1,179 @@
+"""Every deployment artefact checked by the real tool for it (hadolint, compose, kubernetes-validate,
+promtool). Skipped, with the reason, only when the tool binary is missing; CI installs them."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+import yaml
+from deploy_helpers import DEPLOY, ROOT, dashboard_exprs, rule_exprs, tool
+
+
+def _run(cmd: list[str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    res = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    return res
+
+
+def test_hadolint_dockerfile() -> None:
+    _run([tool("hadolint"), "--failure-threshold", "info", "Dockerfile"])
+
+
+def test_dockerfile_essentials() -> None:
+    """Why: the properties the issue requires but hadolint does not enforce."""
+    text = (ROOT / "Dockerfile").read_text()
+    assert "AS cuda" in text and "nvidia/cuda:" in text
+    assert "download.pytorch.org/whl/cpu" in text and "TORCH_VERSION=2.13.0" in text
+    assert "HEALTHCHECK" in text and "/livez" in text
+    assert "USER 10001" in text
+    assert "COPY --chown=root:root deploy/models /models" in text
+    assert "lrbnn train" not in text
+    # the last stage is the default build target: it must be the CPU image
+    stages = [line.split()[-1] for line in text.splitlines() if line.startswith("FROM ")]
+    assert stages[-1] == "cpu"
+    ignore = (ROOT / ".dockerignore").read_text().splitlines()
+    assert ".venv" in ignore and "!deploy/models" in ignore
+
+
+@pytest.mark.parametrize("profiles", [[], ["gpu", "alerting"]])
+def test_compose_config(profiles: list[str]) -> None:
+    args = [a for p in profiles for a in ("--profile", p)]
+    res = _run([tool("docker-compose"), *args, "config", "--format", "json"])
+    import json
+
+    cfg = json.loads(res.stdout)
+    services = cfg["services"]
+    assert {"lrbnn", "prometheus", "grafana"} <= set(services)
+    assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
+    assert "GF_SECURITY_ADMIN_PASSWORD" in services["grafana"]["environment"]
+    assert services["prometheus"]["depends_on"]["lrbnn"]["condition"] == "service_healthy"
+    if "gpu" in profiles:
+        dev = services["lrbnn-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
+        assert dev["capabilities"] == ["gpu"]
+        assert "alertmanager" in services
+
+
+def test_kubernetes_validate_strict() -> None:
+    """Core manifests must pass --strict; CRDs without a bundled schema are reported as skipped."""
+    files = sorted(
+        str(p.relative_to(ROOT)) for p in (DEPLOY / "k8s").rglob("*.yaml") if "helm" not in p.parts
+    )
+    files += sorted(str(p.relative_to(ROOT)) for p in (DEPLOY / "kserve").glob("*.yaml"))
+    res = _run([tool("kubernetes-validate"), "--strict", *files])
+    out = res.stdout + res.stderr
+    for f in files:
+        assert f in out
+    passed = [f for f in files if f"{f} passed" in out]
+    skipped = [line for line in out.splitlines() if "Couldn't find schema" in line]
+    # every built-in kind is validated; only CRDs (KServe) may lack a schema
+    assert all("serving.kserve.io" in line for line in skipped), skipped
+    assert len(passed) + len(skipped) >= len(files)
+    for line in skipped:
+        print(f"SKIPPED (no schema bundled for this CRD): {line}")
+
+
+def test_k8s_deployment_essentials() -> None:
+    for path in [DEPLOY / "k8s" / "deployment.yaml", DEPLOY / "k8s" / "gpu" / "deployment.yaml"]:
+        dep = yaml.safe_load(path.read_text())
+        pod = dep["spec"]["template"]["spec"]
+        c = pod["containers"][0]
+        assert c["livenessProbe"]["httpGet"]["path"] == "/livez"
+        assert c["readinessProbe"]["httpGet"]["path"] == "/readyz"
+        assert c["lifecycle"]["preStop"]
+        assert pod["terminationGracePeriodSeconds"] > c["lifecycle"]["preStop"]["sleep"]["seconds"]
+        assert pod["securityContext"]["runAsNonRoot"] is True
+        assert c["securityContext"]["readOnlyRootFilesystem"] is True
+        assert any(v["mountPath"] == "/tmp" for v in c["volumeMounts"])
+        assert c["resources"]["limits"]
+    gpu = yaml.safe_load((DEPLOY / "k8s" / "gpu" / "deployment.yaml").read_text())
+    assert gpu["spec"]["template"]["spec"]["containers"][0]["resources"]["limits"]["nvidia.com/gpu"] == "1"
+    hpa = yaml.safe_load((DEPLOY / "k8s" / "hpa.yaml").read_text())
+    assert hpa["apiVersion"] == "autoscaling/v2"
+    kinds = {m["type"] for m in hpa["spec"]["metrics"]}
+    assert kinds == {"Resource", "Pods"}
+
+
+def test_promtool_check_config() -> None:
+    _run([tool("promtool"), "check", "config", "prometheus.yml"], cwd=DEPLOY / "prometheus")
+
+
+def test_promtool_check_rules() -> None:
+    rules = sorted(str(p) for p in (DEPLOY / "prometheus" / "rules").glob("*.yml"))
+    _run([tool("promtool"), "check", "rules", *rules])
+
+
+def test_promtool_test_rules() -> None:
+    res = _run([tool("promtool"), "test", "rules", "tests/alerts_test.yml"], cwd=DEPLOY / "prometheus")
+    assert "SUCCESS" in res.stdout + res.stderr
+
+
+def test_alert_tests_cover_every_alert_both_ways() -> None:
+    """Why: each alert needs a case where it fires and one where it stays silent."""
+    alerts = {n.split(":", 1)[1] for n, _ in rule_exprs() if n.startswith("alerts.yml")}
+    doc = yaml.safe_load((DEPLOY / "prometheus" / "tests" / "alerts_test.yml").read_text())
+    fires: set[str] = set()
+    silent: set[str] = set()
+    for t in doc["tests"]:
+        for case in t.get("alert_rule_test", []):
+            (fires if case.get("exp_alerts") else silent).add(case["alertname"])
+    assert alerts == fires, alerts ^ fires
+    assert alerts == silent, alerts ^ silent
+
+
+def test_alert_annotations_actionable() -> None:
+    for path in [DEPLOY / "prometheus" / "rules" / "alerts.yml"]:
+        for group in yaml.safe_load(path.read_text())["groups"]:
+            for rule in group["rules"]:
+                ann = rule["annotations"]
+                assert ann["summary"] and len(ann["description"]) > 100, rule["alert"]
+                assert rule["labels"]["severity"] in {"warning", "critical"}
+
+
+def test_every_promql_expression_parses(tmp_path: Path) -> None:
+    """Every dashboard query and rule expression is valid PromQL (promtool parses it as a rule)."""
+    exprs = dashboard_exprs() + rule_exprs()
+    assert len(exprs) > 20
+    doc = {
+        "groups": [
+            {
+                "name": "all-expressions",
+                "rules": [{"record": f"check:expr_{i}", "expr": e} for i, (_, e) in enumerate(exprs)],
+            }
+        ]
+    }
+    path = tmp_path / "exprs.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False))
+    _run([tool("promtool"), "check", "rules", str(path)])
+
+
+def test_dashboard_structure() -> None:
+    import json
+
+    dash = json.loads((DEPLOY / "grafana" / "dashboards" / "lrbnn.json").read_text())
+    assert 36 <= dash["schemaVersion"] <= 41
+    var = dash["templating"]["list"][0]
+    assert var["name"] == "model" and "label_values(lrbnn_model_info, model)" in var["definition"]
+    rows = {p["title"] for p in dash["panels"] if p["type"] == "row"}
+    assert rows == {"Traffic", "Latency", "Uncertainty", "Drift", "Model info"}
+    ids = [p["id"] for p in dash["panels"]]
+    assert len(ids) == len(set(ids))
+    exprs = " ".join(e for _, e in dashboard_exprs())
+    for metric in [
+        "lrbnn_request_duration_seconds",
+        "lrbnn_requests_rejected_total",
+        "lrbnn_queue_wait_seconds",
+        "lrbnn_inference_duration_seconds",
+        "lrbnn_batch_size",
+        "lrbnn_inflight_requests",
+        "lrbnn_predictive_variance",
+        "lrbnn_epistemic_uncertainty",
+        "lrbnn_ood_score",
+        "lrbnn_ood_rate",
+        "lrbnn_uncertainty_drift",
+        "lrbnn_model_info",
+    ]:
+        assert metric in exprs, metric
+    ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())
+    assert ds["datasources"][0]["uid"] == "lrbnn-prometheus"
