@@ -51,6 +51,20 @@ def expand_samples(x: Tensor, samples: int) -> Tensor:
     return x.unsqueeze(0).expand(samples, *x.shape) if x.dim() == 2 else x
 
 
+def bayesian_children(module: nn.Module) -> list[BayesianModule]:
+    """The nearest BayesianModule descendants, looking through plain containers (ModuleList, Sequential).
+
+    Each owns the KL of everything below it, so summing over these counts every parameter exactly once.
+    """
+    found: list[BayesianModule] = []
+    for child in module.children():
+        if isinstance(child, BayesianModule):
+            found.append(child)
+        else:
+            found.extend(bayesian_children(child))
+    return found
+
+
 class BayesianModule(nn.Module):
     """Base class: a mode switch and a KL sum over its Bayesian children."""
 
@@ -66,9 +80,8 @@ class BayesianModule(nn.Module):
     def kl(self) -> Tensor:
         """KL(q ‖ p) summed over every Bayesian parameter below this module."""
         total = torch.zeros(())
-        for child in self.children():
-            if isinstance(child, BayesianModule):
-                total = total + child.kl()
+        for layer in bayesian_children(self):
+            total = total + layer.kl()
         return total
 
     def predictive(self, x: Tensor, ctx: PredictiveContext) -> Tensor:

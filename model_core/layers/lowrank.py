@@ -36,7 +36,7 @@ class LowRankBayesLinear(BayesianModule):
         bias: bool = True,
         init: str = "glorot",
         damping: float = 1.0,
-        eta: float = 0.5,
+        eta: float = 0.1,
         sigma_floor: float = SIGMA_FLOOR,
     ) -> None:
         super().__init__()
@@ -62,7 +62,7 @@ class LowRankBayesLinear(BayesianModule):
         fan_in, fan_out = self.in_features, self.out_features
         return 2.0 / fan_in if init == "he" else 2.0 / (fan_in + fan_out)
 
-    def reset_parameters(self, init: str = "glorot", damping: float = 1.0, eta: float = 0.5) -> None:
+    def reset_parameters(self, init: str = "glorot", damping: float = 1.0, eta: float = 0.1) -> None:
         var_w = self.weight_variance(init)
         factor_std = (damping * var_w / self.rank) ** 0.25  # v_A = v_B = sqrt(damping σ_W² / r)
         sigma0 = eta * (var_w / self.rank) ** 0.25
@@ -77,7 +77,7 @@ class LowRankBayesLinear(BayesianModule):
 
     @classmethod
     def from_dense(
-        cls, layer: nn.Linear, rank: int, eta: float = 0.5, **kwargs: object
+        cls, layer: nn.Linear, rank: int, eta: float = 0.1, **kwargs: object
     ) -> LowRankBayesLinear:
         """LR-SVD: factor means from the truncated SVD of a trained dense layer."""
         out = cls(layer.in_features, layer.out_features, rank, bias=layer.bias is not None, eta=eta, **kwargs)  # type: ignore[arg-type]

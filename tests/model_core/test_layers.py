@@ -96,7 +96,7 @@ def test_variance_matched_initialisation() -> None:
     layer = LowRankBayesLinear(n, m, r)
     w = layer.mean_weight()
     assert w.var().item() == pytest.approx(2 / (n + m), rel=0.1)
-    sigma0 = 0.5 * (2 / (n + m) / r) ** 0.25
+    sigma0 = 0.1 * (2 / (n + m) / r) ** 0.25
     assert layer.posterior().sigma_a.mean().item() == pytest.approx(sigma0, rel=1e-3)
 
 
@@ -136,3 +136,26 @@ def test_predictive_backends_agree_in_distribution_for_a_layer() -> None:
     se = torch.sqrt(ref.var(0) / s + got.var(0) / s)
     assert torch.all((ref.mean(0) - got.mean(0)).abs() < 5 * se)
     assert torch.allclose(ref.std(0), got.std(0), rtol=0.08)
+
+
+@pytest.mark.parametrize("method", [Method.LOWRANK, Method.BBB, Method.RANK1, Method.LOWRANK_ENS])
+def test_model_kl_is_the_sum_of_its_layers_kl(method: Method) -> None:
+    """Regression test: a model whose layers sit in an nn.ModuleList must still count their KL."""
+    from model_core.layers.base import BayesianModule
+    from model_core.priors import GaussianPrior
+
+    spec = ArchitectureSpec(
+        method=method,
+        in_features=5,
+        hidden=[8, 8],
+        out_features=1,
+        rank=2 if method in (Method.LOWRANK, Method.LOWRANK_ENS) else None,
+        members=2 if method is Method.LOWRANK_ENS else 1,
+    )
+    model = build_model(spec)
+    leaves = [m for m in model.modules() if isinstance(m, BayesianModule) and not list(m.children())]
+    for leaf in leaves:  # closed-form prior: the KL is deterministic, so sums compare exactly
+        leaf.prior = GaussianPrior(1.0)  # type: ignore[assignment]
+    expected = sum(float(leaf.kl()) for leaf in leaves)
+    assert expected > 0
+    assert float(model.kl()) == pytest.approx(expected, rel=1e-5)
