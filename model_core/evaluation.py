@@ -9,6 +9,7 @@ import torch
 
 from model_core.checkpoint.io import LoadedCheckpoint
 from model_core.checkpoint.manifest import Task
+from model_core.data.air import SequenceSplits
 from model_core.data.dataset import TabularSplits
 from model_core.metrics import classification_report, ood_report, regression_report, selective_risk
 from model_core.predict import Prediction, predict
@@ -35,6 +36,18 @@ def evaluate_predictions(
     return out
 
 
+def _auroc_by_fault(splits: SequenceSplits, test: Prediction, ood: Prediction) -> dict[str, float]:
+    """OOD AUROC of each sensor fault of a sequence task's shift set (flat keys ``auroc_<fault>``)."""
+    codes = np.asarray(splits.ood_fault)
+    out: dict[str, float] = {}
+    for k, name in enumerate(splits.fault_names):
+        chosen = codes == k
+        if chosen.any():
+            scores = _np(ood.ood_score)[chosen]
+            out[f"auroc_{name}"] = ood_report(_np(test.ood_score), scores)["ood_auroc"]
+    return out
+
+
 def evaluate_checkpoint(
     ckpt: LoadedCheckpoint, splits: TabularSplits, samples: int | None = None, seed: int = 0
 ) -> dict[str, Any]:
@@ -55,6 +68,17 @@ def evaluate_checkpoint(
         report["ood"]["flag_rate_out"] = float(
             (ood.ood_score > manifest.calibration.ood_threshold).float().mean()
         )
+        if isinstance(splits, SequenceSplits) and splits.fault_names:
+            report["ood"].update(_auroc_by_fault(splits, test, ood))
+    near_x = getattr(splits, "x_near_ood", None)  # text tasks: a second, near-OOD set
+    if near_x is not None and len(near_x):
+        near = predict(ckpt.model, torch.from_numpy(near_x), samples=s, seed=seed + 2)
+        threshold = manifest.calibration.ood_threshold
+        report["ood_near"] = {
+            **ood_report(_np(test.ood_score), _np(near.ood_score)),
+            "flag_rate_in": float((test.ood_score > threshold).float().mean()),
+            "flag_rate_out": float((near.ood_score > threshold).float().mean()),
+        }
     report.update(
         {
             "model_name": manifest.model_name,

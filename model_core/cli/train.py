@@ -46,7 +46,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
+    from model_core.training.distributed import init_from_env, shutdown
     from model_core.training.pipeline import TrainOptions, train_checkpoint
+
+    dist_ctx = init_from_env(args.device)
 
     splits = load_task_splits(args)
     opts = TrainOptions(
@@ -66,7 +69,13 @@ def run(args: argparse.Namespace) -> int:
         model_name=args.model_name or (args.task if args.task != "csv" else "csv-model"),
         model_version=args.model_version,
     )
-    manifest = train_checkpoint(splits, opts, args.out, {"task": args.task, "command": args.command_line, **_csv_meta(args)})
+    manifest = train_checkpoint(
+        splits, opts, args.out, {"task": args.task, "command": args.command_line, **_csv_meta(args)}
+    )
+    if dist_ctx.enabled:
+        shutdown()
+    if manifest is None:  # a non-zero torchrun rank: rank 0 reports
+        return 0
     print(
         json.dumps(
             {

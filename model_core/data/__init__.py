@@ -11,13 +11,16 @@ from __future__ import annotations
 import os
 from typing import Protocol
 
+from model_core.data.air import AIR_FEATURES, SequenceSplits, load_air
 from model_core.data.dataset import SPLIT_FRACTIONS, TabularSplits, Task, split_indices
 from model_core.data.icu import ICU_EXCLUDED, ICU_FEATURES, ICU_OOD_CLASS, load_icu
 from model_core.data.paths import DATA_DIR_ENV, DataDirError, resolve_data_dir
 from model_core.data.preprocessing import FeatureSpec, PreprocessingError, Preprocessor
+from model_core.data.sentiment import TextSplits, load_sentiment
 from model_core.data.table import load_csv
 
 __all__ = [
+    "AIR_FEATURES",
     "DATA_DIR_ENV",
     "ICU_EXCLUDED",
     "ICU_FEATURES",
@@ -28,11 +31,15 @@ __all__ = [
     "FeatureSpec",
     "PreprocessingError",
     "Preprocessor",
+    "SequenceSplits",
     "TabularSplits",
     "Task",
     "TaskLoader",
+    "TextSplits",
+    "load_air",
     "load_csv",
     "load_icu",
+    "load_sentiment",
     "resolve_data_dir",
     "split_indices",
 ]
@@ -45,7 +52,10 @@ class TaskLoader(Protocol):
 
 
 #: Built-in tasks by the name the CLI and benchmarks use.
-#: "air" (Beijing PM2.5 forecasting) and "sentiment" (Rotten Tomatoes) come later.
+#: "air" returns :class:`SequenceSplits` (a TabularSplits with (n, 24, 15) windows); "sentiment"
+#: (Rotten Tomatoes) returns :class:`TextSplits` (int64 (n, max_len) token ids, tokenizer as preprocessor).
 TASK_LOADERS: dict[str, TaskLoader] = {
     "icu": load_icu,
+    "air": load_air,
+    "sentiment": load_sentiment,
 }

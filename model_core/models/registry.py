@@ -6,8 +6,10 @@ from collections.abc import Callable
 
 from model_core.layers.base import BayesianModule
 from model_core.models.ensemble import Ensemble
+from model_core.models.lstm import BayesLSTM, LSTMEnsemble
 from model_core.models.mlp import BayesMLP
 from model_core.models.spec import ArchitectureSpec, Method
+from model_core.models.transformer import BayesTransformer, TransformerEnsemble
 
 Builder = Callable[[ArchitectureSpec], BayesianModule]
 
@@ -27,6 +29,20 @@ register(
     "mlp", Method.LOWRANK, Method.LRSVD, Method.BBB, Method.RANK1, Method.DETERMINISTIC, Method.MCDROPOUT
 )(BayesMLP)
 register("mlp", Method.ENSEMBLE, Method.LOWRANK_ENS)(Ensemble)
+register(
+    "lstm", Method.LOWRANK, Method.LRSVD, Method.BBB, Method.RANK1, Method.DETERMINISTIC, Method.MCDROPOUT
+)(BayesLSTM)
+register("lstm", Method.ENSEMBLE, Method.LOWRANK_ENS)(LSTMEnsemble)
+register(
+    "transformer",
+    Method.LOWRANK,
+    Method.LRSVD,
+    Method.BBB,
+    Method.RANK1,
+    Method.DETERMINISTIC,
+    Method.MCDROPOUT,
+)(BayesTransformer)
+register("transformer", Method.ENSEMBLE, Method.LOWRANK_ENS)(TransformerEnsemble)
 
 
 class UnknownArchitectureError(ValueError):

@@ -11,28 +11,43 @@ import numpy as np
 import torch
 
 from model_core.calibration import calibrate
-from model_core.checkpoint.io import save_checkpoint
+from model_core.checkpoint.io import load_checkpoint, save_checkpoint, write_manifest
 from model_core.checkpoint.manifest import FORMAT_VERSION, InputSchema, Manifest, OutputSchema, Task
+from model_core.data.air import SequenceSplits
 from model_core.data.dataset import TabularSplits
+from model_core.data.sentiment import TextSplits
+from model_core.evaluation import evaluate_checkpoint
 from model_core.layers.base import BayesianModule
 from model_core.layers.deterministic import DeterministicLinear
 from model_core.layers.lowrank import LowRankBayesLinear
 from model_core.layers.meanfield import MeanFieldLinear
+from model_core.models.lstm import BayesLSTM
 from model_core.models.mlp import BayesMLP
 from model_core.models.registry import build_model
 from model_core.models.spec import ArchitectureSpec, Likelihood, Method
+from model_core.models.transformer import BayesTransformer, lrsvd_init, transformer_spec
 from model_core.predict import predict
+from model_core.training.distributed import current as current_dist
 from model_core.training.trainer import TrainConfig, TrainResult, fit, seed_everything
 
 #: The paper's S per task where affordable (ICU: 100 at serving; training validation uses fewer).
 DEFAULT_SAMPLES = 100
+#: ``TrainOptions.hidden``'s default (the MLP's); sequence tasks read it as "use the LSTM default".
+MLP_DEFAULT_HIDDEN: tuple[int, ...] = (128, 128)
+#: The air task's LSTM: two layers of H = 64 (the paper's size).
+LSTM_DEFAULT_HIDDEN: tuple[int, ...] = (64, 64)
+#: ``TrainOptions.rank``'s default (the ICU paper's r = 15); text tasks read it as the paper's r = 16.
+MLP_DEFAULT_RANK = 15
+TEXT_DEFAULT_RANK = 16
+#: Text tasks: Monte Carlo samples of the per-epoch validation NLL (a transformer pass is costly).
+TEXT_VAL_SAMPLES = 8
 
 
 @dataclass
 class TrainOptions:
     method: Method
     rank: int | None = 15
-    hidden: tuple[int, ...] = (128, 128)
+    hidden: tuple[int, ...] = MLP_DEFAULT_HIDDEN
     members: int = 5
     seed: int = 0
     epochs: int = 200
@@ -46,6 +61,10 @@ class TrainOptions:
     progress: bool = True
     model_name: str = "model"
     model_version: str = "1"
+    #: explicit rank per layer (None = not factorised); overrides ``rank``'s default placement
+    ranks: tuple[int | None, ...] | None = None
+    #: text tasks: transformer size overrides (keys of ``model_core.models.transformer.DEFAULT_TRANSFORMER``)
+    transformer: dict[str, int] | None = None
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -53,27 +72,59 @@ def _tensor(a: np.ndarray) -> torch.Tensor:
 
 
 def make_spec(splits: TabularSplits, opts: TrainOptions) -> ArchitectureSpec:
+    if isinstance(splits, TextSplits):
+        rank = TEXT_DEFAULT_RANK if opts.rank in (None, MLP_DEFAULT_RANK) else opts.rank
+        return transformer_spec(
+            opts.method,
+            vocab_size=splits.tokenizer.vocab_size,
+            max_len=splits.n_features,
+            rank=rank,
+            members=opts.members if opts.method in (Method.ENSEMBLE, Method.LOWRANK_ENS) else 1,
+            dropout=opts.dropout,
+            **(opts.transformer or {}),
+        )
     regression = splits.task == "regression"
     loc = float(splits.y_train.mean()) if regression else 0.0
     scale = float(splits.y_train.std()) if regression else 1.0
     uses_rank = opts.method in (Method.LOWRANK, Method.LOWRANK_ENS, Method.LRSVD)
+    sequence = isinstance(splits, SequenceSplits)
+    hidden = opts.hidden
+    if sequence and tuple(hidden) == MLP_DEFAULT_HIDDEN:  # the CLI's MLP default -> the LSTM's
+        hidden = LSTM_DEFAULT_HIDDEN
     return ArchitectureSpec(
+        kind="lstm" if sequence else "mlp",
         method=opts.method,
         in_features=splits.n_features,
-        hidden=list(opts.hidden),
+        hidden=list(hidden),
         out_features=2 if regression else 1,
         likelihood=Likelihood.GAUSSIAN if regression else Likelihood.BERNOULLI,
         rank=opts.rank if uses_rank else None,
+        ranks=list(opts.ranks) if opts.ranks is not None and uses_rank else [],
         members=opts.members if opts.method in (Method.ENSEMBLE, Method.LOWRANK_ENS) else 1,
         dropout=opts.dropout,
         target_loc=loc,
         target_scale=scale if scale > 0 else 1.0,
+        extra=_sequence_normalization(splits) if sequence else {},
     )
 
 
-def _svd_init(model: BayesMLP, dense: BayesMLP) -> None:
-    """LR-SVD: copy a trained deterministic MLP into the low-rank model (truncated SVD per layer)."""
-    for target, source in zip(model.layers, dense.layers, strict=True):
+#: Floor of a sequence input's standardisation scale (on the [0, 1] MinMax scale): rare-event counters
+#: (hours of rain / snow) would otherwise reach z-values in the hundreds.
+MIN_INPUT_SCALE = 0.05
+
+
+def _sequence_normalization(splits: TabularSplits) -> dict[str, Any]:
+    """Per-input mean and std over the training windows, for the LSTM's internal standardisation."""
+    x = splits.x_train.reshape(-1, splits.x_train.shape[-1]).astype(np.float64)
+    std = np.maximum(x.std(axis=0), MIN_INPUT_SCALE)
+    return {"input_loc": [float(v) for v in x.mean(axis=0)], "input_scale": [float(v) for v in std]}
+
+
+def _svd_init(model: BayesMLP | BayesLSTM, dense: BayesMLP | BayesLSTM) -> None:
+    """LR-SVD: copy a trained deterministic MLP / LSTM into the low-rank model (truncated SVD per layer)."""
+    targets = model.linears() if isinstance(model, BayesLSTM) else list(model.layers)
+    sources = dense.linears() if isinstance(dense, BayesLSTM) else list(dense.layers)
+    for target, source in zip(targets, sources, strict=True):
         assert isinstance(source, DeterministicLinear)
         lin = source.linear
         if isinstance(target, LowRankBayesLinear):
@@ -101,6 +152,8 @@ def train_model(splits: TabularSplits, opts: TrainOptions) -> tuple[BayesianModu
         if opts.class_weights and splits.task == "binary"
         else None,
     )
+    if isinstance(splits, TextSplits):
+        cfg.val_samples = min(cfg.val_samples, TEXT_VAL_SAMPLES)
     data = (_tensor(splits.x_train), _tensor(splits.y_train), _tensor(splits.x_val), _tensor(splits.y_val))
     y_dtype = torch.float32
     data = (data[0], data[1].to(y_dtype), data[2], data[3].to(y_dtype))
@@ -108,17 +161,34 @@ def train_model(splits: TabularSplits, opts: TrainOptions) -> tuple[BayesianModu
     if opts.method is Method.LRSVD:
         dense = build_model(spec.model_copy(update={"method": Method.DETERMINISTIC, "rank": None}))
         fit(dense, *data, cfg)
-        assert isinstance(model, BayesMLP) and isinstance(dense, BayesMLP)
+        if isinstance(model, BayesTransformer) and isinstance(dense, BayesTransformer):
+            lrsvd_init(model, dense)
+            return model, fit(model, *data, cfg)
+        assert isinstance(model, (BayesMLP, BayesLSTM)) and isinstance(dense, (BayesMLP, BayesLSTM))
         _svd_init(model, dense)
     result = fit(model, *data, cfg)
     return model, result
 
 
+def _input_schema(splits: TabularSplits) -> dict[str, Any]:
+    """Tabular: the fitted preprocessing; sequence: kind "sequence" with the window spec as well."""
+    if isinstance(splits, SequenceSplits):
+        return InputSchema.model_validate(splits.input_schema()).model_dump(mode="json")
+    if isinstance(splits, TextSplits):
+        return InputSchema(kind="text", preprocessing=splits.tokenizer.to_dict()).model_dump(mode="json")
+    return InputSchema(kind="tabular", preprocessing=splits.preprocessor.to_dict()).model_dump(mode="json")
+
+
 def train_checkpoint(
     splits: TabularSplits, opts: TrainOptions, out: str | Path, training_meta: dict[str, Any] | None = None
-) -> Manifest:
-    """Train, calibrate on the validation split, and write a verified checkpoint to ``out``."""
+) -> Manifest | None:
+    """Train, calibrate on the validation split, and write a verified checkpoint to ``out``.
+
+    Under ``torchrun`` every rank trains; only rank 0 calibrates and writes (others return ``None``).
+    """
     model, result = train_model(splits, opts)
+    if not current_dist().is_main:
+        return None
     spec: ArchitectureSpec = model.spec  # type: ignore[assignment]
     task = Task.REGRESSION if splits.task == "regression" else Task.BINARY
     val = predict(model.cpu(), _tensor(splits.x_val), samples=opts.samples, seed=opts.seed)
@@ -150,13 +220,18 @@ def train_checkpoint(
         "task": task.value,
         "architecture": spec.model_dump(mode="json"),
         "parameter_count": model.parameter_count(),
-        "input_schema": InputSchema(kind="tabular", preprocessing=splits.preprocessor.to_dict()).model_dump(
-            mode="json"
-        ),
+        "input_schema": _input_schema(splits),
         "output_schema": output.model_dump(mode="json"),
         "calibration": calib.model_dump(mode="json"),
         "drift_reference": drift.model_dump(mode="json"),
         "training": meta,
         "sha256": "0" * 64,
     }
-    return save_checkpoint(out, model, manifest)
+    saved = save_checkpoint(out, model, manifest)
+    # Record the held-out metrics exactly as ``lrbnn evaluate`` computes them (same samples and seeds).
+    report = evaluate_checkpoint(load_checkpoint(out), splits)
+    saved.training["metrics"] = {
+        k: report[k] for k in ("test", "ood", "ood_near", "selective", "samples") if k in report
+    }
+    write_manifest(out, saved)
+    return saved
