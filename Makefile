@@ -30,10 +30,12 @@ lint: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
 
+# One BLAS thread: the models are small, and on 2 cores intra-op threads oversubscribe (10-100x slower
+# under load) while buying nothing for these matrix sizes.
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	$(VENV)/bin/pytest -q -ra
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -ra
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

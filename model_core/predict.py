@@ -34,7 +34,6 @@ DEFAULT_CHUNK_ELEMENTS = 64 * 1024 * 1024
 INTERVAL_LEVEL = 0.9
 _Z90 = 1.6448536269514722  # standard normal quantile at 0.95
 REGRESSION_SCALE_FLOOR = 1e-3
-MI_RESOLUTION = 1e-7  # nats
 
 
 @dataclass
@@ -101,9 +100,10 @@ def summarize(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
     # (a deterministic model), where the difference of entropies would leave rounding noise.
     log_ratio = torch.log(probs.clamp_min(1e-30)) - torch.log(p_bar.clamp_min(1e-30))
     epistemic = (probs * log_ratio).sum(-1).mean(0)
-    # below float32 resolution of the entropies it is rounding noise (identical samples whose mean is off
-    # by an ulp), and noise would rank examples when the MI is used as an OOD score
-    epistemic = torch.where(epistemic < MI_RESOLUTION, torch.zeros_like(epistemic), epistemic)
+    # where every sample agrees (a deterministic model) the MI is exactly 0: p̄ can be off by a few ulps
+    # from the samples it averages, and that rounding noise must not rank examples as an OOD score
+    agree = (probs.amax(0) - probs.amin(0)).amax(-1) == 0
+    epistemic = torch.where(agree, torch.zeros_like(epistemic), epistemic.clamp_min(0.0))
     variance = (p_bar * (1 - p_bar)).sum(-1) if lik is Likelihood.CATEGORICAL else p_bar[:, 1] * p_bar[:, 0]
     mean = p_bar[:, 1] if lik is Likelihood.BERNOULLI else p_bar
     return Prediction(mean, variance, epistemic, aleatoric, entropy, epistemic)

@@ -19,7 +19,7 @@ def make_toy_csv(path: Path, n: int = 600, seed: int = 0) -> Path:
     y = (rng.random(n) < 1 / (1 + np.exp(-logit))).astype(int)
     x2_str = [("" if rng.random() < 0.05 else f"{v:.4f}") for v in x2]
     lines = ["x1,x2,color,label"] + [
-        f"{a:.4f},{b},{c},{'yes' if t else 'no'}" for a, b, c, t in zip(x1, x2_str, color, y)
+        f"{a:.4f},{b},{c},{'yes' if t else 'no'}" for a, b, c, t in zip(x1, x2_str, color, y, strict=True)
     ]
     path.write_text("\n".join(lines) + "\n")
     return path

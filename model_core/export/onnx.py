@@ -36,7 +36,7 @@ from model_core.export.onnx_runtime import (
     OnnxPredictor,
     layout_to_json,
 )
-from model_core.layers.base import BayesianModule, Mode, PredictiveContext
+from model_core.layers.base import BayesianModule, Mode, PredictiveContext, expand_samples
 from model_core.layers.lowrank import LowRankBayesLinear
 from model_core.models.ensemble import Ensemble
 from model_core.models.mlp import BayesMLP
@@ -168,7 +168,7 @@ def traced_predictive(model: BayesianModule, x: Tensor, ctx: PredictiveContext) 
             x = model.act(x)
             if model.dropouts is not None:
                 x = model.dropouts[i].predictive(x, ctx)  # type: ignore[operator]
-    return x
+    return expand_samples(x, ctx.samples)
 
 
 def _check_method(model: BayesianModule) -> ArchitectureSpec:

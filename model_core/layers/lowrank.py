@@ -5,7 +5,8 @@ weights that a full mean-field posterior treats as independent.
 
 Initialisation (variance matching, Touré & Stephens 2026): with σ_W² the Glorot (or He) weight variance,
 factor means are drawn with variance v_A = v_B = √(damping·σ_W²/r), so r·v_A·v_B = damping·σ_W² matches
-the dense layer's variance; posterior scales start at η·(σ_W²/r)^¼ (η = 0.5 by default). ``from_dense`` instead starts from
+the dense layer's variance; posterior scales start at η·(σ_W²/r)^¼ (η = 0.1 by default).
+``from_dense`` instead starts from
 the SVD of a trained deterministic layer (LR-SVD): A = U_r √S_r, B = V_r √S_r.
 """
 

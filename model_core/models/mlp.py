@@ -13,7 +13,7 @@ from itertools import pairwise
 import torch
 from torch import Tensor, nn
 
-from model_core.layers.base import BayesianModule, PredictiveContext
+from model_core.layers.base import BayesianModule, PredictiveContext, expand_samples
 from model_core.layers.deterministic import DeterministicLinear, MCDropout
 from model_core.layers.lowrank import LowRankBayesLinear, default_rank_ok
 from model_core.layers.meanfield import MeanFieldLinear
@@ -86,7 +86,7 @@ class BayesMLP(BayesianModule):
                 x = self.act(x)
                 if self.dropouts is not None:
                     x = self.dropouts[i].predictive(x, ctx)  # type: ignore[operator]
-        return x
+        return expand_samples(x, ctx.samples)  # a fully deterministic path stays (N, out) until here
 
     def build_cache(self, samples: int, ctx_noise: object) -> None:
         for layer in self.layers:

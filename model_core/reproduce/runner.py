@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import json
-from itertools import pairwise
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from itertools import pairwise
 from pathlib import Path
 from typing import Any
 

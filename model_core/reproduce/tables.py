@@ -73,7 +73,8 @@ def markdown_table(results: TaskResults) -> str:
     seeds = sorted({r.seed for r in results.runs})
     note = (
         f"\n{len(seeds)} seed(s); S = {16 if results.quick else cfg.samples} Monte Carlo samples; "
-        f"ECE with 15 equal-width confidence bins; paper column: {paper_dataset(task)} (a different data set where it is "
+        f"ECE with 15 equal-width confidence bins; paper column: {paper_dataset(task)} "
+        "(a different data set where it is "
         "not ours); — = not reported."
     )
     return "\n".join(lines) + "\n" + note + "\n"

@@ -119,7 +119,7 @@ def test_bad_manifest_names_the_field(ckpt: Path, tmp_path: Path) -> None:
     manifest = json.loads((bad / "manifest.json").read_text())
     manifest["calibration"]["ood_threshold"] = "high"
     (bad / "manifest.json").write_text(json.dumps(manifest))
-    with pytest.raises(ManifestError, match="calibration.ood_threshold"):
+    with pytest.raises(ManifestError, match=r"calibration\.ood_threshold"):
         load_checkpoint(bad)
     (bad / "manifest.json").write_text("{not json")
     with pytest.raises(ManifestError, match="JSON"):

@@ -58,6 +58,15 @@ def test_same_seed_same_answer_and_uncertainty_identities(method: Method) -> Non
         assert not torch.equal(a.mean, c.mean)
 
 
+@pytest.mark.parametrize("method", [Method.DETERMINISTIC, Method.ENSEMBLE])
+def test_identical_samples_have_exactly_zero_mutual_information(method: Method) -> None:
+    model = _model(Method.DETERMINISTIC)
+    p = predict(model, torch.randn(50, 5), samples=100, seed=0)
+    assert torch.all(p.epistemic == 0)
+    if method is Method.ENSEMBLE:  # members disagree: MI is positive
+        assert torch.all(predict(_model(method), torch.randn(50, 5), samples=10, seed=0).epistemic > 0)
+
+
 def test_summarize_binary_by_hand() -> None:
     # two samples with p = 0.2 and 0.6: p̄ = 0.4, H(p̄) = −0.4 ln 0.4 − 0.6 ln 0.6
     spec = ArchitectureSpec(method=Method.DETERMINISTIC, in_features=1, out_features=1)
