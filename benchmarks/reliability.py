@@ -1,0 +1,419 @@
+"""Reliability benchmarks of the model server (not run in CI; numbers go into ``docs/reliability.md``).
+
+    .venv/bin/python benchmarks/reliability.py fuzz --cases 5000        # schemathesis, every check
+    .venv/bin/python benchmarks/reliability.py overload --seconds 60    # 2x saturation, then recovery
+    .venv/bin/python benchmarks/reliability.py soak --seconds 1800      # 50 % of saturation
+    .venv/bin/python benchmarks/reliability.py audit                    # pip-audit of the installed set
+
+``overload`` and ``soak`` start ``lrbnn serve`` on a free loopback port over the bundled model repository
+(``deploy/models``, or ``--model-repository``) and drive it with an open-loop asyncio client: requests are
+sent on a fixed schedule whatever the answers, as real clients do, so an overloaded server cannot slow
+the offered load down. Each prints one JSON object (also written to ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+for _p in (ROOT, ROOT / "tests" / "reliability"):
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+import httpx  # noqa: E402
+from reliability_helpers import ServerProcess  # noqa: E402
+
+DEFAULT_REPO = ROOT / "deploy" / "models"
+
+
+def machine() -> dict[str, Any]:
+    return {
+        "date_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "host": platform.node(),
+        "cpus": os.cpu_count(),
+        "python": platform.python_version(),
+        "load_average": [round(v, 2) for v in os.getloadavg()],
+    }
+
+
+def pct(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+# -- load generation -----------------------------------------------------------------------------------
+@dataclass
+class Window:
+    """What one phase of offered load saw."""
+
+    name: str
+    offered_rps: float
+    seconds: float
+    latencies_ok: list[float] = field(default_factory=list)
+    codes: dict[str, int] = field(default_factory=dict)
+    retry_after_missing: int = 0
+    errors: int = 0  # transport errors and 5xx other than the documented 503 refusals
+    max_inflight: float = 0.0
+    rss_start: int = 0
+    rss_end: int = 0
+    load_end: float = 0.0  # the machine's 1-minute load average when the window ended
+
+    def summary(self) -> dict[str, Any]:
+        sent = sum(self.codes.values())
+        ok = self.codes.get("200", 0)
+        ms = [v * 1000 for v in self.latencies_ok]
+        return {
+            "phase": self.name,
+            "offered_rps": round(self.offered_rps, 2),
+            "seconds": self.seconds,
+            "sent": sent,
+            "codes": dict(sorted(self.codes.items())),
+            "goodput_rps": round(ok / self.seconds, 2),
+            "admitted_p50_ms": _r(pct(ms, 50)),
+            "admitted_p99_ms": _r(pct(ms, 99)),
+            "admitted_max_ms": _r(max(ms) if ms else None),
+            "refusals_without_retry_after": self.retry_after_missing,
+            "errors": self.errors,
+            "max_inflight_seen": self.max_inflight,
+            "rss_mb_start": round(self.rss_start / 2**20, 1),
+            "rss_mb_end": round(self.rss_end / 2**20, 1),
+            "load_average_end": round(self.load_end, 2),
+        }
+
+
+def _r(v: float | None) -> float | None:
+    return None if v is None else round(v, 2)
+
+
+class Driver:
+    def __init__(self, srv: ServerProcess, model: str, body: dict[str, Any]) -> None:
+        self.srv = srv
+        self.url = f"{srv.url}/v1/models/{model}:predict"
+        self.model = model
+        self.payload = json.dumps(body).encode()
+
+    async def one(self, client: httpx.AsyncClient, window: Window) -> None:
+        t0 = time.perf_counter()
+        try:
+            r = await client.post(
+                self.url, content=self.payload, headers={"content-type": "application/json"}
+            )
+            code = str(r.status_code)
+            if r.status_code == 200:
+                window.latencies_ok.append(time.perf_counter() - t0)
+            elif r.status_code in (429, 503):
+                if not r.headers.get("retry-after"):
+                    window.retry_after_missing += 1
+            else:
+                window.errors += 1
+        except httpx.HTTPError as exc:
+            code = type(exc).__name__
+            window.errors += 1
+        window.codes[code] = window.codes.get(code, 0) + 1
+
+    async def closed_loop(self, concurrency: int, seconds: float, name: str) -> Window:
+        window = Window(name, 0.0, seconds)
+        deadline = time.perf_counter() + seconds
+        limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+
+            async def worker() -> None:
+                while time.perf_counter() < deadline:
+                    refused = window.codes.get("429", 0) + window.codes.get("503", 0)
+                    await self.one(client, window)
+                    if window.codes.get("429", 0) + window.codes.get("503", 0) > refused:
+                        await asyncio.sleep(0.05)  # a refusal: back off instead of spinning on 429s
+
+            await asyncio.gather(*(worker() for _ in range(concurrency)))
+        window.offered_rps = sum(window.codes.values()) / seconds
+        return window
+
+    async def open_loop(self, rps: float, seconds: float, name: str, sample_every_s: float = 1.0) -> Window:
+        """Send at ``rps`` on a fixed schedule for ``seconds``; sample RSS and the in-flight gauge."""
+        window = Window(name, rps, seconds)
+        window.rss_start = self.srv.rss_bytes()
+        tasks: set[asyncio.Task[None]] = set()
+        limits = httpx.Limits(max_connections=2000, max_keepalive_connections=512)
+        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+            start = time.perf_counter()
+            n = 0
+            next_sample = start
+            while True:
+                now = time.perf_counter()
+                if now - start >= seconds:
+                    break
+                due = start + n / rps
+                if due > now:
+                    await asyncio.sleep(min(due - now, 0.05))
+                    continue
+                task = asyncio.create_task(self.one(client, window))
+                tasks.add(task)
+                task.add_done_callback(tasks.discard)
+                n += 1
+                if now >= next_sample:
+                    next_sample = now + sample_every_s
+                    sampler = asyncio.create_task(self._sample(client, window))
+                    tasks.add(sampler)
+                    sampler.add_done_callback(tasks.discard)
+            if tasks:
+                await asyncio.gather(*tasks)
+        window.rss_end = self.srv.rss_bytes()
+        window.load_end = os.getloadavg()[0]
+        return window
+
+    async def _sample(self, client: httpx.AsyncClient, window: Window) -> None:
+        try:
+            text = (await client.get(self.srv.url + "/metrics")).text
+        except httpx.HTTPError:
+            return
+        series = f'lrbnn_inflight_requests{{model="{self.model}"}} '
+        for line in text.splitlines():
+            if line.startswith(series):
+                window.max_inflight = max(window.max_inflight, float(line.split()[-1]))
+
+
+def _start(args: argparse.Namespace, workdir: Path) -> tuple[ServerProcess, str, dict[str, Any]]:
+    env = {
+        "LRBNN_MAX_QUEUE": str(args.max_queue),
+        "LRBNN_MAX_BATCH_SIZE": str(args.max_batch_size),
+        "LRBNN_DEVICE": "cpu",
+        "LRBNN_LOG_LEVEL": "WARNING",  # no access log lines: the log would grow by the request count
+    }
+    srv = ServerProcess(Path(args.model_repository), workdir / "server.log", env=env)
+    srv.wait_ready()
+    info = httpx.get(srv.url + "/v1/models", timeout=10).json()["models"][0]
+    row = {f["name"]: f["imputed_with"] for f in info["features"] if f["imputed_with"] is not None}
+    body = {"instances": [row] * args.instances, "parameters": {"samples": args.samples}}
+    return srv, info["name"], body
+
+
+async def _calibrate(driver: Driver, args: argparse.Namespace) -> dict[str, Any]:
+    await driver.closed_loop(2, 5, "warm-up")
+    unloaded = await driver.closed_loop(1, args.unloaded_seconds, "unloaded (1 client)")
+    concurrency = args.concurrency or args.max_queue + max(1, args.max_batch_size // args.instances)
+    saturated = await driver.closed_loop(concurrency, args.saturation_seconds, "saturation (closed loop)")
+    sat_rps = saturated.codes.get("200", 0) / saturated.seconds
+    return {"unloaded": unloaded, "saturated": saturated, "saturation_rps": sat_rps}
+
+
+def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        srv, model, body = _start(args, Path(tmp))
+        try:
+            driver = Driver(srv, model, body)
+
+            async def run() -> dict[str, Any]:
+                cal = await _calibrate(driver, args)
+                sat = cal["saturation_rps"]
+                warm = await driver.open_loop(sat, 10, "warm-up at 1x")
+                over = await driver.open_loop(2 * sat, args.seconds, "overload 2x")
+                recovery = await driver.open_loop(0.5 * sat, 20, "recovery at 0.5x")
+                return {"cal": cal, "warm": warm, "over": over, "recovery": recovery}
+
+            res = asyncio.run(run())
+        finally:
+            srv.stop()
+    unloaded_p99 = pct(res["cal"]["unloaded"].latencies_ok, 99) or float("nan")
+    over, rec = res["over"], res["recovery"]
+    over_p99 = pct(over.latencies_ok, 99) or float("nan")
+    rec_p99 = pct(rec.latencies_ok, 99) or float("nan")
+    refused = sum(v for k, v in over.codes.items() if k in ("429", "503"))
+    verdict = {
+        "queue_bounded (max in flight <= queue + one batch)": over.max_inflight
+        <= args.max_queue + max(1, args.max_batch_size // args.instances) + 1,
+        "excess refused with 429/503 + Retry-After": refused > 0 and over.retry_after_missing == 0,
+        "no errors (no 5xx other than 503, no transport errors)": over.errors == 0 and rec.errors == 0,
+        "admitted p99 <= 5x unloaded p99": over_p99 <= 5 * unloaded_p99,
+        "RSS growth < 10 % after warm-up": over.rss_end < 1.10 * res["warm"].rss_end,
+        "recovery: all answered, p99 <= 2x unloaded": set(rec.codes) == {"200"}
+        and rec_p99 <= 2 * unloaded_p99,
+    }
+    return {
+        "benchmark": "overload",
+        "machine": machine(),
+        "config": vars(args) | {"func": None},
+        "saturation_rps": round(res["cal"]["saturation_rps"], 2),
+        "unloaded_p99_ms": round(unloaded_p99 * 1000, 2),
+        "phases": [
+            w.summary() for w in (res["cal"]["unloaded"], res["cal"]["saturated"], res["warm"], over, rec)
+        ],
+        "admitted_p99_over_unloaded_p99": round(over_p99 / unloaded_p99, 2),
+        "rss_growth_after_warmup_pct": round(100 * (over.rss_end / max(1, res["warm"].rss_end) - 1), 2),
+        "verdict": verdict,
+        "pass": all(verdict.values()),
+    }
+
+
+def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
+    with tempfile.TemporaryDirectory() as tmp:
+        srv, model, body = _start(args, Path(tmp))
+        try:
+            driver = Driver(srv, model, body)
+
+            async def run() -> tuple[dict[str, Any], list[Window]]:
+                cal = await _calibrate(driver, args)
+                rate = args.fraction * cal["saturation_rps"]
+                windows = []
+                elapsed = 0.0
+                while elapsed < args.seconds:
+                    span = min(args.window, args.seconds - elapsed)
+                    windows.append(await driver.open_loop(rate, span, f"t={int(elapsed)}s"))
+                    elapsed += span
+                return cal, windows
+
+            cal, windows = asyncio.run(run())
+        finally:
+            srv.stop()
+    p99s = [pct(w.latencies_ok, 99) or 0.0 for w in windows]
+    errors = sum(w.errors + sum(v for k, v in w.codes.items() if k != "200") for w in windows)
+    first_rss = windows[1].rss_start if len(windows) > 1 else windows[0].rss_start  # after one window
+    rss_growth = 100 * (windows[-1].rss_end / max(1, first_rss) - 1)
+    steady = p99s[1:] or p99s
+    verdict = {
+        "zero errors and refusals": errors == 0,
+        "p99 stable (max window p99 <= 2x median window p99)": max(steady) <= 2 * statistics.median(steady),
+        "RSS growth < 10 % after the first window": rss_growth < 10,
+    }
+    return {
+        "benchmark": "soak",
+        "machine": machine(),
+        "config": vars(args) | {"func": None},
+        "saturation_rps": round(cal["saturation_rps"], 2),
+        "offered_rps": round(args.fraction * cal["saturation_rps"], 2),
+        "unloaded_p99_ms": _r(1000 * (pct(cal["unloaded"].latencies_ok, 99) or 0.0)),
+        "windows": [w.summary() for w in windows],
+        "rss_growth_after_first_window_pct": round(rss_growth, 2),
+        "verdict": verdict,
+        "pass": all(verdict.values()),
+    }
+
+
+def cmd_fuzz(args: argparse.Namespace) -> dict[str, Any]:
+    from fuzzing import ADMIN_TOKEN, fuzz
+    from pydantic import SecretStr
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    repo = Path(args.model_repository)
+    model = sorted(p.name for p in repo.iterdir() if p.is_dir())[0]
+    version = sorted((p.name for p in (repo / model).iterdir() if p.is_dir()), key=lambda v: (len(v), v))[-1]
+    app = create_app(
+        Settings(model_repository=repo, admin_token=SecretStr(ADMIN_TOKEN), log_level="CRITICAL")
+    )
+    report = fuzz(app, args.cases, seed=args.seed, model=model, version=version)
+    return {
+        "benchmark": "fuzz",
+        "machine": machine(),
+        "model": f"{model}/{version}",
+        **report.summary(),
+        "pass": not report.failures,
+    }
+
+
+def cmd_audit(args: argparse.Namespace) -> dict[str, Any]:
+    """``pip-audit`` of the installed environment. It needs PyPI's JSON API or OSV; without them every
+    package is skipped, which is reported as "not audited", never as "no vulnerabilities"."""
+    exe = Path(sys.executable).with_name("pip-audit")
+    cmd = [str(exe), "--progress-spinner", "off", "--format", "json", "--skip-editable"]
+    if args.service:
+        cmd += ["--vulnerability-service", args.service]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=args.timeout)
+    try:
+        deps = json.loads(proc.stdout)["dependencies"]
+    except (ValueError, KeyError):
+        return {
+            "benchmark": "audit",
+            "machine": machine(),
+            "rc": proc.returncode,
+            "error": proc.stderr[-2000:],
+        }
+    skipped = [d for d in deps if "skip_reason" in d]
+    vulns = [
+        {"name": d["name"], "version": d.get("version"), "vulns": d["vulns"]} for d in deps if d.get("vulns")
+    ]
+    audited = len(deps) - len(skipped)
+    return {
+        "benchmark": "audit",
+        "machine": machine(),
+        "command": " ".join(cmd),
+        "rc": proc.returncode,
+        "packages": len(deps),
+        "audited": audited,
+        "skipped": len(skipped),
+        "skip_reasons": sorted({d["skip_reason"].split(":")[0] for d in skipped}),
+        "vulnerable": vulns,
+        "pass": audited > 0 and not vulns,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def load_args(p: argparse.ArgumentParser, seconds: float) -> None:
+        p.add_argument("--model-repository", default=str(DEFAULT_REPO))
+        p.add_argument("--seconds", type=float, default=seconds)
+        p.add_argument("--instances", type=int, default=8, help="instances per request")
+        p.add_argument("--samples", type=int, default=256, help="Monte Carlo samples per request")
+        p.add_argument("--max-queue", type=int, default=4, help="LRBNN_MAX_QUEUE of the server")
+        p.add_argument(
+            "--max-batch-size", type=int, default=16, help="LRBNN_MAX_BATCH_SIZE of the server (instances)"
+        )
+        p.add_argument(
+            "--concurrency",
+            type=int,
+            default=None,
+            help="closed-loop clients for saturation (default: what the queue and one batch hold, so the "
+            "measurement is not spent on 429s)",
+        )
+        p.add_argument("--unloaded-seconds", type=float, default=20)
+        p.add_argument("--saturation-seconds", type=float, default=20)
+
+    p = sub.add_parser("overload", help="2x saturation for --seconds, then recovery")
+    load_args(p, 60)
+    p.set_defaults(func=cmd_overload)
+    p = sub.add_parser("soak", help="--fraction of saturation for --seconds")
+    load_args(p, 1800)
+    p.add_argument("--fraction", type=float, default=0.5)
+    p.add_argument("--window", type=float, default=60, help="seconds per reported window")
+    p.set_defaults(func=cmd_soak)
+    p = sub.add_parser("fuzz", help="schemathesis over the OpenAPI document, in-process")
+    p.add_argument("--cases", type=int, default=5000)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model-repository", default=str(DEFAULT_REPO))
+    p.set_defaults(func=cmd_fuzz)
+    p = sub.add_parser("audit", help="pip-audit of the installed dependency set")
+    p.add_argument("--service", choices=["pypi", "osv"], default=None)
+    p.add_argument("--timeout", type=float, default=900)
+    p.set_defaults(func=cmd_audit)
+    for sp in sub.choices.values():
+        sp.add_argument("--out", default=None, help="also write the JSON here")
+
+    args = parser.parse_args(argv)
+    result = args.func(args)
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return 0 if result.get("pass") else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
