@@ -1,7 +1,14 @@
 """The low-rank Monte Carlo sampling op (see :mod:`model_core.sampling.api`)."""
 
-from model_core.sampling.api import BACKENDS, choose_backend, register_backend, sample_lowrank
+from model_core.sampling.api import (
+    BACKENDS,
+    choose_backend,
+    register_backend,
+    register_triton_backend,
+    sample_lowrank,
+)
 from model_core.sampling.cpu import draw_factor_samples
+from model_core.sampling.custom_op import sample_lowrank_seeded  # registers torch.ops.lrbnn.sample_lowrank
 from model_core.sampling.noise import NoiseError, NoiseSource, make_generator
 from model_core.sampling.types import PER_EXAMPLE_BACKENDS, Backend, FactorPosterior, FactorSamples
 
@@ -17,5 +24,7 @@ __all__ = [
     "draw_factor_samples",
     "make_generator",
     "register_backend",
+    "register_triton_backend",
     "sample_lowrank",
+    "sample_lowrank_seeded",
 ]

@@ -46,15 +46,18 @@ def register_triton_backend() -> bool:
 
 @dataclass(frozen=True)
 class CpuCostModel:
-    """Seconds per unit of work on the CPU, measured by ``lrbnn bench sampling`` on the 2-core dev box.
+    """Seconds per unit of work on the CPU, fitted by ``lrbnn bench sampling --fit`` on the 2-core dev box.
 
-    Drawing a normal (~4 ns) costs far more than a multiply-add inside a GEMM, so the cheapest exact
-    scheme is the one that draws the fewest normals unless its GEMM work is much larger.
+    Drawing a normal (~3 ns, torch's CPU RNG is single-threaded) costs far more than a multiply-add inside
+    a GEMM, so the cheapest exact scheme is the one that draws the fewest normals unless its GEMM work is
+    much larger. Fitted 2026-11-27 (least squares on relative error over the benchmark grid, one thread,
+    process CPU time); the picks are the same for constants several times larger or smaller, see
+    ``docs/performance.md``.
     """
 
-    normal_s: float = 4.0e-9
-    mac_s: float = 2.5e-11
-    elementwise_s: float = 1.0e-9
+    normal_s: float = 2.9e-9
+    mac_s: float = 3.9e-11
+    elementwise_s: float = 3.2e-10
 
 
 COST_MODEL = CpuCostModel()
@@ -68,13 +71,16 @@ def work(
     first = nr * n * r if shared_x else s * nr * n * r  # one pass of x through B
     if backend is Backend.MATERIALIZE:
         return s * (r * (m + n) + m), s * m * n * r + s * nr * n * m, s * (r * (m + n) + nr * m)
+    # the bias rides in the last GEMM as an extra row of A_sᵀ (r + 1), so the output is written once
     if backend in (Backend.FACTORED, Backend.CACHED):
         normals = 0 if backend is Backend.CACHED else s * (r * (m + n) + m)
-        return normals, s * nr * n * r + s * nr * r * m, s * nr * m
+        draws = 0 if backend is Backend.CACHED else s * (r * (m + n) + m)
+        return normals, s * nr * n * r + s * nr * (r + 1) * m, draws + s * nr * (r + 1)
     if backend in (Backend.LRT, Backend.TRITON):  # triton: the same scheme, noise in registers
         return s * nr * (r + m), 2 * first + 2 * s * nr * r * m, s * nr * (2 * r + 4 * m)
     if backend is Backend.LRT_A:
-        return s * nr * r + s * (m * r + m), 2 * first + s * nr * r * m, s * nr * (2 * r + m) + s * m * r
+        elem = s * nr * (2 * r + 1) + s * (r + 1) * m
+        return s * nr * r + s * (m * r + m), 2 * first + s * nr * (r + 1) * m, elem
     raise ValueError(f"no work model for backend {backend.value!r}")
 
 

@@ -4,6 +4,17 @@ Shapes: ``x`` is (N, n) when every sample sees the same input (the first layer) 
 sample has its own activations (later layers); every scheme returns (S, N, m). Every scheme is exact:
 the one-stage moment-matched shortcut (a single Gaussian for y given x) is deliberately absent because it
 loses the output correlations and tails that the product of two Gaussian factors has.
+
+Speed (see ``docs/performance.md``): on the CPU these schemes are bound by drawing normals (torch's CPU
+``normal_`` is single-threaded, ~2.4 ns per normal here) and by writing the S×N×m output, so
+
+* the bias is folded into the last GEMM as an extra row of A_sᵀ (y_s = [h_s, 1] [A_sᵀ; b_s]), so the
+  output is written once;
+* ``factored`` draws B in an (n, S·r) layout so that x B_s for all s is one GEMM, not S small ones, and
+  the ``cached`` draws are stored the same way (``cache.py``);
+* noise from a plain :class:`NoiseSource` is fresh, so it is turned into the factor draw in place.
+
+Noise is always drawn through the :class:`NoiseSource` methods (the ONNX exporter substitutes its own).
 """
 
 from __future__ import annotations
@@ -11,8 +22,27 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from model_core.sampling.cache import pack_factor_samples, packed_a_t, packed_b_flat
 from model_core.sampling.noise import NoiseSource
 from model_core.sampling.types import FactorPosterior, FactorSamples
+
+
+def _plain(noise: NoiseSource) -> bool:
+    """Noise drawn by the base-class methods, i.e. fresh tensors this module may overwrite in place."""
+    cls = type(noise)
+    return cls.per_row is NoiseSource.per_row and cls.shared is NoiseSource.shared
+
+
+def _shared(noise: NoiseSource, shape: tuple[int, ...], dtype: torch.dtype) -> tuple[Tensor, bool]:
+    """Row-shared noise, and whether it is a fresh tensor that may be overwritten."""
+    return noise.shared(*shape, dtype=dtype), _plain(noise)
+
+
+def _affine(mu: Tensor, sigma: Tensor, eps: Tensor, fresh: bool) -> Tensor:
+    """mu + sigma ⊙ eps, written over ``eps`` when it is fresh noise and no gradient is being recorded."""
+    if fresh and not (torch.is_grad_enabled() and (mu.requires_grad or sigma.requires_grad)):
+        return torch.addcmul(mu, sigma, eps, out=eps)
+    return torch.addcmul(mu, sigma, eps)
 
 
 def _draw(mu: Tensor, sigma: Tensor, noise: NoiseSource, samples: int) -> Tensor:
@@ -38,17 +68,54 @@ def materialize(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSour
     return y if bias is None else y + bias
 
 
+def _sampled_a_t(post: FactorPosterior, samples: int, noise: NoiseSource, dtype: torch.dtype) -> Tensor:
+    """S draws of [A_sᵀ; b_s]: (S, r+1, m) with the bias as the last row, or (S, r, m) without a bias."""
+    mu, sigma = post.mu_a.T, post.sigma_a.T
+    if post.bias_mu is not None:
+        bias_mu = post.bias_mu.view(1, -1)
+        bias_sigma = torch.zeros_like(bias_mu) if post.bias_sigma is None else post.bias_sigma.view(1, -1)
+        mu, sigma = torch.cat([mu, bias_mu]), torch.cat([sigma, bias_sigma])
+    eps, fresh = _shared(noise, (samples, *mu.shape), dtype)
+    return _affine(mu, sigma, eps, fresh)
+
+
+def _times_a_t(h: Tensor, a_t: Tensor) -> Tensor:
+    """y_s = [h_s, 1] a_t_s for (S, N, r) h and a_t (S, r+1, m) (bias row) or (S, r, m)."""
+    s, n_rows, r = h.shape
+    if a_t.shape[1] == r:
+        return torch.bmm(h, a_t)
+    hh = h.new_empty((s, n_rows, r + 1))
+    hh[..., :r].copy_(h)
+    hh[..., r].fill_(1.0)
+    return torch.bmm(hh, a_t)
+
+
 def factored(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> Tensor:
     """(x B_s) A_sᵀ: two batched GEMMs through the rank-r bottleneck, S·r·(m+n) normals."""
-    a = _draw(post.mu_a, post.sigma_a, noise, samples)
-    b = _draw(post.mu_b, post.sigma_b, noise, samples)
-    bias = _shared_bias(post, noise, samples)
-    return apply_factors(x, FactorSamples(a, b, bias))
+    n, r = post.in_features, post.rank
+    if x.dim() == 2:  # B drawn as (n, S, r): x B_s for every s is one (N, n) x (n, S·r) GEMM
+        eps, fresh = _shared(noise, (n, samples, r), x.dtype)
+        mu_b, sigma_b = post.mu_b.unsqueeze(1), post.sigma_b.unsqueeze(1)
+        b = _affine(mu_b, sigma_b, eps, fresh)
+        h = (x @ b.view(n, samples * r)).view(-1, samples, r).transpose(0, 1)
+    else:
+        eps, fresh = _shared(noise, (samples, n, r), x.dtype)
+        b = _affine(post.mu_b, post.sigma_b, eps, fresh)
+        h = torch.bmm(x, b)
+    return _times_a_t(h, _sampled_a_t(post, samples, noise, x.dtype))
 
 
 def apply_factors(x: Tensor, draws: FactorSamples, samples: int | None = None) -> Tensor:
     """y_s = (x B_s) A_sᵀ + b_s for given factor draws (the first ``samples`` of them)."""
     s = draws.samples if samples is None else samples
+    a_t = packed_a_t(draws, s)
+    if a_t is not None:  # the layout of pack_factor_samples: no copies of the draws, bias in the GEMM
+        b_flat = packed_b_flat(draws, s) if x.dim() == 2 else None
+        if b_flat is not None:
+            h = (x @ b_flat).view(-1, s, draws.a.shape[2]).transpose(0, 1)
+        else:
+            h = torch.matmul(x, draws.b[:s])
+        return _times_a_t(h, a_t)
     a, b = draws.a[:s], draws.b[:s]
     h = torch.matmul(x, b)  # (N, n) @ (S, n, r) broadcasts to (S, N, r)
     if draws.bias is None:
@@ -74,28 +141,45 @@ def lrt(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> T
     s, n_rows, r = h.shape
     h2 = h.reshape(s * n_rows, r)
     m = post.out_features
-    mu_y = h2 @ post.mu_a.T if post.bias_mu is None else torch.addmm(post.bias_mu, h2, post.mu_a.T)
     var_a = (post.sigma_a * post.sigma_a).T
+    if _plain(noise) and not _needs_grad(post):
+        # two S·N·m buffers instead of four: std in one, then eps ⊙ std + [h, 1] [μ_Aᵀ; μ_b] in the noise
+        h_mu, a_mu = _with_bias_row(h2, post.mu_a.T, post.bias_mu)
+        bias_var = None if post.bias_sigma is None else post.bias_sigma * post.bias_sigma
+        h_var, a_var = _with_bias_row(h2 * h2, var_a, bias_var)
+        std = (h_var @ a_var).sqrt_()
+        eps = noise.per_row(samples, m, dtype=x.dtype).reshape(s * n_rows, m)
+        return eps.mul_(std).addmm_(h_mu, a_mu).view(s, n_rows, m)
+    mu_y = h2 @ post.mu_a.T if post.bias_mu is None else torch.addmm(post.bias_mu, h2, post.mu_a.T)
     if post.bias_sigma is None:
         var_y = (h2 * h2) @ var_a
     else:
         var_y = torch.addmm(post.bias_sigma * post.bias_sigma, h2 * h2, var_a)
     eps = noise.per_row(samples, m, dtype=x.dtype).reshape(s * n_rows, m)
-    return torch.addcmul(mu_y, var_y.sqrt_(), eps).view(s, n_rows, m)
+    return mu_y.addcmul_(var_y.sqrt_(), eps).view(s, n_rows, m)  # mu_y is ours: write the output there
+
+
+def _needs_grad(post: FactorPosterior) -> bool:
+    params = (post.mu_a, post.sigma_a, post.mu_b, post.sigma_b, post.bias_mu, post.bias_sigma)
+    return torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in params)
+
+
+def _with_bias_row(h: Tensor, w_t: Tensor, bias: Tensor | None) -> tuple[Tensor, Tensor]:
+    """([h, 1], [w_t; bias]) so that one GEMM gives h w_t + bias (or (h, w_t) without a bias)."""
+    if bias is None:
+        return h, w_t
+    ones = h.new_ones((h.shape[0], 1))
+    return torch.cat([h, ones], dim=1), torch.cat([w_t, bias.view(1, -1)], dim=0)
 
 
 def lrt_a(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> Tensor:
     """Exact h by LRT, then a sampled A_s shared by the rows: S·N·r + S·m·r normals."""
     h = _first_stage(x, post, samples, noise)
-    a = _draw(post.mu_a, post.sigma_a, noise, samples)
-    bias = _shared_bias(post, noise, samples)
-    if bias is None:
-        return torch.bmm(h, a.transpose(1, 2))
-    return torch.baddbmm(bias, h, a.transpose(1, 2))
+    return _times_a_t(h, _sampled_a_t(post, samples, noise, x.dtype))
 
 
 def draw_factor_samples(post: FactorPosterior, samples: int, noise: NoiseSource) -> FactorSamples:
-    """S draws of the factors, for the ``cached`` backend."""
+    """S draws of the factors, for the ``cached`` backend (in the packed layout of ``cache.py``)."""
     a = _draw(post.mu_a, post.sigma_a, noise, samples)
     b = _draw(post.mu_b, post.sigma_b, noise, samples)
-    return FactorSamples(a.contiguous(), b.contiguous(), _shared_bias(post, noise, samples))
+    return pack_factor_samples(a, b, _shared_bias(post, noise, samples))

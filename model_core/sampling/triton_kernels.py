@@ -22,8 +22,6 @@ Triton is optional: this module imports without it, and :func:`register_triton_b
 the backend when Triton imports and can run (CUDA, or the CPU interpreter with ``TRITON_INTERPRET=1``).
 """
 
-from __future__ import annotations
-
 import os
 from typing import Any
 
@@ -70,6 +68,51 @@ def padded_rank(r: int) -> int:
 
 
 if HAVE_TRITON:
+    # Philox-4x32 and Box–Muller exactly as in ``triton.language.random`` (``tl.randn4x``), kept here as plain
+    # functions that are jitted together with the kernel: the library's own helpers are jitted when Triton
+    # is imported, so they only run under the interpreter if TRITON_INTERPRET was set before that import.
+
+    def _philox4x32(c0, c1, c2, c3, k0, k1, N_ROUNDS: tl.constexpr):
+        for _ in tl.static_range(N_ROUNDS):
+            _c0, _c2 = c0, c2
+            c0 = tl.umulhi(0xCD9E8D57, _c2) ^ c1 ^ k0
+            c2 = tl.umulhi(0xD2511F53, _c0) ^ c3 ^ k1
+            c1 = tl.mul(0xCD9E8D57, _c2, sanitize_overflow=False)
+            c3 = tl.mul(0xD2511F53, _c0, sanitize_overflow=False)
+            k0 = tl.add(k0, 0x9E3779B9, sanitize_overflow=False)
+            k1 = tl.add(k1, 0xBB67AE85, sanitize_overflow=False)
+        return c0, c1, c2, c3
+
+    def _uniform(x):
+        x = x.to(tl.int32, bitcast=True)
+        x = tl.where(x < 0, -x - 1, x)
+        return x * 4.6566127342e-10
+
+    def _box_muller(u1, u2):
+        u1 = tl.maximum(1.0e-7, u1)
+        th = 6.283185307179586 * u2
+        rad = tl.sqrt(-2.0 * tl.log(u1))
+        return rad * tl.cos(th), rad * tl.sin(th)
+
+    def _randn4x(seed, offset, N_ROUNDS: tl.constexpr):
+        """Four normals per int64 ``offset`` for a uint64 ``seed`` (== ``tl.randn4x(seed, offset)``)."""
+        seed = seed.to(tl.uint64)
+        k1 = ((seed >> 32) & 0xFFFFFFFF).to(tl.uint32)
+        k0 = (seed & 0xFFFFFFFF).to(tl.uint32)
+        lo = offset.to(tl.uint32)
+        hi = (offset >> 32).to(tl.uint32)
+        zero = lo * 0
+        i1, i2, i3, i4 = _philox4x32(lo, hi, zero, zero, k0, k1, N_ROUNDS)
+        n1, n2 = _box_muller(_uniform(i1), _uniform(i2))
+        n3, n4 = _box_muller(_uniform(i3), _uniform(i4))
+        return n1, n2, n3, n4
+
+    def _normal_tile(seed, counter, ROWS: tl.constexpr, QUADS: tl.constexpr, N_ROUNDS: tl.constexpr):
+        """A (ROWS, 4·QUADS) tile of normals: column 4q + l comes from lane l of ``counter[:, q]``."""
+        n1, n2, n3, n4 = _randn4x(seed, counter, N_ROUNDS)
+        a = tl.reshape(tl.join(n1, n2), (ROWS, 2 * QUADS))
+        b = tl.reshape(tl.join(n3, n4), (ROWS, 2 * QUADS))
+        return tl.reshape(tl.join(a, b), (ROWS, 4 * QUADS))
 
     def _lrt_kernel(
         mu_h_ptr,  # (S or 1, N, R) fp32: stage-1 means
@@ -92,6 +135,7 @@ if HAVE_TRITON:
         R_PAD: tl.constexpr,
         PRECISION: tl.constexpr,
         N_ROUNDS: tl.constexpr,
+        STAGE2: tl.constexpr,  # STAGE2_COUNTER (kernels may only read constexpr globals)
         BLOCK_P: tl.constexpr,
         BLOCK_M: tl.constexpr,
     ):
@@ -102,7 +146,7 @@ if HAVE_TRITON:
         s = (p // n_rows).to(tl.int64)
         i = p % n_rows
         seed = tl.load(seeds_ptr + i, mask=p_mask, other=0)[:, None]
-        counter_base = (s << 32)[:, None]
+        counter_base = (s << 32)[:, None]  # Philox counter: high word = sample, low word = stage/column quad
 
         # stage 1: h = mu_h + std_h * eps1 for this tile's (sample, row) pairs, all R latents
         k = tl.arange(0, R_PAD)
@@ -111,9 +155,8 @@ if HAVE_TRITON:
         h_mask = p_mask[:, None] & k_mask[None, :]
         mu_h = tl.load(mu_h_ptr + h_off, mask=h_mask, other=0.0).to(tl.float32)
         std_h = tl.load(std_h_ptr + h_off, mask=h_mask, other=0.0).to(tl.float32)
-        kq = tl.arange(0, R_PAD // 4)
-        e1, e2, e3, e4 = tl.randn4x(seed, counter_base + kq[None, :], N_ROUNDS)
-        eps1 = tl.interleave(tl.interleave(e1, e2), tl.interleave(e3, e4))  # column 4q+l <- quad q
+        kq = tl.arange(0, R_PAD // 4).to(tl.int64)
+        eps1 = _normal_tile(seed, counter_base + kq[None, :], BLOCK_P, R_PAD // 4, N_ROUNDS)
         h = mu_h + std_h * eps1
 
         # stage 2: y = h mu_A^T + mu_b + sqrt(h^2 var_A^T + var_b) * eps2 for BLOCK_M columns
@@ -129,42 +172,68 @@ if HAVE_TRITON:
             mean += tl.load(bias_mu_ptr + j, mask=j_mask, other=0.0).to(tl.float32)[None, :]
         if HAS_BIAS_SIGMA:
             var += tl.load(bias_var_ptr + j, mask=j_mask, other=0.0).to(tl.float32)[None, :]
-        jq = pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)
-        f1, f2, f3, f4 = tl.randn4x(seed, (counter_base + STAGE2_COUNTER) + jq[None, :], N_ROUNDS)
-        eps2 = tl.interleave(tl.interleave(f1, f2), tl.interleave(f3, f4))
+        jq = (pid_m * (BLOCK_M // 4) + tl.arange(0, BLOCK_M // 4)).to(tl.int64)
+        counter2 = (counter_base + STAGE2) + jq[None, :]
+        eps2 = _normal_tile(seed, counter2, BLOCK_P, BLOCK_M // 4, N_ROUNDS)
         y = mean + tl.sqrt(tl.maximum(var, 0.0)) * eps2
         out_off = p[:, None].to(tl.int64) * M + j[None, :]
         tl.store(out_ptr + out_off, y, mask=p_mask[:, None] & j_mask[None, :])
 
 
+#: The undecorated kernel and helpers (the module-level names are rebound to the jitted ones on use).
+_PLAIN: dict[str, Any] = (
+    {
+        name: globals()[name]
+        for name in ("_lrt_kernel", "_philox4x32", "_uniform", "_box_muller", "_randn4x", "_normal_tile")
+    }
+    if HAVE_TRITON
+    else {}
+)
 _KERNELS: dict[bool, Any] = {}
+_HELPERS: dict[bool, dict[str, Any]] = {}
+_HELPER_SOURCES = ("_philox4x32", "_uniform", "_box_muller", "_randn4x", "_normal_tile")
+
+
+def _jit(fn: Any, interpret: bool) -> Any:
+    if interpret:
+        from triton.runtime.interpreter import InterpretedFunction
+
+        return InterpretedFunction(fn)
+    return triton.runtime.jit.JITFunction(fn)
 
 
 def _cuda_configs() -> list[Any]:
-    configs = []
-    for block_p in (32, 64, 128):
-        for block_m in (64, 128, 256):
-            for warps in (4, 8):
-                if block_p * block_m > 128 * 128 and warps == 4:
-                    continue
-                configs.append(triton.Config({"BLOCK_P": block_p, "BLOCK_M": block_m}, num_warps=warps))
-    return configs
+    """(BLOCK_P, BLOCK_M, warps) candidates, kept few: each one is a separate compile (~5 s) per variant."""
+    shapes = [(32, 128, 4), (64, 64, 4), (64, 128, 4), (64, 128, 8), (128, 64, 8), (128, 128, 8)]
+    return [triton.Config({"BLOCK_P": p, "BLOCK_M": m}, num_warps=w) for p, m, w in shapes]
+
+
+def _quick_bench(fn: Any, quantiles: Any) -> Any:
+    """Autotuning timer: 5 ms warm-up, 20 ms of runs per config (Triton's default is 25 + 100 ms)."""
+    import triton.testing
+
+    return triton.testing.do_bench(fn, warmup=5, rep=20, quantiles=quantiles)
 
 
 def get_kernel(interpret: bool | None = None) -> Any:
     """The jitted kernel: autotuned on CUDA, a plain jit (fixed tile) under the interpreter.
 
-    Built on first use so that ``TRITON_INTERPRET`` is read when the kernel is needed, not at import.
+    Built on first use, for the mode asked for (by default: ``TRITON_INTERPRET``), so neither the import
+    order of Triton nor the time the variable is set matters.
     """
     if not HAVE_TRITON:
         raise RuntimeError("Triton is not installed")
     mode = interpreter_enabled() if interpret is None else interpret
     if mode not in _KERNELS:
-        jitted = triton.jit(_lrt_kernel)
+        _HELPERS[mode] = {name: _jit(_PLAIN[name], mode) for name in _HELPER_SOURCES}
+        jitted = _jit(_PLAIN["_lrt_kernel"], mode)
         if mode:
             _KERNELS[mode] = jitted
         else:
-            _KERNELS[mode] = triton.autotune(configs=_cuda_configs(), key=["M", "R", "p_bucket"])(jitted)
+            _KERNELS[mode] = triton.autotune(
+                configs=_cuda_configs(), key=["M", "R", "p_bucket"], do_bench=_quick_bench
+            )(jitted)
+    globals().update(_HELPERS[mode])  # the kernel calls its helpers by their module-level names
     return _KERNELS[mode]
 
 
@@ -218,18 +287,36 @@ def lrt_triton_from_seeds(x: Tensor, post: FactorPosterior, samples: int, row_se
     kernel = get_kernel(interpret)
     r_pad = padded_rank(r)
     p_bucket = 1 << max(0, total_p - 1).bit_length()
-    args = (mu_h, std_h, mu_a, var_a, bias_mu, bias_var, seeds, out, total_p, n_rows, m, r, stride_hs, r, p_bucket)
+    args = (
+        mu_h,
+        std_h,
+        mu_a,
+        var_a,
+        bias_mu,
+        bias_var,
+        seeds,
+        out,
+        total_p,
+        n_rows,
+        m,
+        r,
+        stride_hs,
+        r,
+        p_bucket,
+    )
     consts: dict[str, Any] = {
         "HAS_BIAS": has_bias,
         "HAS_BIAS_SIGMA": has_bias_sigma,
         "R_PAD": r_pad,
         "PRECISION": _precision(interpret),
         "N_ROUNDS": PHILOX_ROUNDS,
+        "STAGE2": STAGE2_COUNTER,
     }
     if interpret:
         block_p, block_m = INTERPRET_CONFIG["BLOCK_P"], INTERPRET_CONFIG["BLOCK_M"]
-        grid = (triton.cdiv(total_p, block_p), triton.cdiv(m, block_m))
-        kernel[grid](*args, **consts, BLOCK_P=block_p, BLOCK_M=block_m)
+        kernel[(triton.cdiv(total_p, block_p), triton.cdiv(m, block_m))](
+            *args, **consts, BLOCK_P=block_p, BLOCK_M=block_m
+        )
     else:
 
         def grid(meta: dict[str, Any]) -> tuple[int, int]:
@@ -237,6 +324,56 @@ def lrt_triton_from_seeds(x: Tensor, post: FactorPosterior, samples: int, row_se
 
         kernel[grid](*args, **consts)
     return out if x.dtype == f32 else out.to(x.dtype)
+
+
+_SIGNATURE = {
+    **{
+        name: "*fp32"
+        for name in ("mu_h_ptr", "std_h_ptr", "mu_a_ptr", "var_a_ptr", "bias_mu_ptr", "bias_var_ptr")
+    },
+    "seeds_ptr": "*i64",
+    "out_ptr": "*fp32",
+    **{name: "i32" for name in ("total_p", "n_rows", "M", "R", "stride_hs", "stride_hn", "p_bucket")},
+}
+
+
+def compile_for_cuda(
+    capability: int = 90,
+    precision: str = "ieee",
+    has_bias: bool = True,
+    r_pad: int = 16,
+    block_p: int = 64,
+    block_m: int = 128,
+    num_warps: int = 4,
+) -> dict[str, Any]:
+    """Compile the kernel ahead of time for a CUDA compute capability (no GPU needed, only Triton's
+    bundled ``ptxas``): a check that the compiled path builds. Returns a few facts about the binary."""
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    get_kernel(False)  # binds the compiled-mode helpers
+    consts = {
+        "HAS_BIAS": has_bias,
+        "HAS_BIAS_SIGMA": has_bias,
+        "R_PAD": r_pad,
+        "PRECISION": precision,
+        "N_ROUNDS": PHILOX_ROUNDS,
+        "STAGE2": STAGE2_COUNTER,
+        "BLOCK_P": block_p,
+        "BLOCK_M": block_m,
+    }
+    signature = {**_SIGNATURE, **{name: "constexpr" for name in consts}}
+    src = ASTSource(fn=_KERNELS[False].fn, signature=signature, constexprs=consts)
+    compiled = triton.compile(src, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps})
+    ptx = compiled.asm["ptx"]
+    return {
+        "capability": capability,
+        "precision": precision,
+        "cubin": "cubin" in compiled.asm,
+        "shared_bytes": compiled.metadata.shared,
+        "mma_instructions": ptx.count("mma."),
+        "global_stores": ptx.count("st.global"),
+    }
 
 
 def lrt_triton(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> Tensor:
