@@ -1,63 +1,15 @@
-"""Fixtures: one trained toy checkpoint per session, and in-process apps over copies of it.
-
-``serve_app`` runs the app's lifespan (load + warm-up) and yields an httpx client over ASGITransport,
-so tests exercise the real middleware stack without a socket.
-"""
+"""Fixtures for the service tests (defined in ``service_fixtures.py``, shared with the reliability tests)."""
 
 from __future__ import annotations
 
 import sys
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
-
-import httpx
-import pytest
 
 _HERE = Path(__file__).resolve().parent
-_REPO_ROOT = str(_HERE.parents[1])
-for p in (_REPO_ROOT, str(_HERE)):
+for p in (str(_HERE.parents[1]), str(_HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-import toy  # noqa: E402
-from service_helpers import ServeApp  # noqa: E402
+from service_fixtures import anyio_backend, repo, serve_app, toy_checkpoint  # noqa: E402
 
-
-@pytest.fixture(scope="session")
-def toy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    root = tmp_path_factory.mktemp("toy-ckpt")
-    return toy.train_toy(root / "ckpt", root / "work")
-
-
-@pytest.fixture
-def repo(tmp_path: Path, toy_checkpoint: Path) -> Path:
-    return toy.make_repository(tmp_path / "models", toy_checkpoint)
-
-
-@pytest.fixture
-def anyio_backend() -> str:
-    return "asyncio"
-
-
-@pytest.fixture
-def serve_app(repo: Path) -> ServeApp:
-    """``async with serve_app(max_queue=2, ...) as client``: an app over ``repo`` with those settings."""
-    from service.app import create_app
-    from service.settings import Settings
-
-    @asynccontextmanager
-    async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        settings = Settings(**{"model_repository": repo, "max_batch_delay_ms": 2.0, **overrides})
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            loading = app.state.lrbnn.loading
-            if loading is not None:
-                await loading  # what /readyz waits for; a load error would surface here
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-                client.app = app  # type: ignore[attr-defined]
-                yield client
-
-    return make
+__all__ = ["anyio_backend", "repo", "serve_app", "toy_checkpoint"]

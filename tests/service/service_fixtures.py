@@ -1,0 +1,56 @@
+"""The service tests' fixtures, shared with ``tests/reliability`` (imported by both conftests).
+
+One trained toy checkpoint per session, and in-process apps over copies of it: ``serve_app`` runs the
+app's lifespan (load + warm-up) and yields an httpx client over ASGITransport, so tests exercise the
+real middleware stack without a socket.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import toy
+from service_helpers import ServeApp
+
+
+@pytest.fixture(scope="session")
+def toy_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("toy-ckpt")
+    return toy.train_toy(root / "ckpt", root / "work")
+
+
+@pytest.fixture
+def repo(tmp_path: Path, toy_checkpoint: Path) -> Path:
+    return toy.make_repository(tmp_path / "models", toy_checkpoint)
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+@pytest.fixture
+def serve_app(repo: Path) -> ServeApp:
+    """``async with serve_app(max_queue=2, ...) as client``: an app over ``repo`` with those settings."""
+    from service.app import create_app
+    from service.settings import Settings
+
+    @asynccontextmanager
+    async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
+        settings = Settings(**{"model_repository": repo, "max_batch_delay_ms": 2.0, **overrides})
+        app = create_app(settings)
+        async with app.router.lifespan_context(app):
+            loading = app.state.lrbnn.loading
+            if loading is not None:
+                await loading  # what /readyz waits for; a load error would surface here
+            transport = httpx.ASGITransport(app=app)
+            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+                client.app = app  # type: ignore[attr-defined]
+                yield client
+
+    return make
