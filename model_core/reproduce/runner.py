@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -39,7 +40,9 @@ class RunRecord:
     def metric(self, dotted: str) -> float | None:
         section, _, key = dotted.partition(".")
         value = self.metrics.get(section, {}).get(key)
-        return float(value) if isinstance(value, (int, float)) else None
+        if not isinstance(value, (int, float)) or not math.isfinite(value):
+            return None  # undefined (e.g. a 0/0 ratio) is shown as missing
+        return float(value)
 
 
 @dataclass

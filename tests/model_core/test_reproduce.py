@@ -53,7 +53,11 @@ def test_quick_reproduction_writes_tables_plots_and_finite_metrics(data_dir: Pat
     for run in icu["runs"]:
         for dotted in TASKS["icu"].metrics:
             section, key = dotted.split(".")
-            assert math.isfinite(run["metrics"][section][key]), (run["method"], dotted)
+            value = run["metrics"][section][key]
+            if run["method"] == "deterministic" and key == "score_ratio":
+                assert math.isnan(value)  # MI is exactly 0 in and out: the ratio 0/0 is undefined
+                continue
+            assert math.isfinite(value), (run["method"], dotted)
         assert run["params"] > 0
     assert len(icu["summary"]) == len(Method)
     assert [r["rank"] for r in icu["rank_sweep"]] == list(TASKS["icu"].rank_sweep[:2])
