@@ -15,6 +15,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", nargs="+", default=None, help="subset of methods (default: all eight)")
     p.add_argument("--quick", action="store_true", help="a smoke run: 1 epoch, S=16 (for CI)")
     p.add_argument("--no-sweep", action="store_true", help="skip the ICU rank sweep")
+    p.add_argument(
+        "--report-only", action="store_true", help="rebuild tables and plots from an earlier run in --out"
+    )
     add_data_dir(p)
     p.add_argument("--out", required=True, help="output directory (results.json, results.md, figures/)")
 
@@ -27,15 +30,26 @@ def run(args: argparse.Namespace) -> int:
     from model_core.reproduce.config import TASKS
     from model_core.reproduce.plots import make_plots
     from model_core.reproduce.report import write_report
-    from model_core.reproduce.runner import run_task
+    from model_core.reproduce.runner import load_results, run_task
 
     tasks = list(TASKS) if args.task == "all" else [args.task]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown:
         return fail(f"unknown task(s) {unknown}; choose from {sorted(TASKS)} or all")
+    out = Path(args.out)
+    if args.report_only:
+        done = [
+            load_results(TASKS[t], out / t) for t in tasks if (out / t / "results.partial.json").is_file()
+        ]
+        if not done:
+            return fail(f"no earlier results under {out}")
+        for results in done:
+            make_plots(results, out / results.config.task)
+        md, js = write_report(done, out)
+        print(json.dumps({"results_md": str(md), "results_json": str(js)}))
+        return 0
     data_dir = resolve_data_dir(args.data_dir)
     methods = tuple(Method(m) for m in args.methods) if args.methods else None
-    out = Path(args.out)
     all_results = []
     for task in tasks:
         if task not in TASK_LOADERS:

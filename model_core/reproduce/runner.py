@@ -170,6 +170,18 @@ def results_to_json(results: TaskResults) -> dict[str, Any]:
     }
 
 
+def load_results(cfg: TaskConfig, out: Path) -> TaskResults:
+    """Rebuild a task's results from the ``results.partial.json`` a run writes after every model."""
+    data = json.loads((out / "results.partial.json").read_text())
+    return TaskResults(
+        cfg,
+        runs=[RunRecord(**r) for r in data["runs"]],
+        sweep=[RunRecord(**r) for r in data["rank_sweep"]],
+        spectrum=data.get("spectrum", []),
+        quick=bool(data.get("quick", False)),
+    )
+
+
 def _checkpoint_results(results: TaskResults, out: Path) -> None:
     """Write partial results after every run, so a long reproduction can be inspected or resumed."""
     (out / "results.partial.json").write_text(json.dumps(results_to_json(results), indent=1, default=float))

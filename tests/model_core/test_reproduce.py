@@ -71,3 +71,30 @@ def test_quick_reproduction_writes_tables_plots_and_finite_metrics(data_dir: Pat
     assert "paper ood_auroc" in md
     for fig in ("reliability", "ood_hist", "selective", "spectrum", "rank_sweep"):
         assert (out / "icu" / "figures" / f"icu_{fig}.png").stat().st_size > 1000
+
+
+def test_report_only_rebuilds_tables_from_partial_results(tmp_path: Path) -> None:
+    from model_core.reproduce.runner import RunRecord, TaskResults, _checkpoint_results
+
+    out = tmp_path / "icu"
+    out.mkdir()
+    results = TaskResults(TASKS["icu"])
+    for seed, auroc in enumerate((0.70, 0.74)):
+        results.runs.append(
+            RunRecord(
+                "icu",
+                "lowrank",
+                seed,
+                15,
+                13220,
+                1.0,
+                3,
+                {"test": {"auroc": auroc}, "ood": {"score_ratio": float("nan")}},
+            )
+        )
+    _checkpoint_results(results, out)
+    assert main(["reproduce", "--task", "icu", "--report-only", "--out", str(tmp_path)]) == 0
+    md = (tmp_path / "results.md").read_text()
+    row = next(line for line in md.splitlines() if line.startswith("| lowrank |"))
+    assert "0.720 ± 0.028" in row  # mean and sample std of 0.70 and 0.74
+    assert "nan" not in row
