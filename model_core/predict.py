@@ -52,14 +52,6 @@ class Prediction:
     def __len__(self) -> int:
         return int(self.mean.shape[0])
 
-    def select(self, idx: slice) -> Prediction:
-        return Prediction(
-            **{  # type: ignore[arg-type]
-                f.name: (None if getattr(self, f.name) is None else getattr(self, f.name)[idx])
-                for f in fields(self)
-            }
-        )
-
     @staticmethod
     def concat(parts: list[Prediction]) -> Prediction:
         out = {}

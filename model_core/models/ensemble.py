@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import Tensor, nn
@@ -14,14 +15,17 @@ from model_core.models.spec import ArchitectureSpec, Method
 
 class Ensemble(BayesianModule):
     """Members share an architecture; predictive draws ceil(S/M) samples from each Bayesian member, one
-    from each deterministic member, so the sample axis mixes members uniformly."""
+    from each deterministic member, so the sample axis mixes members uniformly. Subclasses for other
+    architectures only set ``member_class``."""
+
+    member_class: Callable[[ArchitectureSpec], BayesianModule] = BayesMLP
 
     def __init__(self, spec: ArchitectureSpec) -> None:
         super().__init__()
         self.spec = spec
         member_method = Method.LOWRANK if spec.method is Method.LOWRANK_ENS else Method.DETERMINISTIC
         member_spec = spec.model_copy(update={"method": member_method, "members": 1})
-        self.members = nn.ModuleList(BayesMLP(member_spec) for _ in range(spec.members))
+        self.members = nn.ModuleList(self.member_class(member_spec) for _ in range(spec.members))
         self.bayesian_members = member_method is not Method.DETERMINISTIC
 
     def forward(self, x: Tensor) -> Tensor:

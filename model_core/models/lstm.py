@@ -267,10 +267,4 @@ def _keep_mask(rows: int, width: int, p: float, like: Tensor) -> Tensor:
 class LSTMEnsemble(Ensemble):
     """The project's :class:`Ensemble` (forward stacks members, predictive mixes them) over LSTMs."""
 
-    def __init__(self, spec: ArchitectureSpec) -> None:
-        BayesianModule.__init__(self)
-        self.spec = spec
-        member_method = Method.LOWRANK if spec.method is Method.LOWRANK_ENS else Method.DETERMINISTIC
-        member_spec = spec.model_copy(update={"method": member_method, "members": 1})
-        self.members = nn.ModuleList(BayesLSTM(member_spec) for _ in range(spec.members))
-        self.bayesian_members = member_method is not Method.DETERMINISTIC
+    member_class = BayesLSTM

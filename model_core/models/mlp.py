@@ -20,6 +20,7 @@ from model_core.layers.meanfield import MeanFieldLinear
 from model_core.layers.rank1 import Rank1BayesLinear
 from model_core.models.spec import ArchitectureSpec, Method
 from model_core.priors import prior_from_dict
+from model_core.sampling.noise import NoiseSource
 
 ACTIVATIONS: dict[str, Callable[[Tensor], Tensor]] = {
     "relu": torch.relu,
@@ -36,10 +37,7 @@ def layer_ranks(spec: ArchitectureSpec) -> list[int | None]:
     if spec.method not in (Method.LOWRANK, Method.LOWRANK_ENS, Method.LRSVD):
         return [None] * (len(widths) - 1)
     assert spec.rank is not None
-    return [
-        spec.rank if default_rank_ok(n, m, spec.rank) else None
-        for n, m in pairwise(widths)
-    ]
+    return [spec.rank if default_rank_ok(n, m, spec.rank) else None for n, m in pairwise(widths)]
 
 
 def make_linear(spec: ArchitectureSpec, n: int, m: int, rank: int | None) -> BayesianModule:
@@ -88,7 +86,8 @@ class BayesMLP(BayesianModule):
                     x = self.dropouts[i].predictive(x, ctx)  # type: ignore[operator]
         return expand_samples(x, ctx.samples)  # a fully deterministic path stays (N, out) until here
 
-    def build_cache(self, samples: int, ctx_noise: object) -> None:
+    def build_cache(self, samples: int, noise: NoiseSource) -> None:
+        """Draw the ``cached`` backend's factor samples for every low-rank layer."""
         for layer in self.layers:
             if isinstance(layer, LowRankBayesLinear):
-                layer.build_cache(samples, ctx_noise)  # type: ignore[arg-type]
+                layer.build_cache(samples, noise)

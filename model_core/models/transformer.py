@@ -235,13 +235,7 @@ class BayesTransformer(BayesianModule):
 class TransformerEnsemble(Ensemble):
     """M independently initialised transformers (``ensemble``: deterministic; ``lowrank-ens``: low-rank)."""
 
-    def __init__(self, spec: ArchitectureSpec) -> None:
-        BayesianModule.__init__(self)
-        self.spec = spec
-        member_method = Method.LOWRANK if spec.method is Method.LOWRANK_ENS else Method.DETERMINISTIC
-        member_spec = spec.model_copy(update={"method": member_method, "members": 1})
-        self.members = nn.ModuleList(BayesTransformer(member_spec) for _ in range(spec.members))
-        self.bayesian_members = member_method is not Method.DETERMINISTIC
+    member_class = BayesTransformer
 
     def predictive(self, x: Tensor, ctx: PredictiveContext) -> Tensor:
         if not self.bayesian_members:  # one deterministic output per member, no copies

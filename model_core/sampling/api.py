@@ -155,7 +155,3 @@ def sample_lowrank(
 
 def available_backends() -> list[Backend]:
     return [Backend.AUTO, *BACKENDS, Backend.CACHED]
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
