@@ -51,5 +51,8 @@ def current() -> DistContext:
 
 
 def shutdown() -> None:
+    """Leave the process group together: rank 0 may still be calibrating and writing the checkpoint, and
+    a rank that tears gloo down alone can abort ("terminate called without an active exception")."""
     if dist.is_available() and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()

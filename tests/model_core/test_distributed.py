@@ -26,7 +26,8 @@ def _train(args: list[str], out: Path, nproc: int) -> None:
             "--out",
             str(out),
         ]
-    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
 
 
 @pytest.mark.slow
