@@ -27,6 +27,8 @@ def calibrate(
     quantile: float = DEFAULT_QUANTILE,
     n_quantiles: int = DRIFT_QUANTILES,
     sampling_mode: SamplingMode = SamplingMode.FRESH,
+    interval_scale: float = 1.0,
+    interval_level: float = 0.95,
 ) -> tuple[Calibration, DriftReference]:
     scores = np.asarray(val_scores, dtype=np.float64)
     if scores.ndim != 1 or scores.size < 2 or not np.isfinite(scores).all():
@@ -41,5 +43,7 @@ def calibrate(
         ood_quantile=quantile,
         default_samples=default_samples,
         sampling_mode=sampling_mode,
+        interval_scale=interval_scale,
+        interval_level=interval_level,
     )
     return calib, DriftReference(score=kind, quantiles=[float(v) for v in ref], n_scores=int(scores.size))

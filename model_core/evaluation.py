@@ -20,11 +20,18 @@ def _np(t: torch.Tensor) -> np.ndarray:
 
 
 def evaluate_predictions(
-    task: Task, test: Prediction, y_test: np.ndarray, ood: Prediction | None
+    task: Task,
+    test: Prediction,
+    y_test: np.ndarray,
+    ood: Prediction | None,
+    interval_scale: float = 1.0,
+    interval_level: float = 0.95,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if task is Task.REGRESSION:
-        out["test"] = regression_report(_np(test.mean), _np(test.variance), y_test)
+        out["test"] = regression_report(
+            _np(test.mean), _np(test.variance), y_test, level=interval_level, scale=interval_scale
+        )
         errors = np.abs(_np(test.mean) - y_test)
     else:
         probs = _np(test.mean)
@@ -49,8 +56,14 @@ def _auroc_by_fault(splits: SequenceSplits, test: Prediction, ood: Prediction) -
 
 
 def evaluate_checkpoint(
-    ckpt: LoadedCheckpoint, splits: TabularSplits, samples: int | None = None, seed: int = 0
+    ckpt: LoadedCheckpoint,
+    splits: TabularSplits,
+    samples: int | None = None,
+    seed: int = 0,
+    keep: dict[str, Prediction] | None = None,
 ) -> dict[str, Any]:
+    """Metrics on the test, OOD (and near-OOD) sets; ``keep`` receives the predictions ("test", "ood")
+    for callers that also plot them, so they need not be sampled twice."""
     manifest = ckpt.manifest
     s = samples or manifest.calibration.default_samples
     x_test = torch.from_numpy(splits.x_test)
@@ -60,7 +73,18 @@ def evaluate_checkpoint(
         if len(splits.y_ood)
         else None
     )
-    report = evaluate_predictions(manifest.task, test, splits.y_test, ood)
+    if keep is not None:
+        keep["test"] = test
+        if ood is not None:
+            keep["ood"] = ood
+    report = evaluate_predictions(
+        manifest.task,
+        test,
+        splits.y_test,
+        ood,
+        interval_scale=manifest.calibration.interval_scale,
+        interval_level=manifest.calibration.interval_level,
+    )
     if ood is not None:
         report["ood"]["flag_rate_in"] = float(
             (test.ood_score > manifest.calibration.ood_threshold).float().mean()

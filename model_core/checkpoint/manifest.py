@@ -61,6 +61,10 @@ class Calibration(BaseModel):
     default_samples: int = Field(default=100, ge=1)
     sampling_mode: SamplingMode = SamplingMode.FRESH
     cache_seed: int = 0
+    #: regression: width factor of the central ``interval_level`` interval fitted on validation data
+    #: (``model_core.metrics.interval_scale``); 1.0 = the model's own Gaussian interval
+    interval_scale: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
+    interval_level: float = Field(default=0.95, gt=0.0, lt=1.0)
 
 
 class DriftReference(BaseModel):

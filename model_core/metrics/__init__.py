@@ -22,6 +22,7 @@ from model_core.metrics.ood import fpr_at_tpr, ood_report
 from model_core.metrics.regression import (
     crps_gaussian,
     gaussian_nll,
+    interval_scale,
     mae,
     mpiw,
     picp,
@@ -45,6 +46,7 @@ __all__ = [
     "ece",
     "fpr_at_tpr",
     "gaussian_nll",
+    "interval_scale",
     "mae",
     "mpiw",
     "nll",

@@ -12,12 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from model_core.checkpoint.io import load_checkpoint
 from model_core.models.spec import Method
-from model_core.predict import predict
+from model_core.predict import Prediction
 from model_core.reproduce.config import QUICK, TaskConfig
 from model_core.reproduce.spectrum import spectrum_report
 from model_core.training.pipeline import TrainOptions, train_checkpoint
@@ -72,29 +71,28 @@ def _options(
     return opts
 
 
-def _save_arrays(path: Path, ckpt_dir: Path, splits: Any, samples: int) -> None:
-    """Predictions on test and OOD with the evaluation's seeds, for reliability/OOD/selective plots."""
-    ckpt = load_checkpoint(ckpt_dir)
-    test = predict(ckpt.model, torch.from_numpy(splits.x_test), samples=samples, seed=0)
+def _save_arrays(path: Path, kept: dict[str, Prediction], splits: Any) -> None:
+    """The evaluation's predictions on test and OOD, for the reliability/OOD/selective plots."""
+    test = kept["test"]
     arrays: dict[str, np.ndarray] = {
         "y_test": np.asarray(splits.y_test),
         "mean": test.mean.numpy(),
         "variance": test.variance.numpy(),
         "score_in": test.ood_score.numpy(),
     }
-    if len(splits.y_ood):
-        ood = predict(ckpt.model, torch.from_numpy(splits.x_ood), samples=samples, seed=1)
-        arrays["score_out"] = ood.ood_score.numpy()
+    if "ood" in kept:
+        arrays["score_out"] = kept["ood"].ood_score.numpy()
     np.savez_compressed(path, **arrays)  # type: ignore[arg-type]
 
 
 def run_one(cfg: TaskConfig, splits: Any, opts: TrainOptions, out: Path) -> RunRecord:
     ckpt_dir = out / "checkpoints" / f"{opts.method.value}-r{opts.rank}-s{opts.seed}"
-    manifest = train_checkpoint(splits, opts, ckpt_dir, {"task": cfg.task})
+    kept: dict[str, Prediction] = {}
+    manifest = train_checkpoint(splits, opts, ckpt_dir, {"task": cfg.task}, keep=kept)
     assert manifest is not None
     arrays = out / "arrays" / f"{ckpt_dir.name}.npz"
     arrays.parent.mkdir(parents=True, exist_ok=True)
-    _save_arrays(arrays, ckpt_dir, splits, opts.samples)
+    _save_arrays(arrays, kept, splits)
     metrics = {k: v for k, v in manifest.training.get("metrics", {}).items() if isinstance(v, dict)}
     uses_rank = opts.method in (Method.LOWRANK, Method.LOWRANK_ENS, Method.LRSVD)
     return RunRecord(

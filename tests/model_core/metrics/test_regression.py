@@ -12,6 +12,7 @@ from scipy.special import ndtr, ndtri
 from model_core.metrics import (
     crps_gaussian,
     gaussian_nll,
+    interval_scale,
     mae,
     mpiw,
     picp,
@@ -146,6 +147,9 @@ def test_regression_report_keys_and_values() -> None:
         "crps": 0.9292479,
         "calibration_error": 0.1614035,
         "interval_level": 0.9,
+        "picp_raw": 2 / 3,
+        "mpiw_raw": 3.8379918,
+        "interval_scale": 1.0,
     }
     assert set(report) == set(expected)
     for key, value in expected.items():
@@ -169,3 +173,20 @@ def test_rejects_bad_inputs() -> None:
         picp(MU, VAR, Y, level=1.0)
     with pytest.raises(ValueError, match="NaN"):
         rmse(np.array([0.0, math.nan, 1.0]), Y)
+
+
+def test_interval_scale_recalibrates_an_overdispersed_model() -> None:
+    """Fitted on one half, the width factor brings the other half's coverage to the nominal level."""
+    rng = np.random.default_rng(3)
+    n = 20_000
+    mu = rng.normal(size=n)
+    var = rng.uniform(0.5, 2.0, size=n)
+    y = mu + np.sqrt(var) * rng.standard_t(df=3, size=n) / np.sqrt(3.0)  # heavy tails, unit variance
+    assert picp(mu, var, y, level=0.9) > 0.92  # the Gaussian interval over-covers the body
+    c = interval_scale(mu[: n // 2], var[: n // 2], y[: n // 2], level=0.9)
+    assert 0.6 < c < 1.0
+    report = regression_report(mu[n // 2 :], var[n // 2 :], y[n // 2 :], level=0.9, scale=c)
+    assert report["picp"] == pytest.approx(0.9, abs=0.01)
+    assert report["picp_raw"] > 0.92
+    assert report["mpiw"] == pytest.approx(c * report["mpiw_raw"])
+    assert interval_scale(mu, var, mu + np.sqrt(var) * rng.normal(size=n)) == pytest.approx(1.0, abs=0.03)
