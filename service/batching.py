@@ -6,9 +6,21 @@ are already waiting, the batch takes every compatible queued request and, if sti
 version and same ``samples`` (a runtime call has one S). Each request keeps its own seed and noise
 block, so merging never changes an answer.
 
-Back-pressure: at most ``max_queue`` requests wait per model; the next one is refused (429 with
-``Retry-After``). A request that times out (504) or whose client went away leaves the queue at once, so
-an abandoned request never holds a slot nor costs compute.
+Back-pressure, two bounds, either one refuses with 429 and ``Retry-After``:
+
+* by time (``max_wait_s``, ``LRBNN_MAX_QUEUE_WAIT_MS``): a request is refused when its estimated
+  queueing delay exceeds the budget. The estimate is the work already ahead of it, in *cost units*
+  (``rows * samples`` plus a fixed per-request term, see ``Job.units``), times a running estimate of
+  seconds per unit (:class:`CostEstimate`, an EWMA of finished batches), plus what is left of the batch
+  now running. This is what keeps an admitted request's latency bounded when batch times vary: a
+  count bound cannot tell 8 one-row requests at S=32 from 8 64-row requests at S=1024.
+* by count (``max_queue``): at most that many requests wait per model, whatever the estimate says.
+
+A request that finds the queue empty is always admitted (it waits at most for the running batch), and
+so is every request while nothing has been measured yet (the count bound still holds). Retry-After is
+the estimated time to drain what is queued, in whole seconds (>= 1). A request that times out (504) or
+whose client went away leaves the queue at once, so an abandoned request never holds a slot nor costs
+compute, nor counts in the estimate.
 """
 
 from __future__ import annotations
@@ -30,8 +42,11 @@ from service.errors import ClientDisconnected, InferenceTimeout, ModelFailed, Qu
 from service.monitoring.metrics import Metrics
 from service.repository import ServedModel
 from service.runtime.base import Outputs
+from service.settings import Settings
 
 log = logging.getLogger("lrbnn.service.batching")
+
+DEFAULT_MAX_WAIT_S = Settings.model_fields["max_queue_wait_ms"].default / 1000.0
 
 
 @dataclass(eq=False, repr=False)  # identity comparison; no repr of arrays and manifests, ever
@@ -52,22 +67,78 @@ class Job:
     def rows(self) -> int:
         return int(self.x.shape[0])
 
+    @property
+    def units(self) -> int:
+        """Compute cost in row-samples, plus a fixed per-request term (each request is one network pass
+        in exact mode: measured on the bundled model, about 128 row-samples' worth of overhead)."""
+        return self.rows * self.samples + REQUEST_UNITS
+
+
+REQUEST_UNITS = 128
+
+
+class CostEstimate:
+    """Seconds per cost unit of one model, from its finished batches (cheap: O(1) per batch).
+
+    The first ``WARMUP`` batches give the *minimum* seen (a cold first batch is an outlier that would
+    otherwise make the service refuse for a while after start); then an EWMA with weight ``ALPHA``, so a
+    lasting change of speed (another version, a busier machine) is followed within a few batches. Failed
+    batches are not measured (a fast exception would read as a fast model). ``None`` until the first
+    measurement: no estimate, no refusal by time.
+    """
+
+    WARMUP = 4
+    ALPHA = 0.2
+
+    def __init__(self) -> None:
+        self.seconds_per_unit: float | None = None
+        self.count = 0
+
+    def observe(self, seconds: float, units: int) -> None:
+        if units <= 0 or not math.isfinite(seconds) or seconds < 0:
+            return
+        rate = seconds / units
+        self.count += 1
+        if self.seconds_per_unit is None:
+            self.seconds_per_unit = rate
+        elif self.count <= self.WARMUP:
+            self.seconds_per_unit = min(self.seconds_per_unit, rate)
+        else:
+            self.seconds_per_unit += self.ALPHA * (rate - self.seconds_per_unit)
+
+    def reset(self) -> None:
+        self.seconds_per_unit = None
+        self.count = 0
+
 
 class ModelBatcher:
     """The queue and dispatcher of one model name (all its versions: batches never mix versions)."""
 
     def __init__(
-        self, name: str, metrics: Metrics, max_batch_size: int, max_delay_s: float, max_queue: int
+        self,
+        name: str,
+        metrics: Metrics,
+        max_batch_size: int,
+        max_delay_s: float,
+        max_queue: int,
+        max_wait_s: float | None = None,
     ) -> None:
         self.name = name
         self.metrics = metrics
         self.max_batch_size = max_batch_size
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
+        # the time budget of a queued request; <= 0: off (count bound only); None: the settings' default
+        self.max_wait_s = DEFAULT_MAX_WAIT_S if max_wait_s is None else max_wait_s
         self._queue: deque[Job] = deque()
+        self._queued_units = 0  # sum of Job.units over self._queue
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
-        self._last_batch_s = 0.01
+        self.cost = CostEstimate()
+        self._measured: ServedModel | None = None  # the version self.cost was measured on
+        self._running_units = 0  # the batch in the executor now (0: none)
+        self._running_since = 0.0
+        self.clock: Callable[[], float] = time.perf_counter  # of batch times and the estimate (tests swap it)
         # one compute thread per model: batches of a model never overlap, and torch keeps its per-thread
         # state (thread pools, caches) warm instead of meeting a different pool thread each time
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"lrbnn-{name}")
@@ -84,8 +155,7 @@ class ModelBatcher:
             self._task = None
         self._executor.shutdown(wait=False)
         while self._queue:
-            job = self._queue.popleft()
-            job.queued = False
+            job = self._unqueue(self._queue.popleft())
             if not job.future.done():
                 job.future.cancel()
 
@@ -93,9 +163,36 @@ class ModelBatcher:
     def depth(self) -> int:
         return len(self._queue)
 
-    def retry_after_s(self) -> int:
-        """A hint for clients: roughly the time to drain the current queue."""
-        return max(1, math.ceil(self._last_batch_s * max(1, len(self._queue)) / max(1, self.max_batch_size)))
+    def _unqueue(self, job: Job) -> Job:
+        """Book-keeping of a job that has just left ``self._queue``."""
+        job.queued = False
+        self._queued_units -= job.units
+        return job
+
+    def estimated_wait_s(self) -> float | None:
+        """Seconds a request submitted now would wait before its batch starts; None before any estimate.
+
+        Work queued ahead times seconds per unit, plus what is left of the running batch. A running batch
+        that has already taken longer than its estimate raises the rate used (elapsed / its units): a
+        model that suddenly slows down, or whose first batch is still running, is seen at once.
+        """
+        rate = self.cost.seconds_per_unit
+        remaining = 0.0
+        if self._running_units:
+            elapsed = self.clock() - self._running_since
+            rate = max(rate or 0.0, elapsed / self._running_units)
+            remaining = max(0.0, self._running_units * rate - elapsed)
+        if not rate:
+            return None
+        return remaining + self._queued_units * rate
+
+    def retry_after_s(self, wait_s: float | None = None) -> int:
+        """A hint for clients: the estimated time to drain the current queue, whole seconds, >= 1."""
+        if wait_s is None:
+            wait_s = self.estimated_wait_s()
+        if wait_s is None or not math.isfinite(wait_s):
+            return 1
+        return max(1, math.ceil(wait_s))
 
     async def submit(
         self,
@@ -112,9 +209,18 @@ class ModelBatcher:
                 f"model {self.name!r}: {self.max_queue} requests already queued",
                 retry_after_s=self.retry_after_s(),
             )
+        if self._queue and self.max_wait_s > 0:  # a request finding the queue empty is always admitted
+            wait_s = self.estimated_wait_s()
+            if wait_s is not None and wait_s > self.max_wait_s:
+                raise QueueFull(
+                    f"model {self.name!r}: estimated queueing delay {wait_s * 1000:.0f} ms exceeds "
+                    f"the {self.max_wait_s * 1000:.0f} ms budget",
+                    retry_after_s=self.retry_after_s(wait_s),
+                )
         loop = asyncio.get_running_loop()
         job = Job(served, x, samples, seed, loop.create_future())
         self._queue.append(job)
+        self._queued_units += job.units
         self._arrived.set()
         watcher: asyncio.Task[object] | None = None
         if disconnected is not None:
@@ -136,7 +242,7 @@ class ModelBatcher:
                 job.future.cancel()  # the dispatcher skips it; the result of a running batch is dropped
             if job.queued:  # timed out or abandoned while waiting: free the slot now
                 self._queue.remove(job)
-                job.queued = False
+                self._unqueue(job)
 
     # -- dispatcher ----------------------------------------------------------------------------
     async def _run(self) -> None:
@@ -155,14 +261,12 @@ class ModelBatcher:
                 break
             if job.key == key and not job.future.done() and rows + job.rows <= self.max_batch_size:
                 self._queue.remove(job)
-                job.queued = False
-                batch.append(job)
+                batch.append(self._unqueue(job))
                 rows += job.rows
         return rows
 
     async def _collect(self) -> list[Job]:
-        first = self._queue.popleft()
-        first.queued = False
+        first = self._unqueue(self._queue.popleft())
         if first.future.done():
             return []
         batch, key = [first], first.key
@@ -192,7 +296,9 @@ class ModelBatcher:
         sizes = [j.rows for j in live]
         served = live[0].served
         self.metrics.batch_size.labels(self.name).observe(sum(sizes))
-        t0 = time.perf_counter()
+        units = sum(j.units for j in live)
+        t0 = self._running_since = self.clock()
+        self._running_units = units
         try:
             out = await asyncio.get_running_loop().run_in_executor(
                 self._executor, served.runtime.predict, x, live[0].samples, [j.seed for j in live], sizes
@@ -204,10 +310,15 @@ class ModelBatcher:
                     job.future.set_exception(
                         ModelFailed(f"model {self.name!r} failed to compute this request", retry_after_s=1)
                     )
-            return
+            return  # not measured: how fast a model fails says nothing about how fast it computes
         finally:
-            self._last_batch_s = time.perf_counter() - t0
-        self.metrics.inference_duration.labels(self.name).observe(self._last_batch_s)
+            self._running_units = 0
+        seconds = self.clock() - t0
+        if served is not self._measured:  # first batch, or a reloaded version: measure it afresh
+            self.cost.reset()
+            self._measured = served
+        self.cost.observe(seconds, units)
+        self.metrics.inference_duration.labels(self.name).observe(seconds)
         start = 0
         for job in live:
             stop = start + job.rows

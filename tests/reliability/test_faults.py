@@ -239,7 +239,9 @@ def test_vanishing_clients_leak_no_slot(toy_repo_module: Path, tmp_path: Path) -
 def test_sigterm_under_load_loses_no_admitted_request(toy_repo_module: Path, tmp_path: Path) -> None:
     """Eight clients send back-to-back requests (a fresh connection each, with an X-Request-ID) and
     SIGTERM lands in the middle. Every request the server's log shows answered was received by its
-    client with that status; every client saw 200, a 503 with Retry-After, or a refused connection."""
+    client with that status; every client saw 200, a 503 with Retry-After (draining), a 429 with
+    Retry-After (eight clients of 32 instances can exceed the queue-wait budget on a busy machine), or a
+    refused connection."""
     srv = ServerProcess(toy_repo_module, tmp_path / "server.log", env={"LRBNN_DRAIN_TIMEOUT_S": "60"})
     outcomes: dict[str, str] = {}
     lock = threading.Lock()
@@ -253,8 +255,10 @@ def test_sigterm_under_load_loses_no_admitted_request(toy_repo_module: Path, tmp
                 rid = uuid.uuid4().hex
                 try:
                     r = httpx.post(srv.url + PREDICT, json=body, headers={"x-request-id": rid}, timeout=90)
-                    ok_503 = r.status_code == 503 and r.headers.get("retry-after")
-                    outcome = str(r.status_code) if r.status_code == 200 or ok_503 else f"bad {r.status_code}"
+                    refusal = r.status_code in (429, 503) and r.headers.get("retry-after")
+                    outcome = (
+                        str(r.status_code) if r.status_code == 200 or refusal else f"bad {r.status_code}"
+                    )
                 except httpx.ConnectError:
                     outcome = "refused"
                 except httpx.TransportError as exc:
@@ -287,7 +291,7 @@ def test_sigterm_under_load_loses_no_admitted_request(toy_repo_module: Path, tmp
         rid: (status, outcomes.get(rid)) for rid, status in answered.items() if outcomes.get(rid) != status
     }
     assert not lost, lost  # answered by the server but not received as such by its client
-    bad = {rid: o for rid, o in outcomes.items() if o not in ("200", "503", "refused")}
+    bad = {rid: o for rid, o in outcomes.items() if o not in ("200", "429", "503", "refused")}
     # a transport error is allowed only for a request the server never read (closed listen backlog)
     assert all(rid not in answered for rid in bad), bad
     codes = list(outcomes.values())
