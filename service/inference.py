@@ -9,11 +9,12 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
+from statistics import NormalDist
 from typing import Any
 
 import numpy as np
 
-from model_core.data.preprocessing import PreprocessingError
+from model_core.checkpoint.manifest import Calibration, Task
 from service.batching import ModelBatcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.monitoring.drift import DriftMonitor
@@ -27,25 +28,19 @@ log = logging.getLogger("lrbnn.service.inference")
 MAX_SEED = 2**63 - 1
 
 
-def flag(served: ServedModel, row: Mapping[str, Any]) -> list[str]:
-    """Features to warn about, in schema order: numeric values outside the plausible range and
-    categories never seen in training (which the preprocessor encodes as "no known category")."""
-    pre = served.preprocessor
-    implausible = set(pre.implausible(row))
-    out = []
-    for spec in pre.features:
-        if spec.name in implausible:
-            out.append(spec.name)
-        elif spec.kind == "categorical" and row.get(spec.name) is not None:
-            value = row[spec.name]
-            label = value if isinstance(value, str) else None
-            if isinstance(value, int) and not isinstance(value, bool):
-                label = str(value)  # no float(): a JSON integer may be beyond the float range
-            elif label is None and isinstance(value, float) and value.is_integer():
-                label = str(int(value))
-            if label not in (spec.categories or []):
-                out.append(spec.name)
-    return out
+def calibrated_interval(calib: Calibration, outputs: Outputs) -> Outputs:
+    """The central ``calib.interval_level`` interval, its width scaled by the validation-fitted factor.
+
+    mean ± scale · z · sqrt(variance): the Gaussian moment match of the predictive, widened or narrowed
+    so that it covered ``interval_level`` of the validation targets (``model_core.metrics.interval_scale``).
+    """
+    z = NormalDist().inv_cdf(0.5 + calib.interval_level / 2.0)
+    half = calib.interval_scale * z * np.sqrt(np.asarray(outputs["variance"], dtype=np.float64))
+    mean = np.asarray(outputs["mean"], dtype=np.float64)
+    return {
+        "interval_low": (mean - half).astype(np.float32),
+        "interval_high": (mean + half).astype(np.float32),
+    }
 
 
 @dataclass(frozen=True)
@@ -85,6 +80,7 @@ class InferenceService:
                 self.settings.max_batch_size,
                 self.settings.max_batch_delay_ms / 1000.0,
                 self.settings.max_queue,
+                max_wait_s=self.settings.max_queue_wait_ms / 1000.0,
             )
             batcher.start()
             self.batchers[served.name] = batcher
@@ -121,22 +117,6 @@ class InferenceService:
                 field=field,
             )
 
-    @staticmethod
-    def preprocess(
-        served: ServedModel, rows: Sequence[Mapping[str, Any]]
-    ) -> tuple[np.ndarray, list[list[str]]]:
-        try:
-            return served.preprocessor.transform(rows)
-        except PreprocessingError as exc:
-            field = f"instances.{exc.field}" if exc.field else "instances"
-            raise InvalidInput(str(exc), field=field) from None
-        except OverflowError:  # an integer literal beyond float range (JSON allows any size)
-            name = _overflowing_feature(rows)
-            raise InvalidInput(
-                f"feature {name!r} is out of range (an integer beyond the float range)",
-                field=f"instances.{name}",
-            ) from None
-
     # -- the path ------------------------------------------------------------------------------
     async def predict(
         self,
@@ -149,14 +129,15 @@ class InferenceService:
         self.check_count(len(rows))
         s = self.resolve_samples(served, samples)
         self.check_seed(seed)
-        x, imputed = self.preprocess(served, rows)
-        flagged = [flag(served, row) for row in rows]
+        enc = served.inputs.encode(rows)
         outputs = await self.batchers[served.name].submit(
-            served, x, s, seed, self.settings.request_timeout_s, disconnected
+            served, enc.x, s, seed, self.settings.request_timeout_s, disconnected
         )
+        if served.manifest.task is Task.REGRESSION:
+            outputs = {**outputs, **calibrated_interval(served.manifest.calibration, outputs)}
         ood = outputs["ood_score"] > served.ood_threshold
         self.record(served, outputs, ood)
-        return InferenceResult(served, s, outputs, ood, imputed, flagged)
+        return InferenceResult(served, s, outputs, ood, enc.imputed, enc.flagged)
 
     def record(self, served: ServedModel, outputs: Outputs, ood: np.ndarray) -> None:
         """Uncertainty histograms, counters and the drift window: O(batch), never O(window)."""
@@ -176,14 +157,3 @@ class InferenceService:
         m.ood_rate.labels(name).set(stats.ood_rate)
         for stat in DRIFT_STATISTICS:
             m.drift.labels(name, stat).set(getattr(stats, stat))
-
-
-def _overflowing_feature(rows: Sequence[Mapping[str, Any]]) -> str:
-    for row in rows:
-        for key, value in row.items():
-            if isinstance(value, int) and not isinstance(value, bool):
-                try:
-                    float(value)
-                except OverflowError:
-                    return str(key)
-    return "?"

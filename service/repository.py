@@ -17,8 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from model_core.checkpoint import CheckpointError, Manifest, SamplingMode, load_checkpoint, read_manifest
-from model_core.data.preprocessing import Preprocessor
 from service.errors import ModelNotFound, ReloadFailed
+from service.inputs import InputAdapter, build_adapter
 from service.runtime.base import Runtime, RuntimeLoadError
 from service.settings import BackendName, Settings
 
@@ -39,7 +39,7 @@ class ServedModel:
     version: str
     path: Path
     manifest: Manifest
-    preprocessor: Preprocessor
+    inputs: InputAdapter
     runtime: Runtime
     sampling_mode: SamplingMode
     default_samples: int
@@ -47,7 +47,7 @@ class ServedModel:
 
     @property
     def feature_names(self) -> list[str]:
-        return self.preprocessor.feature_names
+        return [spec.name for spec in self.inputs.features()]
 
     @property
     def ood_threshold(self) -> float:
@@ -131,9 +131,11 @@ class ModelRepository:
                 f"directory says {name}/{version}"
             )
         try:
-            preprocessor = Preprocessor.from_dict(manifest.input_schema.preprocessing)
-        except ValueError as exc:
-            raise ModelLoadError(f"{path}: invalid input_schema.preprocessing: {exc}") from exc
+            inputs = build_adapter(manifest.input_schema)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ModelLoadError(
+                f"{path}: invalid input_schema (kind {manifest.input_schema.kind!r}): {exc}"
+            ) from exc
         default = min(
             self.settings.default_samples or manifest.calibration.default_samples, self.settings.max_samples
         )
@@ -142,7 +144,7 @@ class ModelRepository:
             version=version,
             path=path,
             manifest=manifest,
-            preprocessor=preprocessor,
+            inputs=inputs,
             runtime=runtime,
             sampling_mode=getattr(runtime, "sampling_mode", mode),
             default_samples=default,
@@ -152,8 +154,8 @@ class ModelRepository:
 
     @staticmethod
     def warm_up(served: ServedModel) -> None:
-        """One prediction on an all-imputed row: loads kernels and proves the outputs are finite."""
-        x, _ = served.preprocessor.transform([{}])
+        """One prediction on an all-imputed (or empty) instance: loads kernels, proves outputs finite."""
+        x = served.inputs.encode(served.inputs.warmup_instances()).x
         t0 = time.perf_counter()
         out = served.runtime.predict(x, served.default_samples, [WARMUP_SEED], [1])
         bad = [k for k, v in out.items() if not np.isfinite(v).all()]

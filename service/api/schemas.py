@@ -24,8 +24,9 @@ class PredictRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     instances: list[dict[str, Any]] = Field(
-        description="one object per patient: feature name -> raw value in the schema's unit; null or "
-        "absent = not measured (imputed and listed in `imputed`)",
+        description="one object per instance. Tabular: feature name -> raw value in the schema's unit; null "
+        'or absent = not measured (imputed and listed in `imputed`). Sequence: {"hours": [one such '
+        'object per hour, oldest first]}. Text: {"text": "..."}. See the model\'s `input` in /v1/models',
         examples=[[{"age": 70.0, "heart_rate": 110, "sex": "male"}]],
     )
     parameters: PredictParameters = Field(default_factory=PredictParameters)
@@ -42,7 +43,11 @@ class InstancePrediction(BaseModel):
     ood: bool = Field(description="ood_score > the checkpoint's calibrated threshold")
     imputed: list[str] = Field(description="features that were missing and imputed")
     flagged: list[str] = Field(description="features outside their plausible range (likely unit errors)")
-    interval: list[float] | None = Field(default=None, description="regression: central 90 % interval")
+    interval: list[float] | None = Field(
+        default=None,
+        description="regression: central interval at the manifest's calibration.interval_level (95 %), its "
+        "width recalibrated on validation data (calibration.interval_scale)",
+    )
 
 
 class PredictResponse(BaseModel):
@@ -86,7 +91,11 @@ class ModelInfo(BaseModel):
     sha256: str
     device: str
     output: dict[str, Any]
-    features: list[FeatureInfo]
+    input: dict[str, Any] = Field(
+        description="input kind (tabular | sequence | text) and its facts: an instance is named features "
+        '(tabular), {"hours": [24 hourly feature objects, oldest first]} (sequence) or {"text": "..."} (text)'
+    )
+    features: list[FeatureInfo] = Field(description="named raw features (tabular; per hour for sequence)")
 
 
 class ModelsResponse(BaseModel):

@@ -103,7 +103,7 @@ async def predict(name: str, request: Request) -> Response:
 def model_info(served: ServedModel, versions: list[str]) -> ModelInfo:
     m = served.manifest
     features = []
-    for spec in served.preprocessor.features:
+    for spec in served.inputs.features():
         features.append(
             FeatureInfo(
                 name=spec.name,
@@ -130,6 +130,7 @@ def model_info(served: ServedModel, versions: list[str]) -> ModelInfo:
         sha256=m.sha256,
         device=served.runtime.device,
         output=m.output_schema.model_dump(exclude_none=True),
+        input=served.inputs.description(),
         features=features,
     )
 

@@ -1,9 +1,12 @@
 """Open Inference Protocol (KServe V2) REST, so tritonclient / KServe clients work unmodified.
 
-The input is one tensor ``features`` (alias ``input__0``) of shape [N, F], FP32 (FP64 accepted), columns
-in the manifest's feature order, raw units (preprocessed by the server exactly like V1). A categorical
-column carries the index of the category in the metadata's ``categories`` list; null (JSON) or NaN
-(binary data) marks a missing value, which is imputed. Outputs: ``mean``, ``variance``, ``epistemic``,
+The input is one tensor whose name, datatype and shape depend on the model's input kind
+(``service.inputs``; alias ``input__0`` for all): tabular ``features`` FP32 [N, F] (FP64 accepted),
+sequence ``window`` FP32 [N, 24, F], text ``text`` BYTES [N]. Numeric columns are in the manifest's
+feature order, raw units (preprocessed by the server exactly like V1). A categorical column carries the
+index of the category in the metadata's ``categories`` list; null (JSON) or NaN (binary data) marks a
+missing value, which is imputed. BYTES elements are UTF-8 strings (JSON) or, as binary data, each a
+4-byte little-endian length followed by its bytes. Outputs: ``mean``, ``variance``, ``epistemic``,
 ``ood_score`` (FP32) and ``ood`` (BOOL), plus ``aleatoric`` on request.
 
 Bodies are parsed from raw bytes (tritonclient sends no ``Content-Type``), including the binary tensor
@@ -34,12 +37,12 @@ from service.api.schemas import (
 from service.api.v1 import ERRORS, errors_for
 from service.errors import BadRequest, InvalidInput, ModelNotFound, ModelNotReady
 from service.inference import InferenceResult
+from service.inputs import TensorSpec
 from service.repository import ServedModel
 from service.state import Endpoint
 
 router = APIRouter(tags=["v2 (Open Inference Protocol)"])
 
-INPUT_NAMES = ("features", "input__0")
 DTYPES: dict[str, type[np.generic]] = {"FP32": np.float32, "FP64": np.float64}
 #: Output name -> (datatype, numpy dtype); the default set is the contract's.
 OUTPUTS: dict[str, tuple[str, type[np.generic]]] = {
@@ -117,7 +120,8 @@ def _served(request: Request, name: str, version: str | None) -> ServedModel:
 
 
 def metadata(served: ServedModel) -> dict[str, Any]:
-    pre = served.preprocessor
+    features = served.inputs.features()
+    tensor = served.inputs.v2_input()
     outputs = [
         {
             "name": n,
@@ -132,12 +136,13 @@ def metadata(served: ServedModel) -> dict[str, Any]:
         "name": served.name,
         "versions": [served.version],
         "platform": f"lrbnn_{served.runtime.device}",
-        "inputs": [{"name": INPUT_NAMES[0], "datatype": "FP32", "shape": [-1, len(pre.feature_names)]}],
+        "inputs": [{"name": tensor.name, "datatype": tensor.datatype, "shape": tensor.shape}],
         "outputs": outputs,
         "parameters": {
-            "feature_names": pre.feature_names,
-            "categories": {s.name: s.categories for s in pre.features if s.kind == "categorical"},
-            "units": {s.name: s.unit for s in pre.features},
+            "input": served.inputs.description(),
+            "feature_names": [f.name for f in features],
+            "categories": {f.name: f.categories for f in features if f.kind == "categorical"},
+            "units": {f.name: f.unit for f in features},
             "default_samples": served.default_samples,
             "ood_threshold": served.ood_threshold,
         },
@@ -186,54 +191,45 @@ def _int_param(params: dict[str, Any], key: str) -> int | None:
     return value
 
 
-def _tensor(body: dict[str, Any], binary: bytes, n_features: int) -> np.ndarray:
-    inputs = body.get("inputs")
-    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
-        raise BadRequest("'inputs' must be a list holding exactly one tensor", field="inputs")
-    spec = inputs[0]
-    name = spec.get("name")
-    if name not in INPUT_NAMES:
-        raise BadRequest(f"unknown input {name!r}; expected {INPUT_NAMES[0]!r}", field="inputs.0.name")
-    datatype = spec.get("datatype")
-    if datatype not in DTYPES:
-        raise BadRequest(
-            f"input {name!r}: datatype {datatype!r} is not supported; send FP32", field="inputs.0.datatype"
-        )
-    shape = spec.get("shape")
-    if (
-        not isinstance(shape, list)
-        or len(shape) != 2
-        or not all(isinstance(d, int) and not isinstance(d, bool) for d in shape)
-        or shape[1] != n_features
-        or shape[0] < 0
-    ):
-        raise BadRequest(
-            f"input {name!r}: shape must be [N, {n_features}], got {shape!r}", field="inputs.0.shape"
-        )
-    count = shape[0] * shape[1]
-    dtype = DTYPES[datatype]
-    params = spec.get("parameters") or {}
-    if isinstance(params, dict) and "binary_data_size" in params:
-        size = params["binary_data_size"]
-        want = count * np.dtype(dtype).itemsize
-        if size != want or len(binary) < want:
-            raise BadRequest(
-                f"input {name!r}: binary_data_size {size!r} must be {want} bytes for shape {shape}, "
-                f"with that many bytes after the JSON header (got {len(binary)})",
-                field="inputs.0.parameters.binary_data_size",
-            )
-        return np.frombuffer(binary[:want], dtype=dtype).astype(np.float64).reshape(shape)
-    data = spec.get("data")
-    if data is None:
-        raise BadRequest(f"input {name!r} has no 'data'", field="inputs.0.data")
-    flat = np.asarray(data, dtype=object).ravel() if isinstance(data, list) else None
-    if flat is None or flat.size != count:
-        got = "not a list" if flat is None else f"{flat.size} values"
-        raise BadRequest(
-            f"input {name!r}: shape {shape} needs {count} values, got {got}", field="inputs.0.data"
-        )
-    values = np.empty(count, dtype=np.float64)
-    for i, v in enumerate(flat.tolist()):
+def _check_shape(shape: Any, spec: TensorSpec) -> list[int]:
+    want = "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
+    ok = (
+        isinstance(shape, list)
+        and len(shape) == len(spec.shape)
+        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
+        and all(w in (-1, d) for w, d in zip(spec.shape, shape, strict=False))
+    )
+    if not ok:
+        raise BadRequest(f"input {spec.name!r}: shape must be {want}, got {shape!r}", field="inputs.0.shape")
+    return list(shape)
+
+
+def _decode_bytes(blob: bytes, count: int, name: str) -> list[str]:
+    """The binary BYTES layout of the protocol: per element a 4-byte little-endian length, then the bytes."""
+    out: list[str] = []
+    pos = 0
+    for i in range(count):
+        if pos + 4 > len(blob):
+            raise BadRequest(f"input {name!r}: binary data ends before element {i}", field="inputs.0")
+        size = int.from_bytes(blob[pos : pos + 4], "little")
+        pos += 4
+        if pos + size > len(blob):
+            raise BadRequest(f"input {name!r}: element {i} runs past the binary data", field="inputs.0")
+        out.append(_utf8(blob[pos : pos + size], name, i))
+        pos += size
+    return out
+
+
+def _utf8(raw: bytes, name: str, i: int) -> str:
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise BadRequest(f"input {name!r}: element {i} is not valid UTF-8", field="inputs.0.data") from None
+
+
+def _numbers(flat: list[Any], name: str) -> np.ndarray:
+    values = np.empty(len(flat), dtype=np.float64)
+    for i, v in enumerate(flat):
         if v is None:
             values[i] = math.nan
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
@@ -247,31 +243,62 @@ def _tensor(body: dict[str, Any], binary: bytes, n_features: int) -> np.ndarray:
             raise BadRequest(
                 f"input {name!r}: element {i} is {v!r}, not a number or null", field="inputs.0.data"
             )
-    return values.reshape(shape)
+    return values
 
 
-def _rows(served: ServedModel, x: np.ndarray) -> list[dict[str, Any]]:
-    """Tensor rows -> V1-style named rows (NaN = missing; categorical = category index)."""
-    specs = served.preprocessor.features
-    rows: list[dict[str, Any]] = []
-    for values in x.tolist():
-        row: dict[str, Any] = {}
-        for spec, v in zip(specs, values, strict=True):
-            if math.isnan(v):
-                continue
-            if spec.kind == "categorical":
-                cats = spec.categories or []
-                if not (v.is_integer() and 0 <= v < len(cats)):
-                    raise InvalidInput(
-                        f"feature {spec.name!r} is categorical: send a category index 0..{len(cats) - 1}, "
-                        f"got {v!r}",
-                        field=f"inputs.0.data.{spec.name}",
-                    )
-                row[spec.name] = cats[int(v)]
-            else:
-                row[spec.name] = v
-        rows.append(row)
-    return rows
+def _tensor(body: dict[str, Any], binary: bytes, spec: TensorSpec) -> np.ndarray:
+    """The one input tensor, checked against the model's ``spec``: float64 (FP) or an object array of str."""
+    inputs = body.get("inputs")
+    if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
+        raise BadRequest("'inputs' must be a list holding exactly one tensor", field="inputs")
+    given = inputs[0]
+    name = given.get("name")
+    if name != spec.name and name not in spec.aliases:
+        raise BadRequest(f"unknown input {name!r}; expected {spec.name!r}", field="inputs.0.name")
+    datatype = given.get("datatype")
+    accepted = ("BYTES",) if spec.datatype == "BYTES" else tuple(DTYPES)
+    if datatype not in accepted:
+        raise BadRequest(
+            f"input {name!r}: datatype {datatype!r} is not supported; send {spec.datatype}",
+            field="inputs.0.datatype",
+        )
+    shape = _check_shape(given.get("shape"), spec)
+    count = math.prod(shape)
+    params = given.get("parameters") or {}
+    if isinstance(params, dict) and "binary_data_size" in params:
+        size = params["binary_data_size"]
+        if datatype == "BYTES":
+            if not isinstance(size, int) or isinstance(size, bool) or not 0 <= size <= len(binary):
+                raise BadRequest(
+                    f"input {name!r}: binary_data_size {size!r} does not fit the {len(binary)} bytes after "
+                    "the JSON header",
+                    field="inputs.0.parameters.binary_data_size",
+                )
+            return np.asarray(_decode_bytes(binary[:size], count, str(name)), dtype=object).reshape(shape)
+        dtype = DTYPES[datatype]
+        want = count * np.dtype(dtype).itemsize
+        if size != want or len(binary) < want:
+            raise BadRequest(
+                f"input {name!r}: binary_data_size {size!r} must be {want} bytes for shape {shape}, "
+                f"with that many bytes after the JSON header (got {len(binary)})",
+                field="inputs.0.parameters.binary_data_size",
+            )
+        return np.frombuffer(binary[:want], dtype=dtype).astype(np.float64).reshape(shape)
+    data = given.get("data")
+    if data is None:
+        raise BadRequest(f"input {name!r} has no 'data'", field="inputs.0.data")
+    flat = np.asarray(data, dtype=object).ravel().tolist() if isinstance(data, list) else None
+    if flat is None or len(flat) != count:
+        got = "not a list" if flat is None else f"{len(flat)} values"
+        raise BadRequest(
+            f"input {name!r}: shape {shape} needs {count} values, got {got}", field="inputs.0.data"
+        )
+    if datatype == "BYTES":
+        bad = next((i for i, v in enumerate(flat) if not isinstance(v, str)), None)
+        if bad is not None:
+            raise BadRequest(f"input {name!r}: element {bad} is not a string", field="inputs.0.data")
+        return np.asarray(flat, dtype=object).reshape(shape)
+    return _numbers(flat, str(name)).reshape(shape)
 
 
 def _requested(body: dict[str, Any]) -> list[tuple[str, bool]]:
@@ -351,12 +378,12 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
         body, binary = _split_binary(request, await request.body())
         if not isinstance(body, dict):
             raise BadRequest("the request body must be a JSON object", field="body")
-        x = _tensor(body, binary, len(served.feature_names))
+        x = _tensor(body, binary, served.inputs.v2_input())
         request.state.instances = int(x.shape[0])
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise BadRequest("'parameters' must be an object", field="parameters")
-        rows = _rows(served, x)
+        rows = served.inputs.v2_instances(x)
         samples, seed = _int_param(params, "samples"), _int_param(params, "seed")
         requested = _requested(body)  # checked before the compute, not after
         if body.get("id") is not None and not isinstance(body["id"], str):

@@ -97,7 +97,9 @@ class TorchRuntime:
     def predict(
         self, x: np.ndarray, samples: int, seeds: list[int | None], block_sizes: list[int]
     ) -> Outputs:
-        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32)).to(self.torch_device)
+        # token ids (text models) stay integers; everything else is float32
+        dtype = np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32
+        xt = torch.from_numpy(np.ascontiguousarray(x, dtype=dtype)).to(self.torch_device)
         if not self.exact or len(block_sizes) == 1:
             return _numpy(self._run(xt, samples, seeds, block_sizes))
         parts, lo = [], 0

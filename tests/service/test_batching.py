@@ -118,7 +118,7 @@ async def test_disconnected_client_leaves_the_queue(
         served = served_model(client)
         batches = slow_down(monkeypatch, client, 0.2)
         batcher = client.app.state.lrbnn.inference.batchers["toy"]  # type: ignore[attr-defined]
-        x, _ = served.preprocessor.transform([toy.instance()])
+        x = served.inputs.encode([toy.instance()]).x
         busy = asyncio.create_task(batcher.submit(served, x, 8, 1, 5.0))
         await asyncio.sleep(0.05)  # the first request is now running; the next ones queue
 

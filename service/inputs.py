@@ -1,0 +1,371 @@
+"""Input kinds the server accepts, one adapter per manifest ``input_schema.kind`` (no torch here).
+
+Every adapter turns V1 instances (JSON objects) into the model's input array, reports what it imputed
+and what looks implausible, and describes its Open Inference Protocol tensor:
+
+=========  ===========================================  ==============================================
+kind       V1 instance                                  V2 input tensor
+=========  ===========================================  ==============================================
+tabular    ``{"age": 70, "sex": "male", ...}``          ``features`` FP32 [N, F] (category = index)
+sequence   ``{"hours": [{"pm2.5": 80, ...}, ... ×24]}``  ``window`` FP32 [N, 24, F] (same per hour)
+text       ``{"text": "a gripping, funny film"}``       ``text`` BYTES [N]
+=========  ===========================================  ==============================================
+
+Sequence hours are oldest first (the forecast is for the hour after the last one). Each hour is a
+tabular row of the manifest's per-hour preprocessing; ``hour`` (0..23) and ``month`` (1..12) may be
+sent instead of their cyclic encodings (``hour_sin`` ...), which the server derives exactly as training
+did. A missing PM2.5 reading is forward-filled from the last earlier hour (the training policy) and
+otherwise imputed. Names in ``imputed``/``flagged`` are ``hours[i].feature``.
+
+Text is tokenised by the checkpoint's own word tokenizer (fitted on the training split); texts longer
+than :data:`MAX_TEXT_CHARS` characters are refused rather than silently truncated by the client's
+ignorance (the model reads the first ``max_len - 1`` words).
+"""
+
+from __future__ import annotations
+
+import math
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import numpy as np
+
+from model_core.checkpoint.manifest import InputSchema
+from model_core.data.preprocessing import FeatureSpec, PreprocessingError, Preprocessor
+from model_core.data.tokenizer import WordTokenizer
+from service.errors import InvalidInput
+
+#: Longest text (characters) one instance may carry: 20x the longest review snippet of the training data.
+MAX_TEXT_CHARS = 10_000
+
+#: Raw time fields a sequence hour may carry instead of their cyclic encodings: name -> (low, high, period
+#: offset, period) with encoding angle 2*pi*(value - offset)/period.
+TIME_FIELDS: dict[str, tuple[int, int, int, int]] = {"hour": (0, 23, 0, 24), "month": (1, 12, 1, 12)}
+
+
+class InputKind(str, Enum):
+    TABULAR = "tabular"
+    SEQUENCE = "sequence"
+    TEXT = "text"
+
+
+@dataclass(frozen=True)
+class Encoded:
+    """The model input for a list of instances, with per-instance imputed and flagged names."""
+
+    x: np.ndarray
+    imputed: list[list[str]]
+    flagged: list[list[str]]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """One V2 input tensor: its name, datatype and shape (-1 = the instance axis)."""
+
+    name: str
+    datatype: str
+    shape: list[int]
+    aliases: tuple[str, ...] = ()
+
+
+def _invalid(exc: PreprocessingError, prefix: str) -> InvalidInput:
+    field = f"{prefix}.{exc.field}" if exc.field else prefix
+    return InvalidInput(str(exc), field=field)
+
+
+def _overflowing(row: Mapping[str, Any]) -> str:
+    for key, value in row.items():
+        if isinstance(value, int) and not isinstance(value, bool):
+            try:
+                float(value)
+            except OverflowError:
+                return str(key)
+    return "?"
+
+
+def _transform(
+    pre: Preprocessor, rows: Sequence[Mapping[str, Any]], prefix: str
+) -> tuple[np.ndarray, list[list[str]]]:
+    try:
+        return pre.transform(rows)
+    except PreprocessingError as exc:
+        raise _invalid(exc, prefix) from None
+    except OverflowError:  # an integer literal beyond float range (JSON allows any size)
+        name = next((n for n in (_overflowing(r) for r in rows) if n != "?"), "?")
+        raise InvalidInput(
+            f"feature {name!r} is out of range (an integer beyond the float range)", field=f"{prefix}.{name}"
+        ) from None
+
+
+def _unknown_category(spec: FeatureSpec, value: Any) -> bool:
+    """A categorical value never seen in training (encoded as "no known category")."""
+    label = value if isinstance(value, str) else None
+    if isinstance(value, int) and not isinstance(value, bool):
+        label = str(value)  # no float(): a JSON integer may be beyond the float range
+    elif label is None and isinstance(value, float) and value.is_integer():
+        label = str(int(value))
+    return label not in (spec.categories or [])
+
+
+def flag_row(pre: Preprocessor, row: Mapping[str, Any]) -> list[str]:
+    """Features to warn about, in schema order: numeric values outside the plausible range and
+    categories never seen in training."""
+    implausible = set(pre.implausible(row))
+    out = []
+    for spec in pre.features:
+        if spec.name in implausible or (
+            spec.kind == "categorical"
+            and row.get(spec.name) is not None
+            and _unknown_category(spec, row[spec.name])
+        ):
+            out.append(spec.name)
+    return out
+
+
+def tensor_rows(pre: Preprocessor, x: np.ndarray, field: str) -> list[dict[str, Any]]:
+    """V2 rows of raw values (NaN = missing; categorical = category index) -> named V1-style rows."""
+    rows: list[dict[str, Any]] = []
+    for values in x.tolist():
+        row: dict[str, Any] = {}
+        for spec, v in zip(pre.features, values, strict=True):
+            if math.isnan(v):
+                continue
+            if spec.kind == "categorical":
+                cats = spec.categories or []
+                if not (v.is_integer() and 0 <= v < len(cats)):
+                    raise InvalidInput(
+                        f"feature {spec.name!r} is categorical: send a category index 0..{len(cats) - 1}, "
+                        f"got {v!r}",
+                        field=f"{field}.{spec.name}",
+                    )
+                row[spec.name] = cats[int(v)]
+            else:
+                row[spec.name] = v
+        rows.append(row)
+    return rows
+
+
+class InputAdapter(ABC):
+    kind: InputKind
+
+    @abstractmethod
+    def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
+        """Validate and transform V1 instances; :class:`InvalidInput` names the offending field."""
+
+    @abstractmethod
+    def warmup_instances(self) -> list[dict[str, Any]]:
+        """One instance that needs no client data (all imputed / empty): the start-up self-test."""
+
+    @abstractmethod
+    def v2_input(self) -> TensorSpec: ...
+
+    @abstractmethod
+    def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
+        """A decoded V2 input tensor -> V1 instances (then :meth:`encode` as for V1)."""
+
+    @abstractmethod
+    def features(self) -> list[FeatureSpec]:
+        """The named raw features a client sends (for model metadata); empty for text."""
+
+    def description(self) -> dict[str, Any]:
+        """Kind-specific facts for the model metadata (window length, tokenizer size, ...)."""
+        return {"kind": self.kind.value}
+
+
+class TabularInput(InputAdapter):
+    kind = InputKind.TABULAR
+
+    def __init__(self, schema: InputSchema) -> None:
+        self.pre = Preprocessor.from_dict(schema.preprocessing)
+
+    def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
+        x, imputed = _transform(self.pre, instances, "instances")
+        return Encoded(x, imputed, [flag_row(self.pre, row) for row in instances])
+
+    def warmup_instances(self) -> list[dict[str, Any]]:
+        return [{}]
+
+    def v2_input(self) -> TensorSpec:
+        return TensorSpec("features", "FP32", [-1, len(self.pre.features)], aliases=("input__0",))
+
+    def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
+        return tensor_rows(self.pre, tensor, "inputs.0.data")
+
+    def features(self) -> list[FeatureSpec]:
+        return list(self.pre.features)
+
+
+class SequenceInput(InputAdapter):
+    kind = InputKind.SEQUENCE
+    key = "hours"
+
+    def __init__(self, schema: InputSchema) -> None:
+        self.pre = Preprocessor.from_dict(schema.preprocessing)
+        extra = schema.model_extra or {}
+        self.window = int(extra.get("window", 24))
+        self.fill_forward = str(extra.get("target", ""))  # the series forward-filled when missing
+        names = set(self.pre.feature_names)
+        self.derived = {f: TIME_FIELDS[f] for f in TIME_FIELDS if {f"{f}_sin", f"{f}_cos"} <= names}
+
+    def _hour_rows(self, instance: Mapping[str, Any], i: int) -> list[dict[str, Any]]:
+        hours = instance.get(self.key) if isinstance(instance, Mapping) else None
+        if not isinstance(instance, Mapping) or set(instance) - {self.key}:
+            extra = sorted(set(instance) - {self.key}) if isinstance(instance, Mapping) else None
+            raise InvalidInput(
+                f"instance {i} must be an object with only {self.key!r}"
+                + (f"; unknown key(s) {extra}" if extra else ""),
+                field=f"instances.{i}",
+            )
+        if not isinstance(hours, list) or len(hours) != self.window:
+            got = f"{len(hours)} entries" if isinstance(hours, list) else type(hours).__name__
+            raise InvalidInput(
+                f"instances.{i}.{self.key} must be a list of {self.window} hourly objects "
+                f"(oldest first), got {got}",
+                field=f"instances.{i}.{self.key}",
+            )
+        rows: list[dict[str, Any]] = []
+        last_target: Any = None
+        for t, hour in enumerate(hours):
+            where = f"instances.{i}.{self.key}.{t}"
+            if not isinstance(hour, Mapping):
+                raise InvalidInput(f"{where} must be an object of features", field=where)
+            row = dict(hour)
+            for name, (low, high, offset, period) in self.derived.items():
+                if name not in row:
+                    continue
+                if f"{name}_sin" in row or f"{name}_cos" in row:
+                    raise InvalidInput(
+                        f"{where}: send {name!r} or its encodings, not both", field=f"{where}.{name}"
+                    )
+                value = row.pop(name)
+                if value is None:
+                    continue
+                if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+                    raise InvalidInput(
+                        f"{where}.{name} must be an integer {low}..{high}, got {value!r}",
+                        field=f"{where}.{name}",
+                    )
+                angle = 2.0 * math.pi * (value - offset) / period
+                row[f"{name}_sin"], row[f"{name}_cos"] = math.sin(angle), math.cos(angle)
+            if self.fill_forward in self.pre.feature_names:
+                if row.get(self.fill_forward) is None and last_target is not None:
+                    row[self.fill_forward] = last_target
+                    row["\0filled"] = True
+                elif row.get(self.fill_forward) is not None:
+                    last_target = row[self.fill_forward]
+            rows.append(row)
+        return rows
+
+    def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
+        flat: list[dict[str, Any]] = []
+        forward: list[bool] = []
+        for i, instance in enumerate(instances):
+            for row in self._hour_rows(instance, i):
+                forward.append(bool(row.pop("\0filled", False)))
+                flat.append(row)
+        x, imputed_flat = _transform(self.pre, flat, "instances")
+        imputed: list[list[str]] = []
+        flagged: list[list[str]] = []
+        for i in range(len(instances)):
+            names_i: list[str] = []
+            flags_i: list[str] = []
+            for t in range(self.window):
+                k = i * self.window + t
+                filled = imputed_flat[k] + ([self.fill_forward] if forward[k] else [])
+                names_i += [f"hours[{t}].{n}" for n in filled]
+                flags_i += [f"hours[{t}].{n}" for n in flag_row(self.pre, flat[k])]
+            imputed.append(names_i)
+            flagged.append(flags_i)
+        return Encoded(x.reshape(len(instances), self.window, -1), imputed, flagged)
+
+    def warmup_instances(self) -> list[dict[str, Any]]:
+        return [{self.key: [{} for _ in range(self.window)]}]
+
+    def v2_input(self) -> TensorSpec:
+        return TensorSpec("window", "FP32", [-1, self.window, len(self.pre.features)], aliases=("input__0",))
+
+    def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
+        n = tensor.shape[0]
+        rows = tensor_rows(self.pre, tensor.reshape(n * self.window, -1), "inputs.0.data")
+        return [{self.key: rows[i * self.window : (i + 1) * self.window]} for i in range(n)]
+
+    def features(self) -> list[FeatureSpec]:
+        return list(self.pre.features)
+
+    def description(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "window": self.window,
+            "key": self.key,
+            "order": "oldest hour first; the forecast is for the hour after the last one",
+            "raw_time_fields": sorted(self.derived),
+        }
+
+
+class TextInput(InputAdapter):
+    kind = InputKind.TEXT
+    key = "text"
+
+    def __init__(self, schema: InputSchema) -> None:
+        self.tokenizer = WordTokenizer.from_dict(schema.preprocessing)
+
+    def _text(self, instance: Mapping[str, Any], i: int) -> str:
+        if not isinstance(instance, Mapping) or set(instance) != {self.key}:
+            raise InvalidInput(
+                f"instance {i} must be an object with exactly one key {self.key!r}", field=f"instances.{i}"
+            )
+        text = instance[self.key]
+        if not isinstance(text, str):
+            raise InvalidInput(
+                f"instances.{i}.{self.key} must be a string, got {type(text).__name__}",
+                field=f"instances.{i}.{self.key}",
+            )
+        if len(text) > MAX_TEXT_CHARS:
+            raise InvalidInput(
+                f"instances.{i}.{self.key} has {len(text)} characters; at most {MAX_TEXT_CHARS}",
+                field=f"instances.{i}.{self.key}",
+            )
+        return text
+
+    def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
+        texts = [self._text(instance, i) for i, instance in enumerate(instances)]
+        ids, _ = self.tokenizer.encode(texts)
+        flagged = [["text"] if not t.strip() else [] for t in texts]  # an empty text says nothing
+        return Encoded(ids, [[] for _ in texts], flagged)
+
+    def warmup_instances(self) -> list[dict[str, Any]]:
+        return [{self.key: ""}]
+
+    def v2_input(self) -> TensorSpec:
+        return TensorSpec("text", "BYTES", [-1], aliases=("input__0",))
+
+    def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
+        return [{self.key: str(t)} for t in tensor.tolist()]
+
+    def features(self) -> list[FeatureSpec]:
+        return []
+
+    def description(self) -> dict[str, Any]:
+        return {
+            "kind": self.kind.value,
+            "key": self.key,
+            "max_chars": MAX_TEXT_CHARS,
+            "max_tokens": self.tokenizer.max_len,
+            "vocab_size": self.tokenizer.vocab_size,
+        }
+
+
+#: ``input_schema.kind`` -> adapter class (a registry, so a new kind is one entry).
+ADAPTERS: dict[InputKind, Callable[[InputSchema], InputAdapter]] = {
+    InputKind.TABULAR: TabularInput,
+    InputKind.SEQUENCE: SequenceInput,
+    InputKind.TEXT: TextInput,
+}
+
+
+def build_adapter(schema: InputSchema) -> InputAdapter:
+    """The adapter of a manifest's input schema; ValueError names what is wrong with it."""
+    return ADAPTERS[InputKind(schema.kind)](schema)

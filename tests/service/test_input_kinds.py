@@ -1,0 +1,295 @@
+"""Sequence windows and raw text through V1 and V2, on tiny generated air and sentiment checkpoints."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import struct
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import orjson
+import pytest
+
+from model_core.cli.main import main
+from tests.model_core.test_air import write_uci_csv
+from tests.model_core.test_sentiment import make_sentiment_dir
+
+pytestmark = pytest.mark.anyio
+AIR, TEXT = "pm25", "reviews"
+TRAIN = ["--rank", "2", "--epochs", "1", "--samples", "8", "--no-progress", "--seed", "0"]
+
+
+@pytest.fixture(scope="module")
+def kinds_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A repository with a tiny low-rank LSTM (sequence) and a tiny low-rank Transformer (text)."""
+    root = tmp_path_factory.mktemp("kinds")
+    air_dir, text_dir, repo = root / "air", root / "text", root / "models"
+    write_uci_csv(air_dir)
+    make_sentiment_dir(text_dir)
+    jobs = [
+        ("air", air_dir, AIR, ["--hidden", "8", "8"]),
+        ("sentiment", text_dir, TEXT, []),
+    ]
+    for task, data, name, extra in jobs:
+        out = repo / name / "1"
+        args = ["train", "--task", task, "--method", "lowrank", *TRAIN, *extra, "--model-name", name]
+        assert main([*args, "--data-dir", str(data), "--out", str(out)]) == 0
+    return repo
+
+
+@pytest.fixture(scope="module")
+def manifests(kinds_repo: Path) -> dict[str, dict[str, Any]]:
+    return {n: json.loads((kinds_repo / n / "1" / "manifest.json").read_text()) for n in (AIR, TEXT)}
+
+
+@asynccontextmanager
+async def serve(repo: Path) -> AsyncIterator[httpx.AsyncClient]:
+    from service.app import create_app
+    from service.settings import Settings
+
+    app = create_app(Settings(model_repository=repo, max_batch_delay_ms=2.0))
+    async with app.router.lifespan_context(app):
+        loading = app.state.lrbnn.loading
+        assert loading is not None
+        await loading
+        assert not app.state.lrbnn.repository.errors, app.state.lrbnn.repository.errors
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            yield client
+
+
+def hours(**overrides: Any) -> list[dict[str, Any]]:
+    """24 hours inside the generated data's ranges (see ``write_uci_csv``), oldest first, raw hour/month."""
+    out = []
+    for t in range(24):
+        row: dict[str, Any] = {
+            "pm2.5": 100.0 + t,
+            "DEWP": -17.0,
+            "TEMP": 3.0,
+            "PRES": 1010.0,
+            "cbwd": "NW",
+            "Iws": 3.0,
+            "Is": 0,
+            "Ir": 0,
+            "hour": t,
+            "month": 1,
+        }
+        row.update(overrides)
+        out.append(row)
+    return out
+
+
+async def v1(client: httpx.AsyncClient, name: str, instances: list[Any], seed: int = 3) -> httpx.Response:
+    body = {"instances": instances, "parameters": {"samples": 16, "seed": seed}}
+    return await client.post(f"/v1/models/{name}:predict", json=body)
+
+
+async def test_sequence_window_predicts_with_a_recalibrated_interval(
+    kinds_repo: Path, manifests: dict[str, dict[str, Any]]
+) -> None:
+    calib = manifests[AIR]["calibration"]
+    async with serve(kinds_repo) as client:
+        r = await v1(client, AIR, [{"hours": hours()}])
+        assert r.status_code == 200, r.text
+        p = r.json()["predictions"][0]
+        assert p["imputed"] == [] and p["flagged"] == []
+        low, high = p["interval"]
+        assert low < p["mean"] < high
+        z = 1.959963984540054  # the 95 % level the manifest records
+        assert calib["interval_level"] == 0.95
+        want = 2 * calib["interval_scale"] * z * math.sqrt(p["variance"])
+        assert high - low == pytest.approx(want, rel=1e-4)
+        assert p["ood_score"] == pytest.approx(math.sqrt(p["variance"]), rel=1e-4)
+
+
+def encoded_hours() -> list[dict[str, Any]]:
+    """:func:`hours` with hour/month replaced by their cyclic encodings, computed independently here."""
+    out = []
+    for row in hours():
+        h, m = row.pop("hour"), row.pop("month")
+        row |= {"hour_sin": math.sin(2 * math.pi * h / 24), "hour_cos": math.cos(2 * math.pi * h / 24)}
+        row |= {
+            "month_sin": math.sin(2 * math.pi * (m - 1) / 12),
+            "month_cos": math.cos(2 * math.pi * (m - 1) / 12),
+        }
+        out.append(row)
+    return out
+
+
+async def test_raw_hour_and_month_equal_their_encodings(kinds_repo: Path) -> None:
+    encoded = encoded_hours()
+    async with serve(kinds_repo) as client:
+        a = (await v1(client, AIR, [{"hours": hours()}])).json()["predictions"][0]
+        b = (await v1(client, AIR, [{"hours": encoded}])).json()["predictions"][0]
+    assert a["mean"] == b["mean"] and a["variance"] == b["variance"]
+
+
+async def test_missing_pm25_is_forward_filled_and_reported(kinds_repo: Path) -> None:
+    gap = hours()
+    gap[5]["pm2.5"] = None
+    filled = hours()
+    filled[5]["pm2.5"] = filled[4]["pm2.5"]
+    first = hours()
+    del first[0]["pm2.5"]  # nothing earlier to carry forward: imputed with the training median
+    async with serve(kinds_repo) as client:
+        a = (await v1(client, AIR, [{"hours": gap}])).json()["predictions"][0]
+        b = (await v1(client, AIR, [{"hours": filled}])).json()["predictions"][0]
+        c = (await v1(client, AIR, [{"hours": first}])).json()["predictions"][0]
+    assert a["imputed"] == ["hours[5].pm2.5"] and a["mean"] == b["mean"]
+    assert c["imputed"] == ["hours[0].pm2.5"]
+
+
+@pytest.mark.parametrize(
+    ("instance", "field", "words"),
+    [
+        ({"hours": hours()[:23]}, "instances.0.hours", "24 hourly objects"),
+        ({"window": hours()}, "instances.0", "unknown key"),
+        ({"hours": hours(hour=24)}, "instances.0.hours.0.hour", "0..23"),
+        ({"hours": hours(month=0)}, "instances.0.hours.0.month", "1..12"),
+        ({"hours": hours(TEMP="warm")}, "instances.TEMP", "TEMP"),
+        ({"hours": hours(ozone=3.0)}, "instances.ozone", "unknown feature"),
+        ({"hours": [*hours()[:23], 7]}, "instances.0.hours.23", "object"),
+    ],
+)
+async def test_bad_sequence_windows_are_422_naming_the_field(
+    kinds_repo: Path, instance: dict[str, Any], field: str, words: str
+) -> None:
+    async with serve(kinds_repo) as client:
+        r = await v1(client, AIR, [instance])
+        assert r.status_code == 422, r.text  # well-formed JSON, invalid instance (as for tabular)
+        assert r.json()["field"] == field and words in r.json()["error"]
+        assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_implausible_hour_values_are_flagged_not_hidden(kinds_repo: Path) -> None:
+    window = hours()
+    window[7]["TEMP"] = 300.0  # Kelvin sent for Celsius
+    async with serve(kinds_repo) as client:
+        p = (await v1(client, AIR, [{"hours": window}])).json()["predictions"][0]
+    assert p["flagged"] == ["hours[7].TEMP"]
+
+
+async def test_v2_window_tensor_matches_v1(kinds_repo: Path, manifests: dict[str, dict[str, Any]]) -> None:
+    async with serve(kinds_repo) as client:
+        meta = (await client.get(f"/v2/models/{AIR}")).json()
+        names = meta["parameters"]["feature_names"]
+        cats = meta["parameters"]["categories"]
+        assert meta["inputs"] == [{"name": "window", "datatype": "FP32", "shape": [-1, 24, len(names)]}]
+        assert meta["parameters"]["input"]["kind"] == "sequence"
+        rows = []
+        for h in encoded_hours():
+            h["cbwd"] = cats["cbwd"].index(h["cbwd"])
+            rows.append([h[n] for n in names])
+        body = {
+            "inputs": [{"name": "window", "datatype": "FP64", "shape": [1, 24, len(names)], "data": rows}],
+            "parameters": {"samples": 16, "seed": 3},
+        }
+        r = await client.post(f"/v2/models/{AIR}/infer", content=orjson.dumps(body))
+        assert r.status_code == 200, r.text
+        out = {o["name"]: o["data"] for o in r.json()["outputs"]}
+        ref = (await v1(client, AIR, [{"hours": hours()}])).json()["predictions"][0]
+        assert out["mean"][0] == pytest.approx(ref["mean"], rel=1e-5)
+        bad = {**body, "inputs": [{**body["inputs"][0], "shape": [1, 23, len(names)]}]}  # type: ignore[dict-item]
+        r = await client.post(f"/v2/models/{AIR}/infer", content=orjson.dumps(bad))
+        assert r.status_code == 400 and "[N, 24," in r.json()["error"]
+
+
+async def test_text_predicts_and_guards_its_input(kinds_repo: Path) -> None:
+    async with serve(kinds_repo) as client:
+        r = await v1(client, TEXT, [{"text": "a wonderful, funny film"}, {"text": "   "}])
+        assert r.status_code == 200, r.text
+        good, empty = r.json()["predictions"]
+        assert 0.0 <= good["mean"] <= 1.0 and good["flagged"] == [] and empty["flagged"] == ["text"]
+        for instance, field in [
+            ({"text": "x" * 10_001}, "instances.0.text"),
+            ({"text": 42}, "instances.0.text"),
+            ({"text": "ok", "lang": "en"}, "instances.0"),
+            ({"review": "ok"}, "instances.0"),
+        ]:
+            r = await v1(client, TEXT, [instance])
+            assert r.status_code == 422 and r.json()["field"] == field, r.text
+        info = (await client.get("/v1/models")).json()["models"]
+        text_info = next(m for m in info if m["name"] == TEXT)
+        assert text_info["input"]["kind"] == "text" and text_info["features"] == []
+
+
+async def test_text_batching_identity(kinds_repo: Path) -> None:
+    """Concurrent (merged) text requests answer exactly what each answers alone."""
+    texts = [
+        f"the film is {w} and {v}" for w, v in zip(["dull", "superb", "moving", "awful"], "abcd", strict=True)
+    ]
+    async with serve(kinds_repo) as client:
+        alone = [(await v1(client, TEXT, [{"text": t}], seed=i)).json() for i, t in enumerate(texts)]
+        together = await asyncio.gather(
+            *(v1(client, TEXT, [{"text": t}], seed=i) for i, t in enumerate(texts))
+        )
+    assert [r.json()["predictions"] for r in together] == [a["predictions"] for a in alone]
+
+
+def _bytes_body(texts: list[bytes], **params: Any) -> tuple[bytes, dict[str, str]]:
+    blob = b"".join(struct.pack("<I", len(t)) + t for t in texts)
+    head = orjson.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "text",
+                    "datatype": "BYTES",
+                    "shape": [len(texts)],
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ],
+            "parameters": params,
+        }
+    )
+    return head + blob, {"Inference-Header-Content-Length": str(len(head))}
+
+
+async def test_v2_bytes_json_and_binary_match_v1(kinds_repo: Path) -> None:
+    text = "a charming story with a superb cast"
+    async with serve(kinds_repo) as client:
+        meta = (await client.get(f"/v2/models/{TEXT}")).json()
+        assert meta["inputs"] == [{"name": "text", "datatype": "BYTES", "shape": [-1]}]
+        ref = (await v1(client, TEXT, [{"text": text}])).json()["predictions"][0]["mean"]
+        body = {
+            "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [text]}],
+            "parameters": {"samples": 16, "seed": 3},
+        }
+        r = await client.post(f"/v2/models/{TEXT}/infer", content=orjson.dumps(body))
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"][0] == pytest.approx(ref, rel=1e-6)
+        content, headers = _bytes_body([text.encode()], samples=16, seed=3)
+        r = await client.post(f"/v2/models/{TEXT}/infer", content=content, headers=headers)
+        assert r.status_code == 200, r.text
+        assert r.json()["outputs"][0]["data"][0] == pytest.approx(ref, rel=1e-6)
+        content, headers = _bytes_body([b"\xff\xfe broken"])
+        r = await client.post(f"/v2/models/{TEXT}/infer", content=content, headers=headers)
+        assert r.status_code == 400 and "UTF-8" in r.json()["error"]
+        body["inputs"][0]["data"] = [3.5]  # type: ignore[index]
+        r = await client.post(f"/v2/models/{TEXT}/infer", content=orjson.dumps(body))
+        assert r.status_code == 400 and "not a string" in r.json()["error"]
+        body["inputs"][0]["datatype"] = "FP32"  # type: ignore[index]
+        r = await client.post(f"/v2/models/{TEXT}/infer", content=orjson.dumps(body))
+        assert r.status_code == 400 and "BYTES" in r.json()["error"]
+
+
+def test_numpy_objects_decode(kinds_repo: Path) -> None:
+    """The sequence adapter's V2 decoding keeps instance boundaries (24 rows per window)."""
+    from model_core.checkpoint.manifest import InputSchema
+    from service.inputs import SequenceInput
+
+    manifest = json.loads((kinds_repo / AIR / "1" / "manifest.json").read_text())
+    adapter = SequenceInput(InputSchema.model_validate(manifest["input_schema"]))
+    n_features = len(adapter.features())
+    tensor = np.full((2, 24, n_features), np.nan)
+    tensor[1, :, 0] = np.arange(24)
+    instances = adapter.v2_instances(tensor)
+    assert len(instances) == 2 and all(len(i["hours"]) == 24 for i in instances)
+    assert instances[0]["hours"][0] == {} and instances[1]["hours"][5] == {"pm2.5": 5.0}
+    enc = adapter.encode(instances)
+    assert enc.x.shape == (2, 24, 15)
