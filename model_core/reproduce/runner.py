@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -121,11 +122,17 @@ def run_task(
     quick: bool = False,
     methods: tuple[Method, ...] | None = None,
     log: Callable[[str], None] = print,
+    first_seed: int = 0,
 ) -> TaskResults:
+    """Seeds ``first_seed .. first_seed + seeds - 1`` of every method (seed-major), then the rank sweep.
+
+    A later seed range can run in another process (another ``out``) and be joined with
+    :func:`merge_results`: the 2-core machine then never idles at the end of a long reproduction.
+    """
     out.mkdir(parents=True, exist_ok=True)
     results = TaskResults(cfg, quick=quick)
     chosen = methods or cfg.methods
-    jobs = [(seed, m) for seed in range(seeds) for m in chosen]
+    jobs = [(seed, m) for seed in range(first_seed, first_seed + seeds) for m in chosen]
     cache: dict[int, Any] = {}
     bar = tqdm(jobs, desc=f"reproduce {cfg.task}", unit="run")
     for seed, method in bar:
@@ -139,7 +146,7 @@ def run_task(
             f"{cfg.task} {method.value} seed {seed}: {rec.params} params, {time.perf_counter() - start:.0f} s"
         )
         _checkpoint_results(results, out)
-    if cfg.rank_sweep:
+    if cfg.rank_sweep and first_seed == 0:
         splits = load_splits(0)
         widths = [splits.n_features, *(cfg.hidden or ()), 1]
         sweep = cfg.rank_sweep[:2] if quick else cfg.rank_sweep
@@ -178,6 +185,44 @@ def load_results(cfg: TaskConfig, out: Path) -> TaskResults:
         spectrum=data.get("spectrum", []),
         quick=bool(data.get("quick", False)),
     )
+
+
+def merge_results(cfg: TaskConfig, out: Path, sources: list[Path]) -> TaskResults:
+    """Join the partial results of several runs of one task into ``out`` (runs, sweeps, arrays, checkpoints).
+
+    A run found in two sources (same method, seed and rank) is kept once, from the first source.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    merged: TaskResults | None = None
+    seen: set[tuple[str, int, int | None]] = set()
+    seen_sweep: set[tuple[str, int, int | None]] = set()
+    for src in sources:
+        part = load_results(cfg, src)
+        for sub in ("arrays", "checkpoints", "sweep"):
+            if (src / sub).is_dir() and src.resolve() != out.resolve():
+                shutil.copytree(src / sub, out / sub, dirs_exist_ok=True)
+        if merged is None:
+            merged = TaskResults(cfg, quick=part.quick, spectrum=part.spectrum)
+        merged.spectrum = merged.spectrum or part.spectrum
+        _add_unique(merged.runs, part.runs, seen)
+        _add_unique(merged.sweep, part.sweep, seen_sweep)
+    if merged is None:
+        raise ValueError("no sources to merge")
+    merged.runs.sort(
+        key=lambda r: (r.seed, cfg.methods.index(Method(r.method)) if Method(r.method) in cfg.methods else 99)
+    )
+    _checkpoint_results(merged, out)
+    return merged
+
+
+def _add_unique(
+    target: list[RunRecord], records: list[RunRecord], seen: set[tuple[str, int, int | None]]
+) -> None:
+    for rec in records:
+        key = (rec.method, rec.seed, rec.rank)
+        if key not in seen:
+            seen.add(key)
+            target.append(rec)
 
 
 def _checkpoint_results(results: TaskResults, out: Path) -> None:

@@ -10,7 +10,7 @@ from model_core.cli.main import main
 from model_core.models.spec import Method
 from model_core.reproduce.config import TASKS
 from model_core.reproduce.paper import paper_value
-from model_core.reproduce.runner import sweep_ranks
+from model_core.reproduce.runner import merge_results, sweep_ranks
 
 
 def test_paper_numbers_are_packaged_and_looked_up() -> None:
@@ -98,3 +98,31 @@ def test_report_only_rebuilds_tables_from_partial_results(tmp_path: Path) -> Non
     row = next(line for line in md.splitlines() if line.startswith("| lowrank |"))
     assert "0.720 ± 0.028" in row  # mean and sample std of 0.70 and 0.74
     assert "nan" not in row
+
+
+def _partial(root: Path, seeds: list[int], methods: list[str]) -> Path:
+    """A run directory as ``run_task`` leaves it: results.partial.json plus one array file per run."""
+    runs = []
+    (root / "arrays").mkdir(parents=True)
+    for seed in seeds:
+        for method in methods:
+            name = f"arrays/{method}-r16-s{seed}.npz"
+            (root / name).write_bytes(b"npz")
+            metrics = {"test": {"mae": 10.0 + seed}}
+            record = {"task": "air", "method": method, "seed": seed, "rank": None, "params": 1}
+            runs.append({**record, "train_seconds": 1.0, "epochs_run": 1, "metrics": metrics, "arrays": name})
+    payload = {"task": "air", "samples": 150, "quick": False, "runs": runs, "rank_sweep": [], "spectrum": []}
+    (root / "results.partial.json").write_text(json.dumps(payload))
+    return root
+
+
+def test_merge_joins_seed_ranges_from_separate_runs(tmp_path: Path) -> None:
+    a = _partial(tmp_path / "a", [0, 1], ["lowrank", "deterministic"])
+    b = _partial(tmp_path / "b", [1, 2], ["deterministic", "lowrank"])  # seed 1 again: kept once, from a
+    merged = merge_results(TASKS["air"], tmp_path / "out", [a, b])
+    keys = [(r.seed, r.method) for r in merged.runs]
+    assert keys == [(s, m) for s in (0, 1, 2) for m in ("deterministic", "lowrank")]  # config order
+    assert len({(r.seed, r.method) for r in merged.runs}) == 6
+    assert all((tmp_path / "out" / r.arrays).is_file() for r in merged.runs)
+    again = json.loads((tmp_path / "out" / "results.partial.json").read_text())
+    assert len(again["runs"]) == 6
