@@ -4,6 +4,7 @@
     .venv/bin/python benchmarks/reliability.py overload --seconds 60    # 2x saturation, then recovery
     .venv/bin/python benchmarks/reliability.py soak --seconds 1800      # 50 % of saturation
     .venv/bin/python benchmarks/reliability.py audit                    # pip-audit of the installed set
+    .venv/bin/python benchmarks/reliability.py audit-latest             # PyPI project JSON (see below)
 
 ``overload`` and ``soak`` start ``lrbnn serve`` on a free loopback port over the bundled model repository
 (``deploy/models``, or ``--model-repository``) and drive it with an open-loop asyncio client: requests are
@@ -397,6 +398,58 @@ def cmd_audit(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+PYPI_JSON = "https://pypi.org/pypi/{name}/json"
+
+
+def _latest_release(name: str, timeout: float) -> dict[str, Any] | None:
+    try:
+        r = httpx.get(PYPI_JSON.format(name=name), timeout=timeout, follow_redirects=True)
+    except httpx.HTTPError:
+        return None
+    return r.json() if r.status_code == 200 else None
+
+
+def cmd_audit_latest(args: argparse.Namespace) -> dict[str, Any]:
+    """The equivalent of ``pip-audit`` that this network allows: PyPI's project JSON (``/pypi/<name>/json``)
+    is reachable here but its per-version form (what pip-audit queries) and OSV are not. The project JSON
+    lists the known vulnerabilities of the project's LATEST release, so every installed distribution whose
+    version is that latest release is audited exactly; any other is reported as not audited (a fix may
+    exist in a release we do not run), never as clean."""
+    from concurrent.futures import ThreadPoolExecutor
+    from importlib import metadata
+
+    installed = sorted(
+        {(d.metadata["Name"], d.version) for d in metadata.distributions() if d.metadata["Name"]},
+        key=lambda t: t[0].lower(),
+    )
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        answers = list(pool.map(lambda nv: _latest_release(nv[0], args.timeout), installed))
+    audited, behind, unknown, vulnerable = [], [], [], []
+    for (name, version), data in zip(installed, answers, strict=True):
+        if data is None:
+            unknown.append(name)
+            continue
+        latest = data["info"]["version"]
+        if latest != version:
+            behind.append({"name": name, "installed": version, "latest": latest})
+            continue
+        audited.append(name)
+        vulns = [v for v in data.get("vulnerabilities", []) if not v.get("withdrawn")]
+        if vulns:
+            vulnerable.append({"name": name, "version": version, "vulns": vulns})
+    return {
+        "benchmark": "audit-latest",
+        "machine": machine(),
+        "source": PYPI_JSON,
+        "packages": len(installed),
+        "audited": len(audited),
+        "not_audited_behind_latest": behind,
+        "not_on_pypi": unknown,
+        "vulnerable": vulnerable,
+        "pass": bool(audited) and not vulnerable,
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -445,6 +498,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--service", choices=["pypi", "osv"], default=None)
     p.add_argument("--timeout", type=float, default=900)
     p.set_defaults(func=cmd_audit)
+    p = sub.add_parser(
+        "audit-latest", help="vulnerabilities of every installed distribution that is at its latest release"
+    )
+    p.add_argument("--timeout", type=float, default=30)
+    p.set_defaults(func=cmd_audit_latest)
     for sp in sub.choices.values():
         sp.add_argument("--out", default=None, help="also write the JSON here")
 
