@@ -29,6 +29,7 @@ def calibrate(
     sampling_mode: SamplingMode = SamplingMode.FRESH,
     interval_scale: float = 1.0,
     interval_level: float = 0.95,
+    interval_scales: dict[str, float] | None = None,
 ) -> tuple[Calibration, DriftReference]:
     scores = np.asarray(val_scores, dtype=np.float64)
     if scores.ndim != 1 or scores.size < 2 or not np.isfinite(scores).all():
@@ -45,5 +46,6 @@ def calibrate(
         sampling_mode=sampling_mode,
         interval_scale=interval_scale,
         interval_level=interval_level,
+        interval_scales=interval_scales or {},
     )
     return calib, DriftReference(score=kind, quantiles=[float(v) for v in ref], n_scores=int(scores.size))

@@ -28,14 +28,20 @@ log = logging.getLogger("lrbnn.service.inference")
 MAX_SEED = 2**63 - 1
 
 
-def calibrated_interval(calib: Calibration, outputs: Outputs) -> Outputs:
-    """The central ``calib.interval_level`` interval, its width scaled by the validation-fitted factor.
+#: The contract's regression interval: central 90 %.
+INTERVAL_LEVEL = 0.9
 
-    mean ± scale · z · sqrt(variance): the Gaussian moment match of the predictive, widened or narrowed
-    so that it covered ``interval_level`` of the validation targets (``model_core.metrics.interval_scale``).
+
+def calibrated_interval(calib: Calibration, outputs: Outputs) -> Outputs:
+    """The central 90 % interval, its width scaled by the factor fitted on validation data at that level.
+
+    mean ± c · z · sqrt(variance): the Gaussian moment match of the predictive, widened or narrowed so that
+    it covered 90 % of the validation targets (``calibration.interval_scales["0.9"]``, from
+    ``model_core.metrics.interval_scale``); c = 1 (the model's own interval) for a manifest without it.
     """
-    z = NormalDist().inv_cdf(0.5 + calib.interval_level / 2.0)
-    half = calib.interval_scale * z * np.sqrt(np.asarray(outputs["variance"], dtype=np.float64))
+    z = NormalDist().inv_cdf(0.5 + INTERVAL_LEVEL / 2.0)
+    scale = calib.interval_scales.get(str(INTERVAL_LEVEL), 1.0)
+    half = scale * z * np.sqrt(np.asarray(outputs["variance"], dtype=np.float64))
     mean = np.asarray(outputs["mean"], dtype=np.float64)
     return {
         "interval_low": (mean - half).astype(np.float32),

@@ -65,6 +65,9 @@ class Calibration(BaseModel):
     #: (``model_core.metrics.interval_scale``); 1.0 = the model's own Gaussian interval
     interval_scale: float = Field(default=1.0, gt=0.0, allow_inf_nan=False)
     interval_level: float = Field(default=0.95, gt=0.0, lt=1.0)
+    #: the same width factor fitted at other levels, keyed by the level as a string ("0.9": the central
+    #: 90 % interval the service answers, per the contract)
+    interval_scales: dict[str, float] = Field(default_factory=dict)
 
 
 class DriftReference(BaseModel):

@@ -45,8 +45,8 @@ class InstancePrediction(BaseModel):
     flagged: list[str] = Field(description="features outside their plausible range (likely unit errors)")
     interval: list[float] | None = Field(
         default=None,
-        description="regression: central interval at the manifest's calibration.interval_level (95 %), its "
-        "width recalibrated on validation data (calibration.interval_scale)",
+        description="regression: central 90 % interval, its width recalibrated on validation data "
+        '(calibration.interval_scales["0.9"])',
     )
 
 

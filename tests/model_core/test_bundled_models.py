@@ -21,7 +21,8 @@ def test_the_icu_model_is_bundled() -> None:
 def test_bundled_model_verifies_and_was_trained_by_this_repository(path: Path) -> None:
     ckpt = load_checkpoint(path)
     assert ckpt.manifest.model_name == path.parent.name and ckpt.manifest.model_version == path.name
-    assert ckpt.manifest.training["command"].startswith("lrbnn train ")
+    command = ckpt.manifest.training["command"]
+    assert command.startswith(("lrbnn train ", "lrbnn reproduce ")), command
 
 
 @pytest.mark.realdata

@@ -101,9 +101,10 @@ async def test_sequence_window_predicts_with_a_recalibrated_interval(
         assert p["imputed"] == [] and p["flagged"] == []
         low, high = p["interval"]
         assert low < p["mean"] < high
-        z = 1.959963984540054  # the 95 % level the manifest records
-        assert calib["interval_level"] == 0.95
-        want = 2 * calib["interval_scale"] * z * math.sqrt(p["variance"])
+        z = 1.6448536269514722  # the contract's central 90 % interval
+        assert set(calib["interval_scales"]) == {"0.9", "0.95"}
+        assert calib["interval_scales"]["0.95"] == calib["interval_scale"]
+        want = 2 * calib["interval_scales"]["0.9"] * z * math.sqrt(p["variance"])
         assert high - low == pytest.approx(want, rel=1e-4)
         assert p["ood_score"] == pytest.approx(math.sqrt(p["variance"]), rel=1e-4)
 
