@@ -1,0 +1,198 @@
+"""Regenerate the README's curl examples: start ``lrbnn serve`` on the bundled models, run every curl
+command for real, and write the commands with their answers between the README's example markers.
+
+    .venv/bin/python deploy/examples.py            # rewrites README.md's examples block
+    .venv/bin/python deploy/examples.py --print    # prints the block instead
+
+Long answers are cut at ``--width`` characters (marked ``…``); the cut never changes what is shown.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+START, END = "<!-- examples:start -->", "<!-- examples:end -->"
+ADMIN = "admin-secret"
+
+ICU = {
+    "age": 71.5, "sex": "male", "meanbp": 58, "hrt": 124, "resp": 32, "temp": 38.9,
+    "crea": 2.4, "bun": 48, "sod": 131, "ph": 7.28, "scoma": 26, "alb": 2.1,
+}  # fmt: skip
+#: request bodies too long to show inline (a 24-hour window), sent with ``-d @file`` from the repo root
+WINDOW, SHORT_WINDOW = "deploy/examples/pm25-window.json", "deploy/examples/pm25-short-window.json"
+REVIEW = "A gripping, beautifully acted film that never lets go."
+HEADLINE = "Chancellor unveils emergency budget as inflation hits 40-year high"
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def examples(base: str) -> list[tuple[str, list[str], tuple[str, ...]]]:
+    """(title, curl arguments, line prefixes to keep (all lines when empty)) in README order."""
+    post = ["-X", "POST", "-H", "Content-Type: application/json"]
+
+    def body(payload: object) -> list[str]:
+        return ["-d", json.dumps(payload, separators=(",", ":"))]
+
+    v1 = f"{base}/v1/models"
+    v2 = f"{base}/v2/models"
+    return [
+        ("liveness", [f"{base}/livez"], ()),
+        ("readiness", [f"{base}/readyz"], ()),
+        ("models and their input schemas", [v1], ()),
+        (
+            "tabular: an ICU patient (named features, raw units; missing ones imputed and listed)",
+            [
+                *post,
+                f"{v1}/icu-mortality:predict",
+                *body({"instances": [ICU], "parameters": {"samples": 200, "seed": 7}}),
+            ],
+            (),
+        ),
+        (
+            "sequence: the last 24 hours of Beijing weather and PM2.5 (oldest first) -> next-hour PM2.5",
+            [*post, f"{v1}/pm25-forecast:predict", "-d", f"@{WINDOW}"],
+            (),
+        ),
+        (
+            "text: a review snippet, and a news headline (out of distribution)",
+            [
+                *post,
+                f"{v1}/review-sentiment:predict",
+                *body({"instances": [{"text": REVIEW}, {"text": HEADLINE}], "parameters": {"seed": 7}}),
+            ],
+            (),
+        ),
+        (
+            "an unknown model: 404, and no new metric series",
+            [*post, f"{v1}/nope:predict", *body({"instances": [{}]}), "-w", r"  HTTP %{http_code}\n"],
+            (),
+        ),
+        (
+            "a bad input names its field",
+            [
+                *post,
+                f"{v1}/pm25-forecast:predict",
+                "-d",
+                f"@{SHORT_WINDOW}",
+                "-w",
+                r"  HTTP %{http_code}\n",
+            ],
+            (),
+        ),
+        (
+            "hot reload (admin token; the new version is verified before it is swapped in)",
+            [*post, "-H", f"Authorization: Bearer {ADMIN}", f"{v1}/icu-mortality/reload"],
+            (),
+        ),
+        ("V2 server metadata", [f"{base}/v2"], ()),
+        ("V2 liveness", [f"{base}/v2/health/live"], ()),
+        ("V2 readiness", [f"{base}/v2/health/ready"], ()),
+        ("V2 model metadata", [f"{v2}/review-sentiment"], ()),
+        ("V2 model readiness", [f"{v2}/pm25-forecast/versions/1/ready"], ()),
+        (
+            "V2 inference (a BYTES tensor of raw text)",
+            [
+                "-X",
+                "POST",
+                f"{v2}/review-sentiment/infer",
+                *body(
+                    {
+                        "inputs": [{"name": "text", "datatype": "BYTES", "shape": [1], "data": [REVIEW]}],
+                        "parameters": {"seed": 7},
+                    }
+                ),
+            ],
+            (),
+        ),
+        (
+            "Prometheus metrics (the drift and OOD-rate series of one model)",
+            [f"{base}/metrics"],
+            ('lrbnn_uncertainty_drift{model="pm25-forecast"', 'lrbnn_ood_rate{model="pm25-forecast"'),
+        ),
+    ]
+
+
+def _shown(args: list[str], base: str) -> str:
+    """The command as a reader types it (localhost:8000)."""
+    words = ["curl", "-s", *(a.replace(base, "localhost:8000") for a in args)]
+    return " ".join(shlex.quote(w) if (" " in w or "{" in w or '"' in w) else w for w in words)
+
+
+def run(repo: Path, width: int) -> str:
+    port = _free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "LRBNN_ADMIN_TOKEN": ADMIN, "LRBNN_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+    cmd = [
+        str(Path(sys.executable).with_name("lrbnn")),
+        "serve",
+        "--model-repository",
+        str(repo),
+        "--port",
+        str(port),
+    ]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{base}/readyz", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or proc.poll() is not None:
+                raise SystemExit("the server did not become ready")
+            time.sleep(0.5)
+        blocks = []
+        for title, args, grep in examples(base):
+            out = subprocess.run(
+                ["curl", "-s", *args], capture_output=True, text=True, check=True, cwd=ROOT
+            ).stdout
+            if grep:
+                out = "\n".join(line for line in out.splitlines() if line.startswith(grep))
+            out = out.strip()
+            cut = "\n".join(line if len(line) <= width else line[:width] + " …" for line in out.splitlines())
+            blocks.append(f"# {title}\n$ {_shown(args, base)}\n{cut}")
+        return "```console\n" + "\n\n".join(blocks) + "\n```"
+    finally:
+        proc.terminate()
+        proc.wait(30)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model-repository", type=Path, default=ROOT / "deploy" / "models")
+    p.add_argument("--width", type=int, default=600)
+    p.add_argument("--print", action="store_true", help="print the block instead of rewriting README.md")
+    args = p.parse_args(argv)
+    block = run(args.model_repository, args.width)
+    if args.print:
+        print(block)
+        return 0
+    readme = ROOT / "README.md"
+    text = readme.read_text()
+    if START not in text or END not in text:
+        raise SystemExit(f"README.md has no {START} ... {END} block")
+    head, rest = text.split(START, 1)
+    _, tail = rest.split(END, 1)
+    readme.write_text(f"{head}{START}\n{block}\n{END}{tail}")
+    print(f"rewrote the examples in {readme}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
