@@ -18,11 +18,12 @@ from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import errors, health, v1, v2
 from service.api.schemas import PredictRequest, V2InferRequest
+from service.fastpath import EdgeMiddleware, HotRoutes
 from service.inference import InferenceService
-from service.logs import AccessLogMiddleware, configure_logging
+from service.logs import configure_logging
 from service.monitoring.metrics import Metrics
 from service.repository import ModelRepository
-from service.security import BodyLimitMiddleware, TokenSet
+from service.security import TokenSet
 from service.settings import Settings
 from service.state import AppState
 
@@ -114,7 +115,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     errors.install(app)
     for router in (health.router, v1.router, v2.router):
         app.include_router(router)
-    # added last = outermost: the body limit sees bytes first, the access log sees every answer
+    # added last = outermost. HotRoutes, innermost (inside CORS), answers the model requests without
+    # the router; EdgeMiddleware, outermost, gives every answer its request id, access-log line and
+    # body limit (see service/fastpath.py).
+    app.add_middleware(HotRoutes, api=app, routers=(v1.router, v2.router))
     if settings.cors_origin_list:
         app.add_middleware(
             CORSMiddleware,
@@ -122,7 +126,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_body_bytes)
-    app.add_middleware(AccessLogMiddleware)
+    app.add_middleware(EdgeMiddleware, max_bytes=settings.max_body_bytes)
     app.openapi = lambda: _openapi_with_request_models(app)  # type: ignore[method-assign]
     return app

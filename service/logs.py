@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from service.security import ASGIApp, Message, Receive, Scope, Send
+from service.security import Scope
 
 _STANDARD = set(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {"message", "asctime"}
 access_log = logging.getLogger("lrbnn.service.access")
@@ -43,50 +43,27 @@ def configure_logging(level: str) -> None:
     root.propagate = False
 
 
-def _request_id(scope: Scope) -> str:
-    for key, value in scope.get("headers", []):
+def request_id(scope: Scope) -> str:
+    """The client's ``X-Request-ID`` when sane (1-128 ASCII bytes), else a fresh uuid4 hex."""
+    for key, value in scope.get("headers", ()):
         if key == b"x-request-id" and 0 < len(value) <= 128 and value.isascii():
             return str(value.decode().strip())
     return uuid.uuid4().hex
 
 
-class AccessLogMiddleware:
-    """Assigns a request id (kept from ``X-Request-ID`` when sane), echoes it, logs one line per request."""
-
-    def __init__(self, app: ASGIApp) -> None:
-        self.app = app
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        rid = _request_id(scope)
-        state = scope.setdefault("state", {})
-        state["request_id"] = rid
-        status = 500
-        t0 = time.perf_counter()
-
-        async def send_with_id(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                message.setdefault("headers", [])
-                message["headers"] = [*message["headers"], (b"x-request-id", rid.encode())]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, send_with_id)
-        finally:
-            if scope.get("path") not in ("/metrics", "/livez", "/readyz"):
-                access_log.info(
-                    "request",
-                    extra={
-                        "request_id": rid,
-                        "method": scope.get("method"),
-                        "path": scope.get("path"),
-                        "status": status,
-                        "model": state.get("model"),
-                        "instances": state.get("instances"),
-                        "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
-                    },
-                )
+def log_request(
+    rid: str, method: str | None, path: str | None, status: int, state: dict[str, Any], t0: float
+) -> None:
+    """The access-log line of one request: ids, status, model and instance count, never a feature value."""
+    access_log.info(
+        "request",
+        extra={
+            "request_id": rid,
+            "method": method,
+            "path": path,
+            "status": status,
+            "model": state.get("model"),
+            "instances": state.get("instances"),
+            "latency_ms": round((time.perf_counter() - t0) * 1000, 3),
+        },
+    )

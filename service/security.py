@@ -1,8 +1,8 @@
-"""Bearer tokens (predict and admin) and the request body limit.
+"""Bearer tokens (predict and admin), the body limit's 413 answer, and the ASGI type aliases.
 
 Tokens are compared with ``hmac.compare_digest`` against every configured token (no early exit), so
-timing says nothing about how close a guess was. The body limit is a pure ASGI middleware that counts
-the bytes actually received, so a chunked upload without ``Content-Length`` is cut off as well.
+timing says nothing about how close a guess was. The body limit itself (by ``Content-Length``, else by
+counting the bytes received) is enforced by ``service.fastpath.EdgeMiddleware``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import orjson
 
-from service.errors import Forbidden, PayloadTooLarge, Unauthorized
+from service.errors import Forbidden, Unauthorized
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]
@@ -50,54 +50,9 @@ class TokenSet:
             raise Forbidden(f"the token is not valid for {what}", field=AUTH)
 
 
-class BodyLimitMiddleware:
-    """413 for bodies over ``max_bytes``: by ``Content-Length`` up front, else by counting chunks."""
-
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
-        self.app = app
-        self.max_bytes = max_bytes
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        for key, value in scope.get("headers", []):
-            if key == b"content-length":
-                try:
-                    declared = int(value)
-                except ValueError:
-                    declared = 0
-                if declared > self.max_bytes:
-                    await self._reject(send)
-                    return
-        received = 0
-        started = False
-
-        async def counting_receive() -> Message:
-            nonlocal received
-            message = await receive()
-            if message["type"] == "http.request":
-                received += len(message.get("body", b""))
-                if received > self.max_bytes:
-                    raise PayloadTooLarge(f"request body exceeds {self.max_bytes} bytes")
-            return message
-
-        async def tracking_send(message: Message) -> None:
-            nonlocal started
-            if message["type"] == "http.response.start":
-                started = True
-            await send(message)
-
-        try:
-            await self.app(scope, counting_receive, tracking_send)
-        except PayloadTooLarge:
-            if started:
-                raise
-            await self._reject(send)
-
-    def _reject(self, send: Send) -> Awaitable[None]:
-        message = f"request body exceeds {self.max_bytes} bytes"
-        return _send_json(send, 413, {"error": message, "field": "body"})
+def reject_too_large(send: Send, max_bytes: int) -> Awaitable[None]:
+    """The 413 answer of the body limit (``service.fastpath.EdgeMiddleware`` enforces it)."""
+    return _send_json(send, 413, {"error": f"request body exceeds {max_bytes} bytes", "field": "body"})
 
 
 async def _send_json(send: Send, status: int, payload: dict[str, Any]) -> None:
