@@ -4,11 +4,13 @@
 #   docker build -t lrbnn:cpu .                                   # default: CPU image
 #   docker build --target cuda -t lrbnn:cuda .                    # NVIDIA GPU image (Triton sampling op)
 #
-# Why torch (CPU wheel) and not an onnxruntime-only image for the default: the onnxruntime backend
-# (LRBNN_BACKEND=onnx) is still being written, while the torch image serves every bundled model and
-# both sampling modes (cached and fresh noise per request). An onnxruntime-only target would drop
-# torch (~700 MB installed, CPU wheel) for onnxruntime (~50 MB), so the image would shrink from roughly
-# 1 GB to roughly 250 MB and start faster; add it as a separate target once that backend ships.
+# Why torch (CPU wheel) and not an onnxruntime-only image for the default: the torch image serves the
+# bundled models as they are (weights + manifest) in both sampling modes. The onnxruntime backend
+# (LRBNN_BACKEND=onnx) does serve without torch (tests/service/test_torch_free.py; the install is in
+# docs/service.md), and would shrink the image from roughly 1 GB to roughly 250 MB (torch ~700 MB
+# installed vs onnxruntime ~50 MB), but it serves <version>/model.onnx, which deploy/models does not
+# carry, and torch is a base dependency of the package: a target for it needs an export stage with
+# torch and a --no-deps install, and is not added here because no Docker engine was at hand to build it.
 # The CPU wheel comes from the PyTorch CPU index so no multi-GB CUDA build is pulled; nothing is
 # trained at build time: the bundled model repository (deploy/models) is copied in as is.
 

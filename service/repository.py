@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from model_core.checkpoint import CheckpointError, Manifest, SamplingMode, load_checkpoint, read_manifest
+from model_core.checkpoint import CheckpointError, Manifest, SamplingMode, read_manifest
 from service.errors import ModelNotFound, ReloadFailed
 from service.inputs import InputAdapter, build_adapter
 from service.runtime.base import Runtime, RuntimeLoadError
@@ -60,6 +60,7 @@ def version_key(version: str) -> tuple[bool, int, str]:
 
 
 def _build_torch(path: Path, settings: Settings, mode: SamplingMode) -> tuple[Manifest, Runtime]:
+    from model_core.checkpoint.io import load_checkpoint  # torch: only this backend needs it
     from service.runtime.torch import TorchRuntime, resolve_device
 
     device = resolve_device(settings.device.value)

@@ -3,47 +3,35 @@
 Loading checks, in order: the manifest parses and its format version is supported; the weights file's
 sha256 equals the manifest's; the architecture builds; the file's tensor names and shapes are exactly the
 architecture's. Any mismatch raises a :class:`CheckpointError` subclass naming what is wrong.
+The torch-free half (errors, manifest read/write, sha256) is :mod:`model_core.checkpoint.files`.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from pydantic import ValidationError
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
-from model_core.checkpoint.manifest import FORMAT_VERSION, SUPPORTED_FORMAT_VERSIONS, Manifest
+from model_core.checkpoint.files import (
+    WEIGHTS_FILE,
+    IntegrityError,
+    ManifestError,
+    TensorMismatchError,
+    read_manifest,
+    sha256_file,
+    verify_weights,
+    write_manifest,
+)
+from model_core.checkpoint.manifest import FORMAT_VERSION, Manifest
 from model_core.layers.base import BayesianModule
 from model_core.models.registry import UnknownArchitectureError, build_model
 
-WEIGHTS_FILE = "weights.safetensors"
-MANIFEST_FILE = "manifest.json"
-
-
-class CheckpointError(ValueError):
-    """A checkpoint that must not be served."""
-
-
-class ManifestError(CheckpointError):
-    pass
-
-
-class UnsupportedVersionError(CheckpointError):
-    pass
-
-
-class IntegrityError(CheckpointError):
-    pass
-
-
-class TensorMismatchError(CheckpointError):
-    pass
+# ``sha256_file`` and ``write_manifest`` (now in ``files``) stay importable from here, as callers do.
+__all__ = ["LoadedCheckpoint", "load_checkpoint", "save_checkpoint", "sha256_file", "write_manifest"]
 
 
 @dataclass
@@ -51,14 +39,6 @@ class LoadedCheckpoint:
     model: BayesianModule
     manifest: Manifest
     path: Path
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def save_checkpoint(directory: str | Path, model: BayesianModule, manifest: Manifest | dict) -> Manifest:
@@ -79,50 +59,11 @@ def save_checkpoint(directory: str | Path, model: BayesianModule, manifest: Mani
     return final
 
 
-def write_manifest(directory: str | Path, manifest: Manifest) -> None:
-    """Atomically (re)write ``manifest.json``; the weights and their hash are left as they are."""
-    out = Path(directory)
-    tmp_m = out / (MANIFEST_FILE + ".tmp")
-    tmp_m.write_text(json.dumps(manifest.model_dump(mode="json"), indent=2) + "\n")
-    os.replace(tmp_m, out / MANIFEST_FILE)
-
-
-def read_manifest(directory: str | Path) -> Manifest:
-    path = Path(directory) / MANIFEST_FILE
-    try:
-        raw = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise ManifestError(f"{path}: no manifest.json") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path}: not valid JSON ({exc})") from None
-    if not isinstance(raw, dict):
-        raise ManifestError(f"{path}: the manifest must be a JSON object")
-    version = raw.get("format_version")
-    if version not in SUPPORTED_FORMAT_VERSIONS:
-        raise UnsupportedVersionError(
-            f"{path}: format_version {version!r} is not supported "
-            f"(supported: {sorted(SUPPORTED_FORMAT_VERSIONS)})"
-        )
-    try:
-        return Manifest.model_validate(raw)
-    except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ManifestError(
-            f"{path}: field {where!r}: {first['msg']} ({exc.error_count()} error(s))"
-        ) from None
-
-
 def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -> LoadedCheckpoint:
     """Verify everything, then return the model (in eval state, on ``device``) and its manifest."""
     root = Path(directory)
     manifest = read_manifest(root)
-    weights = root / WEIGHTS_FILE
-    if not weights.is_file():
-        raise IntegrityError(f"{weights}: weights file missing")
-    digest = sha256_file(weights)
-    if digest != manifest.sha256:
-        raise IntegrityError(f"{weights}: sha256 {digest} does not match the manifest's {manifest.sha256}")
+    weights = verify_weights(root, manifest)
     try:
         model = build_model(manifest.architecture)
     except (UnknownArchitectureError, ValueError) as exc:

@@ -18,18 +18,19 @@ from model_core.checkpoint.manifest import Manifest
 from service.runtime.base import Outputs, RuntimeLoadError
 
 ONNX_FILE = "model.onnx"
-#: Where the predictor may live: the torch-free module first, then the exporter's re-export.
-PREDICTOR_MODULES = ("model_core.export.onnx_runtime", "model_core.export.onnx")
+#: The torch-free predictor. Only this module: ``model_core.export.onnx`` re-exports the class but
+#: imports torch, and it imports this module anyway, so it could never help when this one fails.
+PREDICTOR_MODULE = "model_core.export.onnx_runtime"
 
 
 def _predictor_class() -> Any:
-    errors = []
-    for name in PREDICTOR_MODULES:
-        try:
-            return importlib.import_module(name).OnnxPredictor
-        except (ImportError, AttributeError) as exc:
-            errors.append(f"{name}: {exc}")
-    raise RuntimeLoadError(f"the onnx backend is not available ({'; '.join(errors)})")
+    """Imported on first use, so the torch backend runs where onnxruntime is not installed."""
+    try:
+        return importlib.import_module(PREDICTOR_MODULE).OnnxPredictor
+    except (ImportError, AttributeError) as exc:
+        raise RuntimeLoadError(
+            f"the onnx backend is not available ({PREDICTOR_MODULE}: {exc}; install the 'onnx' extra)"
+        ) from None
 
 
 class OnnxRuntime:
