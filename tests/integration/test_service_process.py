@@ -95,7 +95,8 @@ def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def server(toy_repo: Path) -> Iterator[Server]:
-    srv = Server(toy_repo)
+    # admission by estimated wait off: these tests hold several slow requests in the queue on purpose
+    srv = Server(toy_repo, env={"LRBNN_MAX_QUEUE_WAIT_MS": "0"})
     try:
         srv.wait_ready()
         yield srv
@@ -189,7 +190,10 @@ def _wait_in_flight(srv: Server, at_least: int, timeout_s: float = 60.0) -> int:
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(toy_repo: Path) -> None:
-    srv = Server(toy_repo, env={"LRBNN_MAX_BATCH_SIZE": "4", "LRBNN_DRAIN_TIMEOUT_S": "60"})
+    srv = Server(
+        toy_repo,
+        env={"LRBNN_MAX_BATCH_SIZE": "4", "LRBNN_DRAIN_TIMEOUT_S": "60", "LRBNN_MAX_QUEUE_WAIT_MS": "0"},
+    )
     try:
         srv.wait_ready()
         heavy = {"instances": [toy.instance()] * 512, "parameters": {"samples": 512, "seed": 1}}
