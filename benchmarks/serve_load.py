@@ -6,7 +6,9 @@ What runs (every server a subprocess on a free loopback port, started once and k
 
 * ``lrbnn`` - this service (``lrbnn serve``) on ``--checkpoint`` (default the bundled
   ``deploy/models/icu-mortality/1``), default settings except the batching policy, which is set to
-  MLServer's (``LRBNN_MAX_BATCH_SIZE=32``, ``LRBNN_MAX_BATCH_DELAY_MS=2``) and ``LRBNN_DEFAULT_SAMPLES``;
+  MLServer's (``LRBNN_MAX_BATCH_SIZE=32``, ``LRBNN_MAX_BATCH_DELAY_MS=2``) and ``LRBNN_DEFAULT_SAMPLES``,
+  and admission by estimated wait off (``LRBNN_MAX_QUEUE_WAIT_MS=0``, ``--max-queue-wait-ms``): MLServer
+  has none;
   ``lrbnn-merged`` - the same with ``LRBNN_BATCH_EXACT=false`` (one network pass per merged batch, the
   computation MLServer's adaptive batching does; answers equal up to float32 rounding);
 * ``mlserver`` - MLServer 1.7 (its own venv, ``--mlserver-python``) with the custom runtime
@@ -131,6 +133,14 @@ def build_parser() -> argparse.ArgumentParser:
         help="OMP_NUM_THREADS/MKL_NUM_THREADS for every server alike (default: unset, torch's default)",
     )
     p.add_argument("--mlserver-workers", type=int, default=1, help="MLServer parallel_workers (default 1)")
+    p.add_argument(
+        "--max-queue-wait-ms",
+        type=float,
+        default=0.0,
+        help="LRBNN_MAX_QUEUE_WAIT_MS of this service (default 0 = off: MLServer has no admission control, "
+        "and a closed-loop client at c=128 would otherwise meet 429s; admission is measured by "
+        "benchmarks/reliability.py overload)",
+    )
     p.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
     p.add_argument("--no-merged", action="store_true", help="skip the LRBNN_BATCH_EXACT=false variant")
     p.add_argument("--deterministic-repo", type=Path, default=None, help="repo with a deterministic model")
@@ -733,7 +743,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "LRBNN_MAX_BATCH_SIZE": str(args.max_batch_size),
         "LRBNN_MAX_BATCH_DELAY_MS": str(args.max_batch_delay_ms),
         "LRBNN_DEFAULT_SAMPLES": str(args.samples),
+        "LRBNN_MAX_QUEUE_WAIT_MS": str(args.max_queue_wait_ms),
     }
+    report["config"]["lrbnn_max_queue_wait_ms"] = args.max_queue_wait_ms
     workdir = Path(tempfile.mkdtemp(prefix="serve_load_"))
     servers: list[Server] = []
     try:
