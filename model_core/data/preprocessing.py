@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Collection, Mapping, Sequence
+from dataclasses import dataclass
 from numbers import Integral, Real
 from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 
@@ -162,6 +163,27 @@ class FeatureSpec(BaseModel):
         return self.plausible_low <= value <= self.plausible_high
 
 
+@dataclass(frozen=True, eq=False)
+class _ScalePlan:
+    """The numeric columns' offsets and scaling constants as arrays (equal when their values are)."""
+
+    cols: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+    mins: np.ndarray
+    span: np.ndarray
+
+    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        return self.cols, self.low, self.high, self.mins, self.span
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _ScalePlan):
+            return NotImplemented
+        return all(np.array_equal(a, b) for a, b in zip(self.arrays(), other.arrays(), strict=True))
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Preprocessor(BaseModel):
     """An ordered list of fitted :class:`FeatureSpec`, i.e. the whole raw-input -> model-input mapping."""
 
@@ -171,6 +193,9 @@ class Preprocessor(BaseModel):
 
     _by_name: dict[str, FeatureSpec] = PrivateAttr(default_factory=dict)
     _offsets: dict[str, int] = PrivateAttr(default_factory=dict)
+    #: per-request fast path: (spec, offset) pairs and the numeric columns' scaling as arrays
+    _plan: list[tuple[FeatureSpec, int]] = PrivateAttr(default_factory=list)
+    _numeric: _ScalePlan | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Preprocessor:
@@ -187,7 +212,16 @@ class Preprocessor(BaseModel):
         for spec in self.features:
             self._by_name[spec.name] = spec
             self._offsets[spec.name] = offset
+            self._plan.append((spec, offset))
             offset += spec.n_outputs
+        numeric = [(spec, self._offsets[spec.name]) for spec in self.features if spec.kind == "numeric"]
+        if numeric and all(s.clip_low is not None and s.min is not None for s, _ in numeric):
+            cols = np.array([o for _, o in numeric], dtype=np.intp)
+            low = np.array([s.clip_low for s, _ in numeric], dtype=np.float64)
+            high = np.array([s.clip_high for s, _ in numeric], dtype=np.float64)
+            mins = np.array([s.min for s, _ in numeric], dtype=np.float64)
+            span = np.array([s.max - s.min for s, _ in numeric], dtype=np.float64)  # type: ignore[operator]
+            self._numeric = _ScalePlan(cols, low, high, mins, span)
 
     # ------------------------------------------------------------------ fitting
 
@@ -258,15 +292,16 @@ class Preprocessor(BaseModel):
         n_rows = len(rows)
         out = np.zeros((n_rows, self.n_outputs), dtype=np.float64)
         imputed: list[list[str]] = []
+        by_name, plan = self._by_name, self._plan  # locals: pydantic private attributes are slow to read
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise PreprocessingError(f"row {i} is a {type(row).__name__}, expected a mapping")
             for key in row:
-                if key not in self._by_name:
+                if key not in by_name:
                     raise PreprocessingError(f"unknown feature {key!r}", field=str(key))
             filled: list[str] = []
-            for spec in self.features:
-                offset = self._offsets[spec.name]
+            out_i = out[i]
+            for spec, offset in plan:
                 value = row.get(spec.name)
                 if spec.kind == "numeric":
                     number = _numeric_value(value, spec.name)
@@ -274,7 +309,7 @@ class Preprocessor(BaseModel):
                         filled.append(spec.name)
                         assert isinstance(spec.impute, (int, float))
                         number = float(spec.impute)
-                    out[i, offset] = number  # raw for now; scaled column-wise below
+                    out_i[offset] = number  # raw for now; scaled column-wise below
                 else:
                     category = _category_value(value, spec.name)
                     if category is None:
@@ -283,13 +318,20 @@ class Preprocessor(BaseModel):
                         category = spec.impute
                     assert spec.categories is not None
                     if category in spec.categories:
-                        out[i, offset + spec.categories.index(category)] = 1.0
+                        out_i[offset + spec.categories.index(category)] = 1.0
             imputed.append(filled)
-        # Scale whole columns with the same function as transform_frame, so both paths agree bit for bit.
-        for spec in self.features:
-            if spec.kind == "numeric":
-                offset = self._offsets[spec.name]
-                out[:, offset] = spec.scale(out[:, offset])
+        # Scale the numeric columns with the same elementwise operations as FeatureSpec.scale (and so
+        # transform_frame), all columns at once: clip, subtract the minimum, divide by the span.
+        if self._numeric is not None:
+            cols, low, high, mins, span = self._numeric.arrays()
+            block = np.clip(out[:, cols], low, high)
+            safe = np.where(span > 0.0, span, 1.0)
+            out[:, cols] = np.where(span > 0.0, (block - mins) / safe, 0.0)
+        else:
+            for spec in self.features:
+                if spec.kind == "numeric":
+                    offset = self._offsets[spec.name]
+                    out[:, offset] = spec.scale(out[:, offset])
         return out.astype(np.float32), imputed
 
     def implausible(self, row: Mapping[str, Any]) -> list[str]:
@@ -441,7 +483,8 @@ def _numeric_value(value: Any, name: str) -> float | None:
     """
     if value is None:
         return None
-    if not isinstance(value, _NUMBER_TYPES):
+    kind = type(value)
+    if kind is not float and kind is not int and not isinstance(value, _NUMBER_TYPES):  # JSON's two first
         raise PreprocessingError(
             f"feature {name!r} must be a number or null, got {type(value).__name__} {value!r}", field=name
         )

@@ -42,7 +42,10 @@ def serve_app(repo: Path) -> ServeApp:
 
     @asynccontextmanager
     async def make(**overrides: Any) -> AsyncIterator[httpx.AsyncClient]:
-        settings = Settings(**{"model_repository": repo, "max_batch_delay_ms": 2.0, **overrides})
+        # admission by estimated wait off unless a test asks for it: many tests slow batches down on
+        # purpose to force merging, which the 30 ms default budget would answer with 429s
+        base = {"model_repository": repo, "max_batch_delay_ms": 2.0, "max_queue_wait_ms": 0.0}
+        settings = Settings(**{**base, **overrides})
         app = create_app(settings)
         async with app.router.lifespan_context(app):
             loading = app.state.lrbnn.loading
