@@ -291,11 +291,11 @@ class ModelBatcher:
             return
         now = time.perf_counter()
         for job in live:
-            self.metrics.queue_wait.labels(self.name).observe(now - job.enqueued)
+            self.metrics.child(self.metrics.queue_wait, self.name).observe(now - job.enqueued)
         x = live[0].x if len(live) == 1 else np.concatenate([j.x for j in live], axis=0)
         sizes = [j.rows for j in live]
         served = live[0].served
-        self.metrics.batch_size.labels(self.name).observe(sum(sizes))
+        self.metrics.child(self.metrics.batch_size, self.name).observe(sum(sizes))
         units = sum(j.units for j in live)
         t0 = self._running_since = self.clock()
         self._running_units = units
@@ -318,7 +318,7 @@ class ModelBatcher:
             self.cost.reset()
             self._measured = served
         self.cost.observe(seconds, units)
-        self.metrics.inference_duration.labels(self.name).observe(seconds)
+        self.metrics.child(self.metrics.inference_duration, self.name).observe(seconds)
         start = 0
         for job in live:
             stop = start + job.rows

@@ -149,17 +149,17 @@ class InferenceService:
         """Uncertainty histograms, counters and the drift window: O(batch), never O(window)."""
         m, name = self.metrics, served.name
         n = int(ood.shape[0])
-        m.predictions.labels(name).inc(n)
-        m.ood_predictions.labels(name).inc(int(ood.sum()))
+        m.child(m.predictions, name).inc(n)
+        m.child(m.ood_predictions, name).inc(int(ood.sum()))
         for hist, key in (
             (m.predictive_variance, "variance"),
             (m.epistemic, "epistemic"),
             (m.ood_score, "ood_score"),
         ):
-            child = hist.labels(name)
+            child = m.child(hist, name)
             for v in np.asarray(outputs[key], dtype=np.float64).reshape(n, -1).sum(axis=1).tolist():
                 child.observe(v)
         stats = self.drift[name].update(outputs["ood_score"])
-        m.ood_rate.labels(name).set(stats.ood_rate)
+        m.child(m.ood_rate, name).set(stats.ood_rate)
         for stat in DRIFT_STATISTICS:
-            m.drift.labels(name, stat).set(getattr(stats, stat))
+            m.child(m.drift, name, stat).set(getattr(stats, stat))

@@ -87,10 +87,10 @@ def _overflowing(row: Mapping[str, Any]) -> str:
 
 
 def _transform(
-    pre: Preprocessor, rows: Sequence[Mapping[str, Any]], prefix: str
+    pre: Preprocessor, rows: Sequence[Mapping[str, Any]], prefix: str, flagged: list[list[str]]
 ) -> tuple[np.ndarray, list[list[str]]]:
     try:
-        return pre.transform(rows)
+        return pre.transform(rows, flagged)
     except PreprocessingError as exc:
         raise _invalid(exc, prefix) from None
     except OverflowError:  # an integer literal beyond float range (JSON allows any size)
@@ -98,31 +98,6 @@ def _transform(
         raise InvalidInput(
             f"feature {name!r} is out of range (an integer beyond the float range)", field=f"{prefix}.{name}"
         ) from None
-
-
-def _unknown_category(spec: FeatureSpec, value: Any) -> bool:
-    """A categorical value never seen in training (encoded as "no known category")."""
-    label = value if isinstance(value, str) else None
-    if isinstance(value, int) and not isinstance(value, bool):
-        label = str(value)  # no float(): a JSON integer may be beyond the float range
-    elif label is None and isinstance(value, float) and value.is_integer():
-        label = str(int(value))
-    return label not in (spec.categories or [])
-
-
-def flag_row(pre: Preprocessor, row: Mapping[str, Any]) -> list[str]:
-    """Features to warn about, in schema order: numeric values outside the plausible range and
-    categories never seen in training."""
-    implausible = set(pre.implausible(row))
-    out = []
-    for spec in pre.features:
-        if spec.name in implausible or (
-            spec.kind == "categorical"
-            and row.get(spec.name) is not None
-            and _unknown_category(spec, row[spec.name])
-        ):
-            out.append(spec.name)
-    return out
 
 
 def tensor_rows(pre: Preprocessor, x: np.ndarray, field: str) -> list[dict[str, Any]]:
@@ -182,8 +157,9 @@ class TabularInput(InputAdapter):
         self.pre = Preprocessor.from_dict(schema.preprocessing)
 
     def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
-        x, imputed = _transform(self.pre, instances, "instances")
-        return Encoded(x, imputed, [flag_row(self.pre, row) for row in instances])
+        flagged: list[list[str]] = []
+        x, imputed = _transform(self.pre, instances, "instances", flagged)
+        return Encoded(x, imputed, flagged)
 
     def warmup_instances(self) -> list[dict[str, Any]]:
         return [{}]
@@ -266,7 +242,8 @@ class SequenceInput(InputAdapter):
             for row in self._hour_rows(instance, i):
                 forward.append(bool(row.pop("\0filled", False)))
                 flat.append(row)
-        x, imputed_flat = _transform(self.pre, flat, "instances")
+        flagged_flat: list[list[str]] = []
+        x, imputed_flat = _transform(self.pre, flat, "instances", flagged_flat)
         imputed: list[list[str]] = []
         flagged: list[list[str]] = []
         for i in range(len(instances)):
@@ -276,7 +253,7 @@ class SequenceInput(InputAdapter):
                 k = i * self.window + t
                 filled = imputed_flat[k] + ([self.fill_forward] if forward[k] else [])
                 names_i += [f"hours[{t}].{n}" for n in filled]
-                flags_i += [f"hours[{t}].{n}" for n in flag_row(self.pre, flat[k])]
+                flags_i += [f"hours[{t}].{n}" for n in flagged_flat[k]]
             imputed.append(names_i)
             flagged.append(flags_i)
         return Encoded(x.reshape(len(instances), self.window, -1), imputed, flagged)

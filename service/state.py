@@ -68,17 +68,17 @@ class AppState:
             request.state.model = served.name
             self.inflight += 1
             counted = True
-            self.metrics.inflight.labels(served.name).inc()
+            self.metrics.child(self.metrics.inflight, served.name).inc()
             yield served
         except ServiceError as exc:
             code = exc.status
             if known and exc.reason is not None:
-                self.metrics.rejected.labels(name, exc.reason.value).inc()
+                self.metrics.child(self.metrics.rejected, name, exc.reason.value).inc()
             raise
         except ClientDisconnect:  # the client went away while sending its body: its doing, not a 500
             code = ClientDisconnected.status
             if known:
-                self.metrics.rejected.labels(name, Reason.DISCONNECTED.value).inc()
+                self.metrics.child(self.metrics.rejected, name, Reason.DISCONNECTED.value).inc()
             raise ClientDisconnected("the client disconnected while sending the request") from None
         except asyncio.CancelledError:
             code = 499  # the client went away (nginx's convention); nothing was answered
@@ -89,8 +89,8 @@ class AppState:
         finally:
             if counted:
                 self.inflight -= 1
-                self.metrics.inflight.labels(name).dec()
+                self.metrics.child(self.metrics.inflight, name).dec()
             if known:
-                self.metrics.request_duration.labels(name, endpoint.value, str(code)).observe(
+                self.metrics.child(self.metrics.request_duration, name, endpoint.value, str(code)).observe(
                     time.perf_counter() - t0
                 )

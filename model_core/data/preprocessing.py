@@ -196,6 +196,7 @@ class Preprocessor(BaseModel):
     #: per-request fast path: (spec, offset) pairs and the numeric columns' scaling as arrays
     _plan: list[tuple[FeatureSpec, int]] = PrivateAttr(default_factory=list)
     _numeric: _ScalePlan | None = PrivateAttr(default=None)
+    _width: int = PrivateAttr(default=0)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Preprocessor:
@@ -214,6 +215,7 @@ class Preprocessor(BaseModel):
             self._offsets[spec.name] = offset
             self._plan.append((spec, offset))
             offset += spec.n_outputs
+        self._width = offset
         numeric = [(spec, self._offsets[spec.name]) for spec in self.features if spec.kind == "numeric"]
         if numeric and all(s.clip_low is not None and s.min is not None for s, _ in numeric):
             cols = np.array([o for _, o in numeric], dtype=np.intp)
@@ -283,14 +285,18 @@ class Preprocessor(BaseModel):
 
     # ------------------------------------------------------------------ serving path
 
-    def transform(self, rows: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, list[list[str]]]:
+    def transform(
+        self, rows: Sequence[Mapping[str, Any]], flagged: list[list[str]] | None = None
+    ) -> tuple[np.ndarray, list[list[str]]]:
         """Transform request rows into a float32 matrix ``(len(rows), n_outputs)``.
 
         Returns the matrix and, per row, the names of the features that were missing and imputed, in
         feature order; the server reports those so a caller knows which inputs the answer assumed.
+        ``flagged``, when given, receives per row (in the same pass) the given numeric values outside
+        their plausible range (as :meth:`implausible`) and the categories never seen in training.
         """
         n_rows = len(rows)
-        out = np.zeros((n_rows, self.n_outputs), dtype=np.float64)
+        out = np.zeros((n_rows, self._width), dtype=np.float64)
         imputed: list[list[str]] = []
         by_name, plan = self._by_name, self._plan  # locals: pydantic private attributes are slow to read
         for i, row in enumerate(rows):
@@ -300,6 +306,7 @@ class Preprocessor(BaseModel):
                 if key not in by_name:
                     raise PreprocessingError(f"unknown feature {key!r}", field=str(key))
             filled: list[str] = []
+            odd: list[str] = []
             out_i = out[i]
             for spec, offset in plan:
                 value = row.get(spec.name)
@@ -309,6 +316,8 @@ class Preprocessor(BaseModel):
                         filled.append(spec.name)
                         assert isinstance(spec.impute, (int, float))
                         number = float(spec.impute)
+                    elif spec.plausible_low is not None and not spec.is_plausible(number):
+                        odd.append(spec.name)
                     out_i[offset] = number  # raw for now; scaled column-wise below
                 else:
                     category = _category_value(value, spec.name)
@@ -319,7 +328,11 @@ class Preprocessor(BaseModel):
                     assert spec.categories is not None
                     if category in spec.categories:
                         out_i[offset + spec.categories.index(category)] = 1.0
+                    elif value is not None:
+                        odd.append(spec.name)
             imputed.append(filled)
+            if flagged is not None:
+                flagged.append(odd)
         # Scale the numeric columns with the same elementwise operations as FeatureSpec.scale (and so
         # transform_frame), all columns at once: clip, subtract the minimum, divide by the span.
         if self._numeric is not None:
