@@ -41,7 +41,7 @@ def run(args: argparse.Namespace) -> int:
     from model_core.reproduce.config import TASKS
     from model_core.reproduce.plots import make_plots
     from model_core.reproduce.report import write_report
-    from model_core.reproduce.runner import load_results, merge_results, run_task
+    from model_core.reproduce.runner import ensure_spectrum, load_results, merge_results, run_task
 
     tasks = list(TASKS) if args.task == "all" else [args.task]
     unknown = [t for t in tasks if t not in TASKS]
@@ -61,6 +61,7 @@ def run(args: argparse.Namespace) -> int:
         if not done:
             return fail(f"no earlier results under {out}")
         for results in done:
+            ensure_spectrum(results, out / results.config.task)
             make_plots(results, out / results.config.task)
         md, js = write_report(done, out)
         print(json.dumps({"results_md": str(md), "results_json": str(js)}))

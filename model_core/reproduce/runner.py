@@ -156,12 +156,18 @@ def run_task(
                 opts.ranks = sweep_ranks(r, widths)
                 results.sweep.append(run_one(cfg, load_splits(seed) if seed else splits, opts, out / "sweep"))
                 _checkpoint_results(results, out)
-    dense = [r for r in results.runs if r.method == Method.DETERMINISTIC.value and r.seed == 0]
-    if dense:
-        ckpt = out / "checkpoints" / f"deterministic-r{cfg.rank}-s0"
-        results.spectrum = spectrum_report(load_checkpoint(ckpt).model, cfg.rank)
+    ensure_spectrum(results, out)
     _checkpoint_results(results, out)
     return results
+
+
+def ensure_spectrum(results: TaskResults, out: Path) -> None:
+    """The theory check from the seed-0 deterministic checkpoint, if the results lack it (e.g. a run
+    stopped before its end, or joined from several processes)."""
+    cfg = results.config
+    ckpt = out / "checkpoints" / f"deterministic-r{cfg.rank}-s0"
+    if not results.spectrum and (ckpt / "manifest.json").is_file():
+        results.spectrum = spectrum_report(load_checkpoint(ckpt).model, cfg.rank)
 
 
 def results_to_json(results: TaskResults) -> dict[str, Any]:
