@@ -166,7 +166,11 @@ def run(repo: Path, width: int) -> str:
                 out = "\n".join(line for line in out.splitlines() if line.startswith(grep))
             out = out.strip()
             cut = "\n".join(line if len(line) <= width else line[:width] + " …" for line in out.splitlines())
-            blocks.append(f"# {title}\n$ {_shown(args, base)}\n{cut}")
+            shown = _shown(args, base)
+            if grep:
+                pattern = "^(" + "|".join(g.replace("{", "\\{") for g in grep) + ")"
+                shown += " | grep -E " + shlex.quote(pattern)
+            blocks.append(f"# {title}\n$ {shown}\n{cut}")
         return "```console\n" + "\n\n".join(blocks) + "\n```"
     finally:
         proc.terminate()
