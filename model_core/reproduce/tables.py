@@ -26,6 +26,18 @@ def _paper(task: str, method: str, metric: str) -> str:
     return f"{value:.3f}" if std is None else f"{value:.3f} ± {std:.3f}"
 
 
+#: Metrics whose paper counterpart is another quantity: none shown (the paper has no near-OOD set, and
+#: our raw-interval coverage has no printed counterpart).
+NO_PAPER_COUNTERPART = ("ood_near.", "test.picp_raw")
+
+
+def _paper_key(metric: str) -> str | None:
+    """The paper-number key of ``section.key``, or None where the paper has nothing comparable."""
+    if metric.startswith(NO_PAPER_COUNTERPART):
+        return None
+    return metric.split(".", 1)[1]
+
+
 def aggregate(runs: list[RunRecord]) -> dict[str, list[RunRecord]]:
     groups: dict[str, list[RunRecord]] = defaultdict(list)
     for r in runs:
@@ -57,22 +69,24 @@ def summary_rows(results: TaskResults) -> list[dict[str, Any]]:
 def markdown_table(results: TaskResults) -> str:
     cfg = results.config
     task = cfg.task
-    header = ["method", "params", "train s"]
+    header = ["method", "seeds", "params", "train s"]
     for m in cfg.metrics:
-        key = m.split(".", 1)[1]
-        header += [m, f"paper {key}"]
+        header += [m, f"paper {_paper_key(m) or '—'}"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for method, runs in aggregate(results.runs).items():
         paper_params = paper_value(task, method, "params")[0]
         params = f"{runs[0].params:,}" + (f" (paper {paper_params:,.0f})" if paper_params else "")
-        cells = [method, params, f"{statistics.fmean(r.train_seconds for r in runs):.0f}"]
+        seeds_run = ",".join(str(s) for s in sorted({r.seed for r in runs}))
+        cells = [method, seeds_run, params, f"{statistics.fmean(r.train_seconds for r in runs):.0f}"]
         for m in cfg.metrics:
             vals = [v for r in runs if (v := r.metric(m)) is not None]
-            cells += [_fmt(vals), _paper(task, method, m.split(".", 1)[1])]
+            key = _paper_key(m)
+            cells += [_fmt(vals), _paper(task, method, key) if key else "—"]
         lines.append("| " + " | ".join(cells) + " |")
     seeds = sorted({r.seed for r in results.runs})
     note = (
-        f"\n{len(seeds)} seed(s); S = {16 if results.quick else cfg.samples} Monte Carlo samples; "
+        f"\nUp to {len(seeds)} seed(s) per method (column seeds: which ran); mean ± std over them; "
+        f"S = {16 if results.quick else cfg.samples} Monte Carlo samples; "
         f"ECE with 15 equal-width confidence bins; paper column: {paper_dataset(task)} "
         "(a different data set where it is "
         "not ours); — = not reported."
