@@ -182,11 +182,14 @@ class SequenceInput(InputAdapter):
         self.pre = Preprocessor.from_dict(schema.preprocessing)
         extra = schema.model_extra or {}
         self.window = int(extra.get("window", 24))
-        self.fill_forward = str(extra.get("target", ""))  # the series forward-filled when missing
         names = set(self.pre.feature_names)
+        target = str(extra.get("target", ""))
+        #: the series forward-filled when missing (the training policy), if the model reads it
+        self.fill_forward: str | None = target if target in names else None
         self.derived = {f: TIME_FIELDS[f] for f in TIME_FIELDS if {f"{f}_sin", f"{f}_cos"} <= names}
 
-    def _hour_rows(self, instance: Mapping[str, Any], i: int) -> list[dict[str, Any]]:
+    def _hour_rows(self, instance: Mapping[str, Any], i: int) -> list[tuple[dict[str, Any], bool]]:
+        """The instance's hourly rows, each with whether its target reading was carried forward."""
         hours = instance.get(self.key) if isinstance(instance, Mapping) else None
         if not isinstance(instance, Mapping) or set(instance) - {self.key}:
             extra = sorted(set(instance) - {self.key}) if isinstance(instance, Mapping) else None
@@ -202,7 +205,7 @@ class SequenceInput(InputAdapter):
                 f"(oldest first), got {got}",
                 field=f"instances.{i}.{self.key}",
             )
-        rows: list[dict[str, Any]] = []
+        rows: list[tuple[dict[str, Any], bool]] = []
         last_target: Any = None
         for t, hour in enumerate(hours):
             where = f"instances.{i}.{self.key}.{t}"
@@ -226,21 +229,22 @@ class SequenceInput(InputAdapter):
                     )
                 angle = 2.0 * math.pi * (value - offset) / period
                 row[f"{name}_sin"], row[f"{name}_cos"] = math.sin(angle), math.cos(angle)
-            if self.fill_forward in self.pre.feature_names:
+            filled = False
+            if self.fill_forward is not None:
                 if row.get(self.fill_forward) is None and last_target is not None:
                     row[self.fill_forward] = last_target
-                    row["\0filled"] = True
+                    filled = True
                 elif row.get(self.fill_forward) is not None:
                     last_target = row[self.fill_forward]
-            rows.append(row)
+            rows.append((row, filled))
         return rows
 
     def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
         flat: list[dict[str, Any]] = []
         forward: list[bool] = []
         for i, instance in enumerate(instances):
-            for row in self._hour_rows(instance, i):
-                forward.append(bool(row.pop("\0filled", False)))
+            for row, carried in self._hour_rows(instance, i):
+                forward.append(carried)
                 flat.append(row)
         flagged_flat: list[list[str]] = []
         x, imputed_flat = _transform(self.pre, flat, "instances", flagged_flat)
@@ -251,7 +255,7 @@ class SequenceInput(InputAdapter):
             flags_i: list[str] = []
             for t in range(self.window):
                 k = i * self.window + t
-                filled = imputed_flat[k] + ([self.fill_forward] if forward[k] else [])
+                filled = imputed_flat[k] + ([self.fill_forward] if forward[k] and self.fill_forward else [])
                 names_i += [f"hours[{t}].{n}" for n in filled]
                 flags_i += [f"hours[{t}].{n}" for n in flagged_flat[k]]
             imputed.append(names_i)
