@@ -26,6 +26,7 @@ from service.repository import ModelRepository
 from service.security import TokenSet
 from service.settings import Settings
 from service.state import AppState
+from service.sync import ReloadBroadcast
 
 log = logging.getLogger("lrbnn.service")
 
@@ -40,6 +41,7 @@ def build_state(settings: Settings) -> AppState:
         inference=InferenceService(settings, metrics),
         tokens=TokenSet(settings.tokens()),
         admin_tokens=TokenSet([admin] if admin else []),
+        sync=ReloadBroadcast.from_env(),
     )
 
 
@@ -48,6 +50,8 @@ async def load_models(state: AppState) -> None:
     await asyncio.to_thread(state.repository.load_all)
     for served in state.repository.models():
         state.inference.attach(served)
+    if state.sync is not None:  # one of several workers: follow the reloads the others publish
+        state.following = asyncio.create_task(state.sync.follow(state), name="follow-reloads")
     state.loaded = True
     log.info(
         "ready" if state.repository.ready else "started with failed models",
@@ -73,6 +77,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await loading
+        if state.following is not None:
+            state.following.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await state.following
         await state.inference.stop()
 
 

@@ -1,4 +1,4 @@
-"""``serve(repo, host, port) -> int``: uvicorn with a graceful drain, exiting 0 on SIGTERM.
+"""``serve(repo, host, port, workers) -> int``: uvicorn with a graceful drain, exiting 0 on SIGTERM.
 
 On the first SIGTERM/SIGINT the server drains: ``/readyz`` turns 503, new model requests get 503 with
 ``Retry-After``, in-flight ones finish (at most ``LRBNN_DRAIN_TIMEOUT_S``), then uvicorn shuts down.
@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import socket
 import time
 from pathlib import Path
 from types import FrameType
@@ -53,9 +54,8 @@ class DrainingServer(uvicorn.Server):
         return False
 
 
-def serve(repo: str | os.PathLike[str] | None = None, host: str = "127.0.0.1", port: int = 8000) -> int:
-    """Run the server until a signal drains it; returns the process exit status."""
-    settings = Settings() if repo is None else Settings(model_repository=Path(repo))
+def run_server(settings: Settings, host: str, port: int, sockets: list[socket.socket] | None = None) -> int:
+    """One server process until a signal drains it (on ``sockets`` when a supervisor bound them)."""
     app = create_app(settings)
     config = uvicorn.Config(
         app,
@@ -71,7 +71,29 @@ def serve(repo: str | os.PathLike[str] | None = None, host: str = "127.0.0.1", p
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
     )
     server = DrainingServer(config, app.state.lrbnn)
-    server.run()
+    server.run(sockets=sockets)
     if not server.started:
         return 1
     return 0
+
+
+def serve(
+    repo: str | os.PathLike[str] | None = None,
+    host: str = "127.0.0.1",
+    port: int = 8000,
+    workers: int | None = None,
+) -> int:
+    """Run the server until a signal drains it; returns the process exit status.
+
+    ``workers`` (default ``LRBNN_WORKERS``, 1) > 1 runs that many server processes on one socket under a
+    supervisor (``service/workers.py``).
+    """
+    settings = Settings() if repo is None else Settings(model_repository=Path(repo))
+    count = settings.workers if workers is None else workers
+    if count > 1:
+        from service.logs import configure_logging
+        from service.workers import run_workers
+
+        configure_logging(settings.log_level)
+        return run_workers(settings, host, port, count)
+    return run_server(settings, host, port)

@@ -74,6 +74,11 @@ class Settings(BaseSettings):
     drain_timeout_s: float = Field(default=30.0, ge=0.0)
     sampling_mode: SamplingMode | None = None
     log_level: str = "INFO"
+    workers: int = Field(default=1, ge=1, le=64, description="server processes sharing the port")
+    """Server processes (``lrbnn serve --workers``). One process runs its HTTP parsing, validation,
+    metrics and logging on one event-loop thread, about one core's worth, so set this to the cores the
+    server may use. Each worker holds every model and its own batching queue and drift window; metrics
+    are aggregated and hot reloads followed across workers (``service/workers.py``)."""
 
     @field_validator("sampling_mode", "default_samples", "api_tokens_file", mode="before")
     @classmethod

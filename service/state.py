@@ -22,6 +22,7 @@ from service.monitoring.metrics import Metrics
 from service.repository import ModelRepository, ServedModel
 from service.security import TokenSet
 from service.settings import Settings
+from service.sync import ReloadBroadcast
 
 
 class Endpoint(str, Enum):
@@ -41,6 +42,9 @@ class AppState:
     admin_tokens: TokenSet
     loaded: bool = False
     loading: asyncio.Task[None] | None = None
+    #: hot reloads shared with sibling worker processes (``LRBNN_WORKERS`` > 1), else None
+    sync: ReloadBroadcast | None = None
+    following: asyncio.Task[None] | None = None
     draining: bool = False
     inflight: int = 0
     started: float = field(default_factory=time.time)

@@ -19,6 +19,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
+    p.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="server processes sharing the port, about one core each (default: $LRBNN_WORKERS or 1); "
+        "metrics are aggregated and hot reloads followed across them",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -27,4 +34,6 @@ def run(args: argparse.Namespace) -> int:
         from service.main import serve
     except ImportError as exc:
         return fail(f"the service is not available (install the 'serve' extra): {exc}")
-    return int(serve(repo, args.host, args.port))
+    if args.workers is not None and args.workers < 1:
+        return fail(f"--workers must be >= 1, got {args.workers}")
+    return int(serve(repo, args.host, args.port, args.workers))

@@ -167,6 +167,8 @@ async def reload(name: str, request: Request) -> Response:
     previous = _current_version(state, name)
     served = await asyncio.to_thread(state.repository.reload, name, body.version)
     state.inference.attach(served)
+    if state.sync is not None:  # the sibling workers follow within about half a second
+        state.sync.publish(served.name, served.version)
     return json_response(
         ReloadResponse(
             model_name=served.name,

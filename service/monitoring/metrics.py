@@ -3,14 +3,23 @@
 Label values come only from the model repository (model name, version, sha256, ...) or from closed
 enums (endpoint, code, reason, statistic), never from what a client typed; an unknown model therefore
 creates no series. Series for a model are created when it is loaded, so dashboards see zeros at once.
+
+With several worker processes (``LRBNN_WORKERS`` > 1) the supervisor sets ``PROMETHEUS_MULTIPROC_DIR``
+before any worker starts, prometheus-client keeps every value in per-process files there, and
+``/metrics`` (answered by whichever worker) aggregates all of them: counters and histograms are
+summed; each gauge says how in its ``multiprocess_mode`` (in-flight requests summed over live workers,
+the model-info series the maximum, the drift statistics and OOD rate the most recent update of any
+worker, each worker computing them over its own share of the traffic).
 """
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
+from prometheus_client.multiprocess import MultiProcessCollector
 
 from service.errors import Reason
 
@@ -79,21 +88,35 @@ class Metrics:
             "lrbnn_ood_score", "OOD score per instance.", ["model"], buckets=UNCERTAINTY_BUCKETS, registry=r
         )
         self.ood_rate = Gauge(
-            "lrbnn_ood_rate", "Fraction of OOD-flagged instances in the drift window.", ["model"], registry=r
+            "lrbnn_ood_rate",
+            "Fraction of OOD-flagged instances in the drift window.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
         )
         self.drift = Gauge(
             "lrbnn_uncertainty_drift",
             "Drift of the windowed OOD scores from the checkpoint's reference.",
             ["model", "statistic"],
             registry=r,
+            multiprocess_mode="livemostrecent",
         )
-        self.inflight = Gauge("lrbnn_inflight_requests", "Requests being served.", ["model"], registry=r)
+        self.inflight = Gauge(
+            "lrbnn_inflight_requests",
+            "Requests being served.",
+            ["model"],
+            registry=r,
+            multiprocess_mode="livesum",
+        )
         self.model_info = Gauge(
             "lrbnn_model_info",
             "The served version of each model (value 1).",
             ["model", "version", "sha256", "method", "rank", "device"],
             registry=r,
+            multiprocess_mode="livemax",
         )
+        #: set by the supervisor of several workers: /metrics then aggregates every worker's files
+        self.multiprocess_dir = os.environ.get("PROMETHEUS_MULTIPROC_DIR") or None
         self._info_labels: dict[str, tuple[str, ...]] = {}
 
     def register_model(
@@ -102,6 +125,9 @@ class Metrics:
         """Create the model's series (zeros) and point ``lrbnn_model_info`` at this version."""
         old = self._info_labels.pop(model, None)
         if old is not None:
+            # in multiprocess mode a removed series stays in this worker's file: zero it first, so the
+            # old version reads 0 once every worker has moved on
+            self.model_info.labels(*old).set(0)
             self.model_info.remove(*old)
         labels = (model, version, sha256, method, rank, device)
         self.model_info.labels(*labels).set(1)
@@ -126,4 +152,8 @@ class Metrics:
         return found
 
     def render(self) -> bytes:
-        return generate_latest(self.registry)
+        if self.multiprocess_dir is None:
+            return generate_latest(self.registry)
+        merged = CollectorRegistry()
+        MultiProcessCollector(merged, path=self.multiprocess_dir)
+        return generate_latest(merged)

@@ -1,0 +1,223 @@
+"""``lrbnn serve --workers 2``: two server processes on one port, as a client and an operator see them.
+
+What must hold with several workers, each tested on a real supervisor subprocess over loopback:
+answers do not depend on the worker (same seed, same bytes); ``/metrics`` on any worker counts every
+worker's requests; a hot reload accepted by one worker is followed by the other; SIGTERM drains every
+worker with no admitted request lost and exit status 0; a worker that dies is replaced; killing the
+supervisor outright takes its workers with it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT / "tests" / "service"))
+sys.path.insert(0, str(ROOT / "tests" / "reliability"))
+import toy  # noqa: E402
+from reliability_helpers import ServerProcess  # noqa: E402
+from service_helpers import copy_version  # noqa: E402
+
+pytestmark = pytest.mark.slow
+ADMIN = "admin-secret-for-tests"
+
+
+def _children(pid: int) -> list[int]:
+    """Live worker processes of the supervisor ``pid`` (multiprocessing's resource tracker excluded)."""
+    out = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if ppid == pid and b"spawn_main" in cmdline and state != "Z":
+            out.append(int(entry.name))
+    return sorted(out)
+
+
+def _alive(pid: int) -> bool:
+    """Running (a zombie waiting for a reaper, e.g. in a container without an init, has exited)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
+
+
+def _predict(url: str, seed: int = 3) -> httpx.Response:
+    # a fresh connection each time, so the kernel hands requests to either worker
+    return httpx.post(
+        url + "/v1/models/toy:predict",
+        json={"instances": [toy.instance()], "parameters": {"samples": 32, "seed": seed}},
+        headers={"Connection": "close"},
+        timeout=30,
+    )
+
+
+def _worker_pids_in_log(srv: ServerProcess) -> set[int]:
+    return {
+        int(r["pid"])
+        for r in srv.log_records()
+        if r.get("msg") == "request" and r.get("path") == "/v1/models/toy:predict" and r.get("status") == 200
+    }
+
+
+@pytest.fixture(scope="module")
+def two_version_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    root = tmp_path_factory.mktemp("toy-workers")
+    ckpt = toy.train_toy(root / "ckpt", root / "work")
+    repo = toy.make_repository(root / "models", ckpt)
+    copy_version(repo, "1", "2")  # served at start (newest); reload rolls back to 1
+    return repo
+
+
+@pytest.fixture
+def workers_server(two_version_repo: Path, tmp_path: Path) -> Iterator[ServerProcess]:
+    env = {"LRBNN_WORKERS": "2", "LRBNN_ADMIN_TOKEN": ADMIN, "LRBNN_MAX_QUEUE_WAIT_MS": "0"}
+    srv = ServerProcess(two_version_repo, tmp_path / "server.log", env=env)
+    try:
+        srv.wait_ready()
+        yield srv
+    finally:
+        srv.stop()
+
+
+def test_two_workers_answer_alike_and_metrics_count_both(workers_server: ServerProcess) -> None:
+    srv = workers_server
+    assert len(_children(srv.proc.pid)) == 2
+    bodies = set()
+    for _ in range(30):
+        r = _predict(srv.url)
+        assert r.status_code == 200, r.text
+        bodies.add(json.dumps(r.json()["predictions"]))
+    assert len(bodies) == 1  # same seed, same answer, whichever worker computed it
+    pids = _worker_pids_in_log(srv)
+    assert len(pids) == 2, f"every request went to one worker ({pids}); the aggregation is not tested"
+    # any worker's /metrics sums every worker's counters
+    for _ in range(3):
+        assert srv.metric('lrbnn_predictions_total{model="toy"}') == 30.0
+        assert srv.metric('lrbnn_inflight_requests{model="toy"}') == 0.0
+
+
+def test_reload_on_one_worker_is_followed_by_the_other(workers_server: ServerProcess) -> None:
+    srv = workers_server
+    assert _predict(srv.url).json()["model_version"] == "2"
+    r = httpx.post(
+        srv.url + "/v1/models/toy/reload",
+        json={"version": "1"},
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    assert r.json()["model_version"] == "1"
+    deadline = time.monotonic() + 10
+    versions: list[str] = []
+    while time.monotonic() < deadline:
+        versions = [_predict(srv.url).json()["model_version"] for _ in range(12)]
+        if set(versions) == {"1"}:
+            break
+        time.sleep(0.2)
+    assert set(versions) == {"1"}, versions
+    assert len(_worker_pids_in_log(srv)) == 2
+    followed = [r for r in srv.log_records() if r.get("msg") == "reloaded, following another worker"]
+    assert len(followed) == 1 and followed[0]["version"] == "1"
+    # the info series: version 1 served (1), version 2 left behind (0) once both workers moved
+    text = httpx.get(srv.url + "/metrics", timeout=10).text
+    info = {
+        line.split('version="')[1].split('"')[0]: float(line.split()[-1])
+        for line in text.splitlines()
+        if line.startswith("lrbnn_model_info{") and 'model="toy"' in line
+    }
+    assert info == {"1": 1.0, "2": 0.0}
+
+
+def test_dead_worker_is_replaced(workers_server: ServerProcess) -> None:
+    srv = workers_server
+    before = _children(srv.proc.pid)
+    os.kill(before[0], signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    after: list[int] = []
+    while time.monotonic() < deadline:
+        after = _children(srv.proc.pid)
+        if len(after) == 2 and before[0] not in after:
+            break
+        time.sleep(0.2)
+    assert len(after) == 2 and before[0] not in after, (before, after)
+    # the survivor answers meanwhile; after the replacement loads, every request is answered
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        codes = [_predict(srv.url).status_code for _ in range(8)]
+        if set(codes) == {200}:
+            break
+        time.sleep(0.5)
+    assert set(codes) == {200}, codes
+    assert any(r.get("msg") == "worker died" for r in srv.log_records())
+
+
+def test_sigterm_drains_every_worker_and_exits_zero(two_version_repo: Path, tmp_path: Path) -> None:
+    env = {
+        "LRBNN_WORKERS": "2",
+        "LRBNN_MAX_BATCH_SIZE": "4",
+        "LRBNN_DRAIN_TIMEOUT_S": "60",
+        "LRBNN_MAX_QUEUE_WAIT_MS": "0",
+    }
+    srv = ServerProcess(two_version_repo, tmp_path / "server.log", env=env)
+    try:
+        srv.wait_ready()
+        workers = _children(srv.proc.pid)
+        heavy = {"instances": [toy.instance()] * 512, "parameters": {"samples": 512, "seed": 1}}
+
+        def call() -> int:
+            return httpx.post(
+                srv.url + "/v1/models/toy:predict", json=heavy, headers={"Connection": "close"}, timeout=90
+            ).status_code
+
+        with ThreadPoolExecutor(8) as pool:
+            futures = [pool.submit(call) for _ in range(8)]
+            in_flight = 0.0
+            deadline = time.monotonic() + 30
+            while in_flight < 3 and time.monotonic() < deadline:  # summed over both workers
+                in_flight = srv.metric('lrbnn_inflight_requests{model="toy"}') or 0.0
+            assert in_flight >= 3
+            srv.proc.send_signal(signal.SIGTERM)
+            codes = [f.result() for f in futures]
+        # every request admitted before the signal is answered; later ones are refused cleanly (503)
+        assert set(codes) <= {200, 503} and codes.count(200) >= in_flight, (in_flight, codes)
+        assert srv.proc.wait(90) == 0, srv.log_text()[-3000:]
+        assert not [pid for pid in workers if _alive(pid)]
+        drained = [r for r in srv.log_records() if r.get("msg") == "drained"]
+        assert len(drained) == 2
+    finally:
+        srv.stop()
+
+
+def test_killing_the_supervisor_takes_the_workers_with_it(two_version_repo: Path, tmp_path: Path) -> None:
+    srv = ServerProcess(two_version_repo, tmp_path / "server.log", env={"LRBNN_WORKERS": "2"})
+    try:
+        srv.wait_ready()
+        workers = _children(srv.proc.pid)
+        assert len(workers) == 2
+        srv.proc.kill()
+        srv.proc.wait(10)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and any(_alive(pid) for pid in workers):
+            time.sleep(0.2)
+        alive = [pid for pid in workers if _alive(pid)]
+        assert not alive, f"workers outlived the supervisor: {alive}"
+    finally:
+        srv.stop()
