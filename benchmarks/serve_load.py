@@ -9,6 +9,8 @@ What runs (every server a subprocess on a free loopback port, started once and k
   MLServer's (``LRBNN_MAX_BATCH_SIZE=32``, ``LRBNN_MAX_BATCH_DELAY_MS=2``) and ``LRBNN_DEFAULT_SAMPLES``,
   and admission by estimated wait off (``LRBNN_MAX_QUEUE_WAIT_MS=0``, ``--max-queue-wait-ms``): MLServer
   has none;
+  ``lrbnn-<n>w`` - the same with ``LRBNN_WORKERS=n`` (``--workers``, default ``1,2``: n server
+  processes on one socket);
   ``lrbnn-merged`` - the same with ``LRBNN_BATCH_EXACT=false`` (one network pass per merged batch, the
   computation MLServer's adaptive batching does; answers equal up to float32 rounding);
 * ``mlserver`` - MLServer 1.7 (its own venv, ``--mlserver-python``) with the custom runtime
@@ -24,17 +26,21 @@ tensor ``features`` [1, F] of raw values in the manifest's feature order (catego
 patients when a data directory is given (``--data-dir`` / ``$LRBNN_DATA_DIR``), else drawn within the
 manifest's training ranges.
 
-The load generator is closed-loop: ``c`` asyncio workers on one ``httpx.AsyncClient`` (``c`` keep-alive
-connections), each sending its next request as soon as the previous answer arrives, for ``--duration``
-seconds per server and level (at most ``--max-requests``), after ``--warmup`` seconds on the same
-connections. The servers are measured in turns, split into ``--rounds`` interleaved rounds per level,
-so a load spike from other jobs on the machine hits every server alike. Latency is client-side (send to
-full body). Besides req/s, p50, p99 and errors, each row gives the server's CPU time per answered
-request (user + system time of its process tree, MLServer's inference worker included, during its own
-measurement windows; Linux ``/proc``) and the load generator's own CPU use, both far less sensitive to
-other jobs on a shared machine than latency. ``--torch-threads N`` sets ``OMP_NUM_THREADS`` for every
-server alike (default: torch's own choice). Prints a table, the targets of issue 4 (met / missed), then
-one JSON object on the last line. Results and the fairness discussion: ``docs/performance.md`` (Serving).
+The load generator is closed-loop: ``c`` keep-alive connections, each sending its next request as soon
+as the previous answer arrives, for ``--duration`` seconds per server and level, after ``--warmup``
+seconds. ``--client wrk`` (the default when ``wrk`` is on PATH): wrk, one epoll thread in C with a Lua
+script that cycles through the bodies and prints its full latency histogram, so rounds pool exactly; it
+needs a few percent of a core, leaving the machine to the servers. ``--client httpx``: ``c`` asyncio
+workers on one ``httpx.AsyncClient`` (at most ``--max-requests``), which needs up to a whole core at
+c >= 32 and so takes it from the servers on a small machine. The servers are measured in turns, split into
+``--rounds`` interleaved rounds per level, so a load spike from other jobs on the machine hits every
+server alike. Latency is client-side (send to full body). Besides req/s, p50, p99 and errors, each row
+gives the server's CPU time per answered request (user + system time of its process tree, MLServer's
+inference worker included, during its own measurement windows; Linux ``/proc``) and the load generator's
+own CPU use, both far less sensitive to other jobs on a shared machine than latency. ``--torch-threads
+N`` sets ``OMP_NUM_THREADS`` for every server alike (default: torch's own choice). Prints a table, the
+targets of issue 4 (met / missed), then one JSON object on the last line. Results and the fairness
+discussion: ``docs/performance.md`` (Serving).
 """
 
 from __future__ import annotations
@@ -140,6 +146,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="LRBNN_MAX_QUEUE_WAIT_MS of this service (default 0 = off: MLServer has no admission control, "
         "and a closed-loop client at c=128 would otherwise meet 429s; admission is measured by "
         "benchmarks/reliability.py overload)",
+    )
+    p.add_argument(
+        "--client",
+        choices=("wrk", "httpx"),
+        default="wrk" if shutil.which("wrk") else "httpx",
+        help="load generator: wrk (C, one epoll thread, a few %% of a core; default when on PATH) or httpx "
+        "(Python asyncio; needs up to a whole core at c >= 32, which it takes from the servers)",
+    )
+    p.add_argument(
+        "--workers",
+        type=_concurrency_list,
+        default=[1, 2],
+        help="this service's worker process counts to measure, comma-separated (default 1,2; 1 is "
+        "'lrbnn', n > 1 'lrbnn-<n>w')",
     )
     p.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
     p.add_argument("--no-merged", action="store_true", help="skip the LRBNN_BATCH_EXACT=false variant")
@@ -449,6 +469,155 @@ async def closed_loop(
     return out
 
 
+# -- wrk, the C load generator ----------------------------------------------------------------------
+#: The Lua side of the wrk client: cycles through the request bodies (each wrk thread starts at its own
+#: offset), and at the end prints the summary and the full latency histogram (wrk records every response's
+#: latency in whole microseconds; ``latency(i)`` is the i-th distinct value and its count), so rounds can be
+#: pooled exactly.
+WRK_LUA = """
+local bodies = {
+%(bodies)s
+}
+local headers = {["Content-Type"] = "application/json"}
+local counter = 0
+local offset = 0
+local threads = {}
+function setup(thread)
+    thread:set("offset", #threads * 7919)
+    table.insert(threads, thread)
+end
+function request()
+    counter = counter + 1
+    return wrk.format("POST", nil, headers, bodies[((offset + counter) %% #bodies) + 1])
+end
+function done(summary, latency, requests)
+    local e = summary.errors
+    io.write(string.format("WRK_SUMMARY %%d %%d %%d %%d %%d %%d %%d\\n", summary.requests, summary.duration,
+        e.connect, e.read, e.write, e.status, e.timeout))
+    local parts = {}
+    for i = 1, #latency do
+        local us, n = latency(i)
+        table.insert(parts, us .. ":" .. n)
+    end
+    io.write("WRK_HISTOGRAM " .. table.concat(parts, ",") .. "\\n")
+end
+"""
+
+
+def wrk_script(bodies: Sequence[bytes]) -> str:
+    """The Lua script for ``wrk -s``: the bodies as Lua long strings (JSON never holds their delimiter)."""
+    quoted = []
+    for b in bodies:
+        text = b.decode()
+        if "]==]" in text:
+            raise ValueError("a request body contains the Lua long-string delimiter ]==]")
+        quoted.append(f"[==[{text}]==]")
+    return WRK_LUA % {"bodies": ",\n".join(quoted)}
+
+
+def parse_wrk_output(text: str) -> Samples:
+    """Samples from a wrk run of ``WRK_LUA``: latencies expanded from the histogram, errors by kind.
+
+    wrk counts a non-2xx/3xx answer as a status error *and* records its latency; the errors are counted
+    here, and their latencies are left in (a run with status errors is reported as having errors, so its
+    percentiles are never read as all-200).
+    """
+    summary = hist = None
+    for line in text.splitlines():
+        if line.startswith("WRK_SUMMARY "):
+            summary = [int(v) for v in line.split()[1:]]
+        elif line.startswith("WRK_HISTOGRAM"):
+            hist = line[len("WRK_HISTOGRAM") :].strip()
+    if summary is None or hist is None or len(summary) != 7:
+        raise ValueError(f"not the output of the wrk script: {text[-500:]!r}")
+    requests, duration_us, connect, read, write, status, timeout = summary
+    out = Samples(elapsed_s=duration_us / 1e6)
+    for kind, n in (
+        ("connect", connect),
+        ("read", read),
+        ("write", write),
+        ("HTTP status", status),
+        ("timeout", timeout),
+    ):
+        if n:
+            out.errors += n
+            out.error_kinds[kind] = n
+    for item in filter(None, hist.split(",")):
+        us, count = item.split(":")
+        out.latencies_s.extend([int(us) / 1e6] * int(count))
+    # latencies of status errors stay in the histogram; drop as many of the slowest so ok = requests - errors
+    ok = max(0, requests - status)
+    if len(out.latencies_s) > ok:
+        out.latencies_s.sort()
+        del out.latencies_s[ok:]
+    return out
+
+
+def run_wrk(url: str, script: Path, concurrency: int, duration_s: float, timeout_s: float) -> Samples:
+    """One closed-loop wrk run: ``concurrency`` connections on one wrk thread (an epoll loop in C, a few
+    percent of a core at these rates, so the servers get the machine), CPU time of wrk measured."""
+    import resource
+
+    seconds = max(1, round(duration_s))
+    cmd = [
+        "wrk",
+        "-t",
+        "1",
+        "-c",
+        str(concurrency),
+        "-d",
+        f"{seconds}s",
+        "--timeout",
+        f"{max(1, round(timeout_s))}s",
+        "-s",
+        str(script),
+        url,
+    ]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + timeout_s + 30, check=False)
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    if proc.returncode != 0:
+        raise RuntimeError(f"wrk failed ({proc.returncode}): {proc.stderr.strip() or proc.stdout[-500:]}")
+    out = parse_wrk_output(proc.stdout)
+    out.cpu_s = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return out
+
+
+def measure_wrk(
+    targets: Sequence[tuple[str, str, list[bytes]]],
+    concurrency: int,
+    duration_s: float,
+    rounds: int,
+    warmup_s: float,
+    timeout_s: float,
+    pids: dict[str, int] | None = None,
+) -> list[LevelResult]:
+    """``measure`` with wrk as the client: same interleaving, warm-up and accounting."""
+    pooled = {name: Samples() for name, _, _ in targets}
+    with tempfile.TemporaryDirectory(prefix="serve_load_wrk_") as tmp:
+        scripts: dict[str, Path] = {}
+        for name, _, bodies in targets:
+            scripts[name] = Path(tmp) / f"{len(scripts)}.lua"
+            scripts[name].write_text(wrk_script(bodies))
+        for name, url, _ in targets:
+            if warmup_s > 0:
+                run_wrk(url, scripts[name], concurrency, warmup_s, timeout_s)
+        for rnd in range(rounds):
+            order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
+            for name, url, _ in order:
+                pid = (pids or {}).get(name)
+                cpu0 = tree_cpu_seconds(pid) if pid is not None else math.nan
+                got = run_wrk(url, scripts[name], concurrency, duration_s / rounds, timeout_s)
+                got.server_cpu_s = (tree_cpu_seconds(pid) - cpu0) if pid is not None else math.nan
+                pooled[name].merge(got)
+    return [
+        summarize(
+            name, concurrency, s.latencies_s, s.errors, s.elapsed_s, s.error_kinds, s.cpu_s, s.server_cpu_s
+        )
+        for name, s in pooled.items()
+    ]
+
+
 async def measure(
     targets: Sequence[tuple[str, str, list[bytes]]],
     concurrency: int,
@@ -541,6 +710,10 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subproc
     return subprocess.Popen(
         cmd, env=env, cwd=cwd, stdout=fh, stderr=subprocess.STDOUT, start_new_session=True
     )  # a session of its own: MLServer's worker processes stop with it
+
+
+def lrbnn_name(workers: int) -> str:
+    return "lrbnn" if workers == 1 else f"lrbnn-{workers}w"
 
 
 def start_lrbnn(name: str, repo: Path, model: str, workdir: Path, extra_env: dict[str, str]) -> Server:
@@ -734,6 +907,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             "max_batch_delay_ms": args.max_batch_delay_ms,
             "rows": source,
             "instances_per_request": 1,
+            "client": args.client,
+            "lrbnn_workers": args.workers,
         },
     }
     if args.torch_threads is not None:
@@ -749,7 +924,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     workdir = Path(tempfile.mkdtemp(prefix="serve_load_"))
     servers: list[Server] = []
     try:
-        servers.append(start_lrbnn("lrbnn", args.checkpoint.parent.parent, model, workdir, lrbnn_env))
+        for n in args.workers:
+            servers.append(
+                start_lrbnn(
+                    lrbnn_name(n),
+                    args.checkpoint.parent.parent,
+                    model,
+                    workdir,
+                    {**lrbnn_env, "LRBNN_WORKERS": str(n)},
+                )
+            )
         if not args.no_merged:
             servers.append(
                 start_lrbnn(
@@ -803,7 +987,13 @@ def main(argv: Sequence[str] | None = None) -> int:
                     print("training a deterministic ICU model (5 epochs) ...", file=sys.stderr, flush=True)
                     det_repo = train_deterministic(workdir, model, args.data_dir)
             if det_repo is not None:
-                det_server = start_lrbnn("deterministic", det_repo, model, workdir, lrbnn_env)
+                det_server = start_lrbnn(
+                    "deterministic",
+                    det_repo,
+                    model,
+                    workdir,
+                    {**lrbnn_env, "LRBNN_WORKERS": str(args.workers[0])},
+                )
                 servers.append(det_server)
         for s in servers:
             wait_ready(s, model)
@@ -820,11 +1010,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         results: list[LevelResult] = []
         for c in args.concurrency:
             targets = [(s.name, s.url, bodies) for s in main_servers]
-            level = asyncio.run(
-                measure(
-                    targets, c, args.duration, args.rounds, args.warmup, args.max_requests, args.timeout, pids
+            if args.client == "wrk":
+                level = measure_wrk(targets, c, args.duration, args.rounds, args.warmup, args.timeout, pids)
+            else:
+                level = asyncio.run(
+                    measure(
+                        targets,
+                        c,
+                        args.duration,
+                        args.rounds,
+                        args.warmup,
+                        args.max_requests,
+                        args.timeout,
+                        pids,
+                    )
                 )
-            )
             results.extend(level)
             for r in level:
                 print(
@@ -843,21 +1043,25 @@ def main(argv: Sequence[str] | None = None) -> int:
             det_bodies = [
                 v2_body(json.loads(b)["inputs"][0]["data"][0], args.deterministic_samples) for b in bodies
             ]
-            pair = asyncio.run(
-                measure(
-                    [
-                        (f"lrbnn S={args.samples}", servers[0].url, bodies),
-                        ("deterministic", det_server.url, det_bodies),
-                    ],
-                    1,
-                    args.single_duration,
-                    4,
-                    args.warmup,
-                    args.max_requests,
-                    args.timeout,
-                    pids,
+            pair_targets = [
+                (f"lrbnn S={args.samples}", servers[0].url, bodies),
+                ("deterministic", det_server.url, det_bodies),
+            ]
+            if args.client == "wrk":
+                pair = measure_wrk(pair_targets, 1, args.single_duration, 4, args.warmup, args.timeout, pids)
+            else:
+                pair = asyncio.run(
+                    measure(
+                        pair_targets,
+                        1,
+                        args.single_duration,
+                        4,
+                        args.warmup,
+                        args.max_requests,
+                        args.timeout,
+                        pids,
+                    )
                 )
-            )
             uncertainty = {
                 "bayesian": asdict(pair[0]),
                 "deterministic": asdict(pair[1]),
@@ -868,7 +1072,10 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         report["results"] = [asdict(r) for r in results]
         report["targets"] = {
-            "lrbnn": evaluate_targets(results, "lrbnn", mlserver_name, uncertainty),
+            lrbnn_name(n): evaluate_targets(
+                results, lrbnn_name(n), mlserver_name, uncertainty if i == 0 else None
+            )
+            for i, n in enumerate(args.workers)
         }
         if not args.no_merged:
             report["targets"]["lrbnn-merged"] = evaluate_targets(results, "lrbnn-merged", mlserver_name, None)

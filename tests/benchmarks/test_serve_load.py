@@ -10,6 +10,7 @@ import importlib.util
 import json
 import math
 import random
+import shutil
 import sys
 from pathlib import Path
 
@@ -272,3 +273,69 @@ def test_tree_cpu_seconds_counts_this_process():
     before = sl.tree_cpu_seconds(os.getpid())
     sum(i * i for i in range(200_000))
     assert sl.tree_cpu_seconds(os.getpid()) >= before > 0
+
+
+# -- the wrk client --------------------------------------------------------------------------------
+def test_wrk_script_embeds_every_body_verbatim():
+    bodies = [b'{"a":[1,2]}', b'{"b":"x\\"y"}']
+    script = sl.wrk_script(bodies)
+    for b in bodies:
+        assert f"[==[{b.decode()}]==]" in script
+    with pytest.raises(ValueError, match="delimiter"):
+        sl.wrk_script([b'{"a":"]==]"}'])
+
+
+def test_parse_wrk_output_expands_the_histogram_and_counts_errors():
+    text = "Running 1s test\nWRK_SUMMARY 10 2000000 0 1 0 2 0\nWRK_HISTOGRAM 1000:3,2500:5,90000:2\n"
+    out = sl.parse_wrk_output(text)
+    assert out.elapsed_s == 2.0
+    assert out.errors == 3 and out.error_kinds == {"read": 1, "HTTP status": 2}
+    # 10 responses, 2 of them non-2xx: 8 latencies kept, the two slowest dropped
+    assert sorted(out.latencies_s) == [0.001] * 3 + [0.0025] * 5
+    r = sl.summarize("w", 1, out.latencies_s, out.errors, out.elapsed_s, out.error_kinds)
+    assert r.ok == 8 and r.rps == 4.0
+
+
+def test_parse_wrk_output_rejects_other_text():
+    with pytest.raises(ValueError, match="wrk script"):
+        sl.parse_wrk_output("Requests/sec: 100\n")
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (.ci/install-system-deps.sh)")
+def test_wrk_against_a_local_server_counts_answers_and_bodies(tmp_path):
+    """A real wrk run on a tiny HTTP server: every answer counted, each body sent, 503s are errors."""
+    import http.server
+    import threading
+
+    seen: list[bytes] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def do_POST(self):
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            seen.append(body)
+            status = 503 if body == b'{"fail":1}' else 200
+            self.send_response(status)
+            self.send_header("Content-Length", "2")
+            self.end_headers()
+            self.wfile.write(b"ok")
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        script = tmp_path / "s.lua"
+        bodies = [b'{"ok":1}', b'{"ok":2}', b'{"fail":1}']
+        script.write_text(sl.wrk_script(bodies))
+        url = f"http://127.0.0.1:{server.server_address[1]}/infer"
+        out = sl.run_wrk(url, script, concurrency=2, duration_s=1.0, timeout_s=5.0)
+    finally:
+        server.shutdown()
+    assert set(seen) == set(bodies)
+    answered = len(out.latencies_s) + out.error_kinds.get("HTTP status", 0)
+    assert abs(answered - len(seen)) <= 2  # the in-flight requests at wrk's deadline
+    assert out.error_kinds.get("HTTP status", 0) == pytest.approx(len(seen) / 3, rel=0.2, abs=3)
+    assert out.elapsed_s > 0.9 and out.cpu_s >= 0.0
