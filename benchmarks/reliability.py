@@ -15,8 +15,10 @@ the offered load down. Each prints one JSON object (also written to ``--out``).
 counts (and any without ``Retry-After``), the most requests in flight (the server's
 ``lrbnn_inflight_requests`` gauge: queued + running + being parsed, an upper bound of the queue depth),
 RSS after warm-up, at its peak and after the overload, and how soon the service recovered once the load
-dropped (``recovered_after_s``: the send time, into the recovery phase, of the last request that was
-refused, failed, or answered slower than 2x the unloaded p99). ``soak`` reports, per ``--window``,
+dropped (``recovered_after_s``, :func:`recovered_after`: the start of the first 0.5 s bin of the recovery
+phase from which on every bin is healthy, i.e. every request sent in it answered 200 and the bin's p90
+within 2x the unloaded p99; a single slow request, which any p99 allows for one in a hundred, does not
+count as not recovered: ``last_outlier_s`` still reports the latest one). ``soak`` reports, per ``--window``,
 p50/p90/p99/max latency, the answer codes, errors, in-flight peak and RSS (start, peak, end).
 """
 
@@ -62,6 +64,31 @@ def pct(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+RECOVERY_BIN_S = 0.5
+
+
+def recovered_after(
+    events: list[tuple[float, str, float]], slow_s: float, bin_s: float = RECOVERY_BIN_S
+) -> float:
+    """Seconds into the phase until the service is healthy for good (0.0: healthy from the start).
+
+    ``events`` are (sent at, code, seconds) of one phase. Requests are binned by send time; a bin is
+    healthy when all its requests were answered 200 and its p90 latency is at most ``slow_s``. The
+    answer is the start of the first bin after the last unhealthy one (the phase length if the last bin
+    is unhealthy; an empty bin counts as healthy).
+    """
+    bins: dict[int, list[tuple[str, float]]] = {}
+    for t, code, sec in events:
+        bins.setdefault(int(t // bin_s), []).append((code, sec))
+    last_bad = -1
+    for k in sorted(bins):
+        got = bins[k]
+        p90 = pct([sec for _, sec in got], 90)
+        if any(code != "200" for code, _ in got) or (p90 is not None and p90 > slow_s):
+            last_bad = k
+    return (last_bad + 1) * bin_s
 
 
 # -- load generation -----------------------------------------------------------------------------------
@@ -257,7 +284,7 @@ def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
     refused = sum(v for k, v in over.codes.items() if k in ("429", "503"))
     slow = 2 * unloaded_p99
     late = [t for t, code, sec in rec.events if code != "200" or sec > slow]
-    recovered_after_s = max(late) if late else 0.0
+    recovered_after_s = recovered_after(rec.events, slow)
     first5 = [sec for t, code, sec in rec.events if code == "200" and t < 5]
     verdict = {
         "queue_bounded (max in flight <= queue + one batch)": over.max_inflight
@@ -290,6 +317,7 @@ def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
         "rss_growth_after_warmup_pct": round(100 * (over.rss_end / max(1, res["warm"].rss_end) - 1), 2),
         "recovery_first_5s_p99_ms": _r(1000 * v if (v := pct(first5, 99)) is not None else None),
         "recovered_after_s": round(recovered_after_s, 2),
+        "last_outlier_s": round(max(late), 2) if late else None,
         "verdict": verdict,
         "pass": all(verdict.values()),
     }

@@ -1,0 +1,49 @@
+"""Unit tests of ``benchmarks/reliability.py``'s pure parts (the benchmark itself is run by hand)."""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _load():
+    spec = importlib.util.spec_from_file_location("reliability_bench", ROOT / "benchmarks" / "reliability.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["reliability_bench"] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+rb = _load()
+
+
+def _steady(start: float, stop: float, sec: float, code: str = "200", rate: float = 100.0):
+    n = int((stop - start) * rate)
+    return [(start + i / rate, code, sec) for i in range(n)]
+
+
+def test_recovered_at_once_when_every_bin_is_healthy():
+    assert rb.recovered_after(_steady(0, 20, 0.005), slow_s=0.01) == 0.0
+
+
+def test_a_lone_slow_request_is_not_a_failure_to_recover():
+    events = _steady(0, 20, 0.005)
+    events[1500] = (events[1500][0], "200", 0.5)  # one outlier at t = 15 s
+    assert rb.recovered_after(events, slow_s=0.01) == 0.0
+
+
+def test_a_backlog_draining_for_three_seconds():
+    events = _steady(0, 3, 0.05) + _steady(3, 20, 0.005)
+    assert rb.recovered_after(events, slow_s=0.01) == 3.0
+
+
+def test_refusals_late_in_the_phase_mean_not_recovered_until_after_them():
+    events = _steady(0, 10, 0.005) + _steady(10, 10.4, 0.005, code="429") + _steady(10.5, 20, 0.005)
+    assert rb.recovered_after(events, slow_s=0.01) == 10.5
+
+
+def test_unhealthy_to_the_end():
+    assert rb.recovered_after(_steady(0, 5, 0.05), slow_s=0.01) == 5.0
