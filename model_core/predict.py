@@ -13,7 +13,10 @@ Definitions (per example):
   variance (a moment-matched approximation of the predictive mixture).
 
 Memory stays bounded for large S·N: rows are processed in chunks that keep whole noise blocks together,
-so the result for a request never depends on what else shares its batch.
+so the noise a request gets never depends on what else shares its batch. With per-request noise
+(``NoiseSource.from_seeds``, the serving path) :func:`predict` summarises with :func:`summarize_rows`,
+which reduces each row on its own; together with the row-wise ``lrt`` pass (``model_core/sampling/cpu.py``)
+the answers are then bitwise batch invariant where :func:`batch_invariant` says so.
 """
 
 from __future__ import annotations
@@ -101,6 +104,94 @@ def summarize(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
     return Prediction(mean, variance, epistemic, aleatoric, entropy, epistemic)
 
 
+#: Elementwise ops on at most this many elements run on one thread (torch's TensorIterator grain size).
+_SERIAL_ELEMENTS = 32768
+#: Row lengths are padded to a multiple of this, so that no element falls in a loop's scalar tail.
+_PAD = 64
+
+
+def _padded(t: Tensor, fill: float = 0.0) -> Tensor:
+    """(R, ...) -> (R, L) with L a multiple of ``_PAD``: the row's elements first, then ``fill``."""
+    flat = t.reshape(t.shape[0], -1)
+    width = flat.shape[1]
+    out = flat.new_full((flat.shape[0], -(-width // _PAD) * _PAD), fill)
+    out[:, :width] = flat
+    return out
+
+
+def summarize_rows(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
+    """:func:`summarize` computed so that each row's summaries do not depend on the other rows.
+
+    The same definitions, but every reduction over samples runs over a row's own contiguous samples (its
+    order fixed by S alone), every transcendental op (sigmoid, log, softplus, exp) runs on rows padded to a
+    multiple of 64 elements in chunks small enough for one thread, so no element falls in a scalar loop
+    tail whose rounding differs from the vectorised loop's, and class sums are explicit adds.
+    """
+    samples, n_rows, width = outputs.shape
+    per_row = -(-max(width, 2) * (samples + 1) // _PAD) * _PAD
+    step = max(1, _SERIAL_ELEMENTS // per_row - 1)
+    parts = []
+    for lo in range(0, n_rows, step):
+        o = outputs[:, lo : lo + step].permute(1, 2, 0)  # (R, C, S): a row's samples contiguous
+        parts.append(_summarize_block(o, spec))
+    return parts[0] if len(parts) == 1 else Prediction.concat(parts)
+
+
+def _class_sum(t: Tensor) -> Tensor:
+    """Σ over the class axis (1) of (R, C, ...) by explicit adds in class order (no reduction kernel)."""
+    total = t[:, 0]
+    for c in range(1, t.shape[1]):
+        total = total + t[:, c]
+    return total
+
+
+def _summarize_block(o: Tensor, spec: ArchitectureSpec) -> Prediction:
+    rows, width, samples = o.shape
+    lik = spec.likelihood
+    if lik is Likelihood.GAUSSIAN:
+        raw = _padded(o[:, :2])  # (R, L): [μ raw (S), σ raw (S), pad]
+        mu = (raw[:, :samples] * spec.target_scale + spec.target_loc).contiguous()
+        soft = nn.functional.softplus(raw)[:, samples : 2 * samples]
+        sigma = (soft + REGRESSION_SCALE_FLOOR) * spec.target_scale
+        mean = mu.mean(1)
+        dev = mu - mean.unsqueeze(1)
+        epistemic = (dev * dev).mean(1)
+        aleatoric = (sigma * sigma).mean(1)
+        variance = epistemic + aleatoric
+        std = variance.sqrt()
+        log_var = torch.log(_padded(2 * math.pi * math.e * variance.unsqueeze(1), 1.0))[:, 0]
+        gauss_entropy = 0.5 * log_var
+        return Prediction(
+            mean, variance, epistemic, aleatoric, gauss_entropy, std, mean - _Z90 * std, mean + _Z90 * std
+        )
+    if lik is Likelihood.BERNOULLI:
+        p1 = torch.sigmoid(_padded(o[:, 0]))[:, :samples]
+        probs = torch.stack([1 - p1, p1], dim=1)  # (R, 2, S)
+    else:
+        z = o - o.amax(1, keepdim=True)
+        e = torch.exp(_padded(z))[:, : width * samples].view(rows, width, samples)
+        probs = e / _class_sum(e).unsqueeze(1)
+    classes = probs.shape[1]
+    p_bar = probs.mean(2)  # (R, C)
+    # one padded log for the samples' and the mean's probabilities: [probs (C·S), p̄ (C), pad]
+    logs = torch.log(_padded(torch.cat([probs.reshape(rows, -1), p_bar], 1).clamp_min(1e-30)))
+    log_p = logs[:, : classes * samples].view(rows, classes, samples)
+    log_bar = logs[:, classes * samples : classes * (samples + 1)]
+    # xlogy(p, p) = p log p, and 0 where p = 0 (p · log(1e-30) is then a signed zero: the same sum)
+    entropy = -_class_sum(p_bar * log_bar)
+    aleatoric = (-_class_sum(probs * log_p)).mean(1)
+    epistemic = _class_sum(probs * (log_p - log_bar.unsqueeze(2))).mean(1)
+    agree = (probs.amax(2) == probs.amin(2)).all(1)  # every sample agrees: the MI is exactly 0
+    epistemic = torch.where(agree, torch.zeros_like(epistemic), epistemic.clamp_min(0.0))
+    if lik is Likelihood.CATEGORICAL:
+        variance = _class_sum(p_bar * (1 - p_bar))
+        mean = p_bar
+    else:
+        variance = p_bar[:, 1] * p_bar[:, 0]
+        mean = p_bar[:, 1]
+    return Prediction(mean, variance, epistemic, aleatoric, entropy, epistemic)
+
+
 def _chunks(noise: NoiseSource, max_rows: int) -> list[tuple[int, int, NoiseSource]]:
     """Row ranges that keep each noise block whole (a block larger than ``max_rows`` is split alone)."""
     out: list[tuple[int, int, NoiseSource]] = []
@@ -135,6 +226,26 @@ def _chunks(noise: NoiseSource, max_rows: int) -> list[tuple[int, int, NoiseSour
     return out
 
 
+def batch_invariant(model: nn.Module, backend: Backend | str, device: torch.device | str = "cpu") -> bool:
+    """Whether :func:`predict` gives every noise block bit-identical answers alone or in a merged batch.
+
+    True for an MLP of low-rank and mean-field layers (``lowrank``, ``lrsvd``, ``bbb``) with the ``lrt``
+    backend on the CPU: each row's GEMMs have shapes that do not depend on N, and
+    :func:`summarize_rows` reduces each row on its own (``tests/model_core/sampling/
+    test_batch_invariance.py``). Other architectures and backends may round a row differently with its
+    batch's size.
+    """
+    from model_core.layers.lowrank import LowRankBayesLinear
+    from model_core.layers.meanfield import MeanFieldLinear
+    from model_core.models.mlp import BayesMLP
+
+    if Backend(backend) is not Backend.LRT or torch.device(device).type != "cpu":
+        return False
+    if not isinstance(model, BayesMLP) or model.dropouts is not None:
+        return False
+    return all(isinstance(layer, (LowRankBayesLinear, MeanFieldLinear)) for layer in model.layers)
+
+
 @torch.inference_mode()
 def predict(
     model: BayesianModule,
@@ -160,10 +271,13 @@ def predict(
     model.set_mode(Mode.SAMPLE)
     width = max(spec.widths)
     max_rows = max(1, chunk_elements // (samples * width))
+    # per-request noise (serving): row-wise summaries, bitwise batch invariant; otherwise (evaluation,
+    # benchmarks) the vectorised ones, which the recorded checkpoint metrics were computed with
+    summarise = summarize_rows if noise.batch_invariant else summarize
     parts = []
     for lo, hi, sub in _chunks(noise, max_rows):
         ctx = PredictiveContext(samples, sub, Backend(backend))
-        parts.append(summarize(model.predictive(x[lo:hi], ctx), spec))
+        parts.append(summarise(model.predictive(x[lo:hi], ctx), spec))
     if not parts:
         return summarize(model.predictive(x, PredictiveContext(samples, noise, Backend(backend))), spec)
     return parts[0] if len(parts) == 1 else Prediction.concat(parts)

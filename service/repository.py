@@ -162,6 +162,9 @@ class ModelRepository:
         bad = [k for k, v in out.items() if not np.isfinite(v).all()]
         if bad:
             raise ModelLoadError(f"{served.path}: warm-up prediction is not finite in {bad}")
+        warmup_ms = round((time.perf_counter() - t0) * 1000, 2)
+        check = getattr(served.runtime, "check_batch_invariance", None)
+        merged = bool(check(x, served.default_samples)) if check is not None else False
         log.info(
             "model loaded",
             extra={
@@ -169,7 +172,8 @@ class ModelRepository:
                 "version": served.version,
                 "sampling_mode": served.sampling_mode.value,
                 "device": served.runtime.device,
-                "warmup_ms": round((time.perf_counter() - t0) * 1000, 2),
+                "warmup_ms": warmup_ms,
+                "exact_merged_batches": merged,
             },
         )
 

@@ -61,7 +61,9 @@ class Settings(BaseSettings):
     max_samples: int = Field(default=1024, ge=1)
     default_samples: int | None = Field(default=None, ge=1, description="None: the manifest's default")
     batch_exact: bool = Field(
-        default=True, description="bit-identical answers in merged batches (one network pass per request)"
+        default=True,
+        description="bit-identical answers in merged batches (one pass per batch where the model's pass"
+        " is batch invariant, else one network pass per request)",
     )
     max_instances: int = Field(default=1024, ge=1, description="instances per request before 413")
     request_timeout_s: float = Field(default=10.0, gt=0.0)

@@ -13,6 +13,7 @@ from torch import Tensor, nn
 
 from model_core.layers.base import BayesianModule, Mode, PredictiveContext, inverse_softplus, softplus_floor
 from model_core.priors import Prior, ScaleMixturePrior
+from model_core.sampling.cpu import meanfield_rows, rowwise
 
 
 class MeanFieldLinear(BayesianModule):
@@ -57,6 +58,12 @@ class MeanFieldLinear(BayesianModule):
 
     def predictive(self, x: Tensor, ctx: PredictiveContext) -> Tensor:
         w_sigma, b_sigma = self.sigmas()
+        grad = torch.is_grad_enabled() and self.weight_mu.requires_grad
+        if x.dim() in (2, 3) and rowwise(ctx.noise) and not grad:  # serving: batch invariant
+            b_var = None if b_sigma is None else b_sigma * b_sigma
+            return meanfield_rows(
+                x, self.weight_mu, w_sigma * w_sigma, self.bias_mu, b_var, ctx.samples, ctx.noise
+            )
         mean = nn.functional.linear(x, self.weight_mu, self.bias_mu)
         var = nn.functional.linear(x * x, w_sigma * w_sigma, None if b_sigma is None else b_sigma * b_sigma)
         eps = ctx.noise.per_row(ctx.samples, self.out_features, dtype=x.dtype)

@@ -27,6 +27,13 @@ from model_core.sampling.noise import NoiseSource
 from model_core.sampling.types import FactorPosterior, FactorSamples
 
 
+def rowwise(noise: NoiseSource) -> bool:
+    """Take the batch-invariant row-wise passes: per-request noise (``NoiseSource.from_seeds``, the
+    serving path) drawn by the base-class methods (not an exporter's substitute). Other callers
+    (evaluation, the sampling benchmark) keep the one-GEMM passes, which are faster at large N."""
+    return _plain(noise) and noise.batch_invariant
+
+
 def _plain(noise: NoiseSource) -> bool:
     """Noise drawn by the base-class methods, i.e. fresh tensors this module may overwrite in place."""
     cls = type(noise)
@@ -136,7 +143,12 @@ def lrt(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> T
 
     Given h, the outputs y_j = Σ_k h_k A_jk + b_j are independent Gaussians (rows of A are independent),
     so y is drawn exactly with mean h μ_Aᵀ + μ_b and variance h² σ_A²ᵀ + σ_b².
+
+    With per-request noise and no gradient (serving) the pass is batch invariant bit for bit, see
+    :func:`_lrt_rows`.
     """
+    if rowwise(noise) and not _needs_grad(post):
+        return _lrt_rows(x, post, samples, noise)
     h = _first_stage(x, post, samples, noise)
     s, n_rows, r = h.shape
     h2 = h.reshape(s * n_rows, r)
@@ -157,6 +169,148 @@ def lrt(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> T
         var_y = torch.addmm(post.bias_sigma * post.bias_sigma, h2 * h2, var_a)
     eps = noise.per_row(samples, m, dtype=x.dtype).reshape(s * n_rows, m)
     return mu_y.addcmul_(var_y.sqrt_(), eps).view(s, n_rows, m)  # mu_y is ours: write the output there
+
+
+# -- batch-invariant row-wise passes ---------------------------------------------------------------
+#
+# A GEMM over all S·N (sample, row) pairs lets BLAS pick its kernel by the matrix height, so a row's
+# outputs round differently with the batch's size. Here every matrix product is a batched GEMM with the
+# row as the batch dimension (``torch.bmm`` hands MKL one (S, k) x (k, m) problem per row, the same shape
+# whatever N is), every row's operand starts on a 64-byte boundary (BLAS kernels may peel by
+# alignment), and every elementwise op is IEEE-exact (+, −, ×, √, max): those round the same in the
+# vectorised and scalar loops and whatever the thread split, unlike ``addcmul`` or transcendental ops.
+# Activations are kept rows-outer in memory, (N, S, m), and returned as (S, N, m) views, so the next
+# layer reads them without a copy. Verified in ``tests/model_core/sampling/test_batch_invariance.py``.
+
+_ALIGN = 16  # floats per 64 bytes
+
+
+def _aligned_rows(n_rows: int, inner: tuple[int, ...], like: Tensor) -> Tensor:
+    """An uninitialised (N, *inner) tensor, dense within a row, whose rows start on 64-byte boundaries."""
+    strides = [1]
+    for d in reversed(inner[1:]):
+        strides.insert(0, strides[0] * d)
+    numel = strides[0] * inner[0]
+    row = -(-numel // _ALIGN) * _ALIGN
+    return torch.empty_strided((n_rows, *inner), (row, *strides), dtype=like.dtype, device=like.device)
+
+
+def rows_first(x: Tensor) -> Tensor:
+    """(S, N, n) as rows-outer (N, S, n) with 64-byte aligned rows: a view when it already is one."""
+    xr = x.transpose(0, 1)
+    if xr.is_contiguous() and (xr.shape[1] * xr.shape[2]) % _ALIGN == 0 and xr.data_ptr() % 64 == 0:
+        return xr
+    out = _aligned_rows(xr.shape[0], (xr.shape[1], xr.shape[2]), x)
+    return out.copy_(xr)
+
+
+def shared_matmul(x: Tensor, w_t: Tensor) -> Tensor:
+    """(N, n) x (n, m) for a shared input given ``w_t`` = (m, n): (N, 1, m), each output a sum over n.
+
+    Not a GEMM: MKL's batched GEMM treats many one-row problems differently from a single one, while
+    torch's sum over a contiguous last axis adds each output's n terms in an order fixed by n alone.
+    """
+    return (x.unsqueeze(1) * w_t.unsqueeze(0)).sum(-1).unsqueeze(1)
+
+
+def square_rows(x: Tensor) -> Tensor:
+    """x ⊙ x for rows-outer (N, R, k) ``x``, into 64-byte aligned rows."""
+    out = _aligned_rows(x.shape[0], (x.shape[1], x.shape[2]), x)
+    return torch.mul(x, x, out=out)
+
+
+def _gemm_out(n_rows: int, rows: int, cols: int, like: Tensor) -> Tensor:
+    """An uninitialised (N, R, m) GEMM output whose rows start on 64-byte boundaries, with a gap after each.
+
+    The gap keeps the tensor non-contiguous (for N > 1), which makes ``bmm``/``baddbmm_`` call one plain
+    GEMM per row instead of MKL's batched GEMM, whose kernels for small problems change with the batch
+    count; :func:`row_matmul` makes the very same call for N = 1.
+    """
+    row = -(-(rows * cols + 1) // _ALIGN) * _ALIGN
+    return torch.empty_strided((n_rows, rows, cols), (row, cols, 1), dtype=like.dtype, device=like.device)
+
+
+def row_matmul(h: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
+    """(N, R, k) @ (k, m) as N independent (R, k) x (k, m) GEMMs; ``out`` += the product when given.
+
+    Every row's product is the same computation whatever N is: torch's naive kernel for tiny problems
+    (k·R·m < 400, chosen per problem), a sum over k for one-line problems, else one BLAS GEMM per row
+    (``addmm``, which is what ``bmm`` runs per row for a non-contiguous output).
+    """
+    n_rows, rows, k = h.shape
+    m = w.shape[1]
+    if rows == 1:  # one-line problems: a sum over k per output (see shared_matmul)
+        prod = shared_matmul(h[:, 0], w.T.contiguous())
+        return prod if out is None else out.add_(prod)
+    if out is None:
+        out = _gemm_out(n_rows, rows, m, h)
+        beta = 0.0
+    else:
+        if n_rows > 1 and out.is_contiguous():
+            raise ValueError("row_matmul accumulates into a _gemm_out buffer only")
+        beta = 1.0
+    if n_rows == 1 and k * rows * m >= 400:
+        out[0].addmm_(h[0], w, beta=beta)
+    else:
+        out.baddbmm_(h, w.expand(n_rows, k, m), beta=beta)
+    return out
+
+
+def _lrt_rows(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> Tensor:
+    """``lrt`` computed row by row with shapes that do not depend on N (see the notes above)."""
+    r, m = post.rank, post.out_features
+    if x.dim() == 2:  # both moments in one product and one sum: (N, 2, 1, n) x (2, r, n) -> (N, 2, r)
+        w_t = torch.stack([post.mu_b.T, (post.sigma_b * post.sigma_b).T])
+        moments = (torch.stack([x, x * x], 1).unsqueeze(2) * w_t).sum(-1)
+        mu_h, std_h = moments[:, None, 0], moments[:, None, 1].sqrt_()
+    else:  # (N, S, r)
+        xr = rows_first(x)
+        mu_h = row_matmul(xr, post.mu_b)
+        std_h = row_matmul(square_rows(xr), post.sigma_b * post.sigma_b).sqrt_()
+    n_rows = mu_h.shape[0]
+    # h = μ_h + σ_h ε written into [h, 1] (the bias column), rows-outer
+    hh = _aligned_rows(n_rows, (samples, r + 1), x)
+    h = hh[..., :r]
+    eps = noise.per_row(samples, r, dtype=x.dtype).transpose(0, 1)  # (N, S, r) view
+    torch.mul(eps, std_h, out=h)
+    h.add_(mu_h)
+    hh[..., r].fill_(1.0)
+    zeros = post.mu_a.new_zeros((1, m))
+    a_mu = torch.cat([post.mu_a.T, zeros if post.bias_mu is None else post.bias_mu.view(1, -1)])
+    bias_var = zeros if post.bias_sigma is None else (post.bias_sigma * post.bias_sigma).view(1, -1)
+    a_var = torch.cat([(post.sigma_a * post.sigma_a).T, bias_var])
+    # y = ε ⊙ sqrt([h, 1]² [σ_A²ᵀ; σ_b²]) + [h, 1] [μ_Aᵀ; μ_b], in the std buffer
+    y = row_matmul(square_rows(hh), a_var).sqrt_()
+    y.mul_(noise.per_row(samples, m, dtype=x.dtype).transpose(0, 1))
+    return row_matmul(hh, a_mu, out=y).transpose(0, 1)
+
+
+def meanfield_rows(
+    x: Tensor,
+    w_mu: Tensor,
+    w_var: Tensor,
+    b_mu: Tensor | None,
+    b_var: Tensor | None,
+    samples: int,
+    noise: NoiseSource,
+) -> Tensor:
+    """Batch-invariant local reparameterisation for a dense mean-field layer: (S, N, m) from (N | S, N, n).
+
+    ``w_mu`` and ``w_var`` are (m, n); y = x μ_Wᵀ + μ_b + ε ⊙ sqrt(x² σ_W²ᵀ + σ_b²), row by row.
+    """
+    if x.dim() == 2:
+        mean, var = shared_matmul(x, w_mu), shared_matmul(x * x, w_var)
+    else:
+        xr = rows_first(x)
+        mean, var = row_matmul(xr, w_mu.T), row_matmul(square_rows(xr), w_var.T)
+    if b_mu is not None:
+        mean.add_(b_mu)
+    if b_var is not None:
+        var.add_(b_var)
+    std = var.sqrt_()
+    y = _aligned_rows(mean.shape[0], (samples, w_mu.shape[0]), x)
+    torch.mul(noise.per_row(samples, w_mu.shape[0], dtype=x.dtype).transpose(0, 1), std, out=y)
+    return y.add_(mean).transpose(0, 1)
 
 
 def _needs_grad(post: FactorPosterior) -> bool:

@@ -71,7 +71,9 @@ def sample_lowrank_op(
         noise = NoiseSource.from_seed(seed_list[0] if seed_list else 0, n_rows, device=x.device)
     else:  # pragma: no cover - every Backend is handled above
         raise ValueError(f"unsupported backend {backend!r}")
-    return sample_lowrank(x, post, samples, noise, b)  # always a fresh tensor (never aliases an input)
+    # always a fresh tensor (never aliases an input); contiguous as the fake implementation promises (the
+    # row-wise serving pass returns an (S, N, m) view of rows-outer memory)
+    return sample_lowrank(x, post, samples, noise, b).contiguous()
 
 
 @sample_lowrank_op.register_fake

@@ -6,15 +6,19 @@ give a request different noise alone than merged; the service pins a per-example
 on the cost model's choice (``NoiseSource.from_seeds`` also restricts ``auto`` to such schemes).
 
 Same noise is not yet the same bits: BLAS picks different kernels for matrices of different heights
-(a 1-row GEMV versus a 200-row GEMM), so one network pass over a merged batch rounds some outputs one
-float32 ulp differently than the request alone (seen as ~1e-6 relative changes in the mutual
+(a 1-row GEMV versus a 200-row GEMM), so one plain network pass over a merged batch rounds some outputs
+one float32 ulp differently than the request alone (seen as ~1e-6 relative changes in the mutual
 information). Two modes, chosen by ``LRBNN_BATCH_EXACT``:
 
-* exact (default): the merged batch runs one network pass per request inside the same dispatch, the
-  very call the request makes alone, so answers are bit-identical; batching still saves queueing and
-  thread hand-offs.
-* merged: one network pass for the whole batch (about 2x the throughput at 32 concurrent one-row
-  requests on 2 CPU cores); answers equal the lone ones up to float32 rounding.
+* exact (default): answers are bit-identical to the request alone. Where the model and backend are
+  batch invariant (``model_core.predict.batch_invariant``: a low-rank / mean-field MLP with the ``lrt``
+  backend on the CPU, whose pass computes every row with shapes that do not depend on the batch) that
+  is ONE network pass over the merged batch; otherwise the batch runs one network pass per request
+  inside the same dispatch, the very call the request makes alone (batching then still saves queueing
+  and thread hand-offs).
+* merged: one network pass for the whole batch whatever the model (about 2x the throughput at 32
+  concurrent one-row requests on 2 CPU cores for a model without a batch-invariant pass); answers equal
+  the lone ones up to float32 rounding.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ import torch
 
 from model_core.checkpoint.manifest import Manifest, SamplingMode
 from model_core.layers.base import BayesianModule
-from model_core.predict import DEFAULT_CHUNK_ELEMENTS, Prediction, predict
+from model_core.predict import DEFAULT_CHUNK_ELEMENTS, Prediction, batch_invariant, predict
 from model_core.sampling.api import register_triton_backend
 from model_core.sampling.noise import NoiseSource
 from model_core.sampling.types import Backend
@@ -87,6 +91,8 @@ class TorchRuntime:
             else:
                 build(max_samples, NoiseSource.from_seed(manifest.calibration.cache_seed, 1, device))
                 self.backend = Backend.CACHED
+        #: one pass over a merged batch gives each request the bits it gets alone
+        self.batch_invariant = batch_invariant(model, self.backend, device)
 
     @staticmethod
     def _fresh_backend(device: torch.device) -> Backend:
@@ -100,7 +106,7 @@ class TorchRuntime:
         # token ids (text models) stay integers; everything else is float32
         dtype = np.int64 if np.issubdtype(x.dtype, np.integer) else np.float32
         xt = torch.from_numpy(np.ascontiguousarray(x, dtype=dtype)).to(self.torch_device)
-        if not self.exact or len(block_sizes) == 1:
+        if not self.exact or len(block_sizes) == 1 or self.batch_invariant:
             return _numpy(self._run(xt, samples, seeds, block_sizes))
         parts, lo = [], 0
         for seed, size in zip(seeds, block_sizes, strict=True):
@@ -108,6 +114,32 @@ class TorchRuntime:
             parts.append(self._run(xt[lo : lo + size].clone(), samples, [seed], [size]))
             lo += size
         return _numpy(Prediction.concat(parts))
+
+    def check_batch_invariance(self, row: np.ndarray, samples: int) -> bool:
+        """Prove on this machine, at load, that one pass over a merged batch gives every request the
+        bits it gets alone; if not (another CPU or BLAS build may round differently), fall back to one
+        pass per request, with a warning. Returns whether merged passes are used."""
+        if not (self.exact and self.batch_invariant) or np.issubdtype(row.dtype, np.integer):
+            return self.batch_invariant and self.exact
+        rng = np.random.default_rng(0)
+        x = (np.repeat(row[:1], 7, axis=0) + rng.normal(0.0, 0.5, (7, row.shape[1]))).astype(np.float32)
+        seeds: list[int | None] = [11, 12, 13, 14]
+        sizes = [1, 3, 2, 1]
+        xt = torch.from_numpy(x).to(self.torch_device)
+        merged = _numpy(self._run(xt, samples, seeds, sizes))
+        lo = 0
+        for seed, size in zip(seeds, sizes, strict=True):
+            alone = _numpy(self._run(xt[lo : lo + size].clone(), samples, [seed], [size]))
+            if any(not np.array_equal(alone[k], merged[k][lo : lo + size]) for k in alone):
+                self.batch_invariant = False
+                log.warning(
+                    "merged batches are not bit-identical to lone requests on this machine; "
+                    "exact mode runs one network pass per request",
+                    extra={"model": self.manifest.model_name},
+                )
+                return False
+            lo += size
+        return True
 
     def _run(self, xt: torch.Tensor, samples: int, seeds: list[int | None], sizes: list[int]) -> Prediction:
         noise = NoiseSource.from_seeds(seeds, sizes, self.torch_device)
