@@ -2,7 +2,9 @@
 
 Policy: a lone request is dispatched at once (no fixed wait when nothing else is queued). When others
 are already waiting, the batch takes every compatible queued request and, if still short of
-``max_batch_size`` instances, waits up to ``max_batch_delay_ms`` for more. Compatible = same model
+``max_batch_size`` instances, waits for more until its oldest request has been queued
+``max_batch_delay_ms`` (so requests that queued up while the previous batch ran go at once: under
+steady load the compute thread never idles for the delay). Compatible = same model
 version and same ``samples`` (a runtime call has one S). Each request keeps its own seed and noise
 block, so merging never changes an answer.
 
@@ -274,7 +276,10 @@ class ModelBatcher:
         rows = self._take_compatible(batch, key)
         if lone or rows >= self.max_batch_size or self.max_delay_s <= 0:
             return batch
-        deadline = time.perf_counter() + self.max_delay_s
+        # the delay counts from the oldest request's arrival (as Triton's max queue delay does), not from
+        # now: requests that queued up while the previous batch ran have waited already, and holding the
+        # idle compute thread back for them would only add a bubble to every batch under steady load
+        deadline = first.enqueued + self.max_delay_s
         while rows < self.max_batch_size:
             remaining = deadline - time.perf_counter()
             if remaining <= 0:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -10,7 +13,9 @@ import pytest
 import toy
 from service_helpers import ServeApp, metric_value, served_model, slow_down
 
+from service.batching import ModelBatcher
 from service.errors import ClientDisconnected
+from service.monitoring.metrics import Metrics
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/toy:predict"
@@ -141,3 +146,44 @@ async def test_lone_request_is_not_delayed(serve_app: ServeApp) -> None:
         r = await client.post(PREDICT, json={"instances": [toy.instance()]})
         assert r.status_code == 200
         assert loop.time() - t0 < 2.0
+
+
+class _GatedRuntime:
+    """Records each batch's block sizes and when it started; a gate holds a batch running."""
+
+    def __init__(self) -> None:
+        self.gate = threading.Event()
+        self.batches: list[tuple[float, list[int]]] = []
+
+    def predict(self, x: Any, samples: int, seeds: list[int | None], block_sizes: list[int]) -> Any:
+        self.batches.append((time.perf_counter(), list(block_sizes)))
+        assert self.gate.wait(10)
+        return {"mean": x[:, :1].copy()}
+
+
+async def test_requests_queued_behind_a_running_batch_do_not_wait_the_delay_again() -> None:
+    """The batch delay counts from the oldest request's arrival: requests that queued while the previous
+    batch ran have waited already and go as soon as the compute thread is free."""
+    runtime = _GatedRuntime()
+    served: Any = SimpleNamespace(runtime=runtime)
+    delay = 0.5
+    batcher = ModelBatcher(
+        "gated", Metrics(), max_batch_size=32, max_delay_s=delay, max_queue=100, max_wait_s=0
+    )
+    batcher.start()
+    try:
+        x = np.zeros((1, 3), dtype=np.float32)
+        first = asyncio.ensure_future(batcher.submit(served, x, 8, 1, 30.0))
+        while not runtime.batches:  # the lone first request is dispatched at once
+            await asyncio.sleep(0.001)
+        rest = [asyncio.ensure_future(batcher.submit(served, x, 8, s, 30.0)) for s in (2, 3, 4)]
+        await asyncio.sleep(delay + 0.1)  # queued longer than the delay behind the running batch
+        opened = time.perf_counter()
+        runtime.gate.set()
+        await asyncio.gather(first, *rest)
+        (_, sizes0), (started, sizes1) = runtime.batches
+        assert sizes0 == [1] and sizes1 == [1, 1, 1]
+        assert started - opened < delay / 2, started - opened
+    finally:
+        runtime.gate.set()
+        await batcher.stop()
