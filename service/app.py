@@ -118,6 +118,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         version="0.1.0",
         description="Low-rank Bayesian neural networks served with calibrated uncertainty and OOD flags.",
         lifespan=lifespan,
+        # the service exports its own Prometheus metrics and configures no OpenTelemetry provider;
+        # FastAPI's native telemetry would still look the providers up on every request (~20 us)
+        telemetry={"tracing": False, "metrics": False, "logs": False},
     )
     app.state.lrbnn = build_state(settings)
     errors.install(app)

@@ -7,6 +7,8 @@ into :meth:`InferenceService.predict` calls and its :class:`InferenceResult` bac
 from __future__ import annotations
 
 import logging
+import math
+import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
@@ -26,6 +28,8 @@ from service.settings import Settings
 log = logging.getLogger("lrbnn.service.inference")
 
 MAX_SEED = 2**63 - 1
+#: requests set a model's drift gauges at most this often (``/metrics`` sets them on every scrape)
+DRIFT_PUBLISH_INTERVAL_S = 0.1
 
 
 #: The contract's regression interval: central 90 %.
@@ -65,6 +69,7 @@ class InferenceService:
         self.metrics = metrics
         self.batchers: dict[str, ModelBatcher] = {}
         self.drift: dict[str, DriftMonitor] = {}
+        self._published: dict[str, float] = {}  # when each model's drift gauges were last set
 
     def attach(self, served: ServedModel) -> None:
         """Start serving ``served`` (first load or reload): series, drift window, batcher."""
@@ -159,7 +164,27 @@ class InferenceService:
             child = m.child(hist, name)
             for v in np.asarray(outputs[key], dtype=np.float64).reshape(n, -1).sum(axis=1).tolist():
                 child.observe(v)
-        stats = self.drift[name].update(outputs["ood_score"])
-        m.child(m.ood_rate, name).set(stats.ood_rate)
-        for stat in DRIFT_STATISTICS:
-            m.child(m.drift, name, stat).set(getattr(stats, stat))
+        self.drift[name].add(outputs["ood_score"])
+        now = time.monotonic()
+        if now - self._published.get(name, -math.inf) >= DRIFT_PUBLISH_INTERVAL_S:
+            self.publish_drift(name, now)
+
+    def publish_drift(self, name: str | None = None, now: float | None = None) -> None:
+        """Set the drift and OOD-rate gauges of one model (default: all) from its window.
+
+        The statistics cost O(n) in the reference grid (~1000 quantiles), too much for every request of a
+        small model, so requests publish at most every ``DRIFT_PUBLISH_INTERVAL_S`` per model and
+        ``/metrics`` publishes every model just before it renders: a scrape always reads the window as
+        it is (with several workers, the answering worker's window; the others' at most that old).
+        """
+        m = self.metrics
+        now = time.monotonic() if now is None else now
+        for model in [name] if name is not None else list(self.drift):
+            monitor = self.drift.get(model)
+            if monitor is None:
+                continue
+            stats = monitor.stats()
+            self._published[model] = now
+            m.child(m.ood_rate, model).set(stats.ood_rate)
+            for stat in DRIFT_STATISTICS:
+                m.child(m.drift, model, stat).set(getattr(stats, stat))

@@ -50,4 +50,6 @@ async def readyz(request: Request) -> Response:
     responses={200: {"content": {"text/plain": {"schema": {"type": "string"}}}}},
 )
 async def metrics(request: Request) -> Response:
-    return Response(app_state(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    state = app_state(request)
+    state.inference.publish_drift()  # the drift gauges as the windows are now
+    return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -62,13 +62,22 @@ class DriftMonitor:
         self._ref_psi = np.diff(np.concatenate(([0.0], self._ref_cdf[self._edge_idx], [1.0])))
         self._lock = threading.Lock()
 
-    def update(self, scores: np.ndarray) -> DriftStats:
-        """Add a batch of scores (evicting the oldest) and return the statistics of the new window."""
+    def add(self, scores: np.ndarray) -> None:
+        """Add a batch of scores, evicting the oldest: O(b log n)."""
         s = np.asarray(scores, dtype=np.float64).ravel()[-self.window :]
         with self._lock:
             for value, k in zip(s.tolist(), np.searchsorted(self.q, s, side="left").tolist(), strict=True):
                 self._push(value, int(k))
+
+    def stats(self) -> DriftStats:
+        """The statistics of the current window: O(n)."""
+        with self._lock:
             return self._stats()
+
+    def update(self, scores: np.ndarray) -> DriftStats:
+        """Add a batch of scores (evicting the oldest) and return the statistics of the new window."""
+        self.add(scores)
+        return self.stats()
 
     def _push(self, value: float, k: int) -> None:
         i = self._pos

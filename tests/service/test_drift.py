@@ -85,3 +85,39 @@ async def test_gauges_move_when_inputs_shift(serve_app: ServeApp) -> None:
         assert drifted["ks"] > 0.5 > calm["ks"]
         assert drifted["wasserstein"] > calm["wasserstein"]
         assert drifted["ood_rate"] > 0.5 > calm["ood_rate"]
+
+
+@pytest.mark.anyio
+async def test_requests_publish_the_statistics_at_most_every_interval(
+    serve_app: ServeApp, monkeypatch
+) -> None:
+    """The O(n) statistics are not computed per request: requests publish at most every
+    ``DRIFT_PUBLISH_INTERVAL_S``, ``/metrics`` on every scrape, so a scrape reads the window as it is."""
+    from service import inference
+
+    monkeypatch.setattr(inference, "DRIFT_PUBLISH_INTERVAL_S", 3600.0)
+    body = {"instances": [toy.instance()], "parameters": {"seed": 1, "samples": 8}}
+    async with serve_app() as client:
+        monitor = client.app.state.lrbnn.inference.drift["toy"]  # type: ignore[attr-defined]
+        calls: list[int] = []
+        real = monitor.stats
+        monkeypatch.setattr(monitor, "stats", lambda: calls.append(1) or real())
+        for _ in range(10):
+            assert (await client.post("/v1/models/toy:predict", json=body)).status_code == 200
+        assert len(calls) <= 1  # the first request after attach may publish; the next nine do not
+        before = len(calls)
+        shifted = {"instances": [toy.instance(age=200.0, heart_rate=280.0, creatinine=15.0)] * 50}
+        assert (await client.post("/v1/models/toy:predict", json=shifted)).status_code == 200
+        text = (await client.get("/metrics")).text
+        assert len(calls) == before + 1  # the scrape published
+        assert float(metric_value(text, "lrbnn_ood_rate", model="toy") or 0.0) == pytest.approx(
+            real().ood_rate
+        )
+        assert real().ood_rate > 0.5
+
+
+def test_update_is_add_then_stats() -> None:
+    a, b = DriftMonitor(REF, 100, 3.0), DriftMonitor(REF, 100, 3.0)
+    scores = np.random.default_rng(2).gamma(2.0, 1.0, 150)
+    b.add(scores)
+    assert a.update(scores) == b.stats()
