@@ -802,7 +802,8 @@ def check_answer(server: Server, body: bytes) -> dict[str, Any]:
 
     resp = httpx.post(server.url, content=body, headers={"Content-Type": "application/json"}, timeout=30)
     if resp.status_code != 200:
-        raise RuntimeError(f"{server.name}: HTTP {resp.status_code}: {resp.text[:500]}")
+        log = server.log.read_text(errors="replace")[-4000:] if server.log.exists() else ""
+        raise RuntimeError(f"{server.name}: HTTP {resp.status_code}: {resp.text[:500]}\nserver log:\n{log}")
     outputs = {o["name"]: o["data"] for o in resp.json()["outputs"]}
     missing = {"mean", "variance", "epistemic", "ood_score", "ood"} - outputs.keys()
     if missing:

@@ -71,6 +71,11 @@ class InferenceService:
         self.drift: dict[str, DriftMonitor] = {}
         self._published: dict[str, float] = {}  # when each model's drift gauges were last set
 
+    def attached(self, name: str) -> bool:
+        """Whether requests for ``name`` can be answered: its batcher and series exist. The repository
+        holds a model a moment before that (loading runs in a thread; attaching on the loop follows)."""
+        return name in self.batchers
+
     def attach(self, served: ServedModel) -> None:
         """Start serving ``served`` (first load or reload): series, drift window, batcher."""
         arch = served.manifest.architecture

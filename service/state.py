@@ -16,7 +16,7 @@ from enum import Enum
 
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import ClientDisconnected, Draining, Reason, ServiceError
+from service.errors import ClientDisconnected, Draining, ModelNotReady, Reason, ServiceError
 from service.inference import InferenceService
 from service.monitoring.metrics import Metrics
 from service.repository import ModelRepository, ServedModel
@@ -69,6 +69,8 @@ class AppState:
             if self.draining:
                 raise Draining("the server is shutting down", retry_after_s=1)
             served = self.repository.get(name)
+            if not self.inference.attached(served.name):
+                raise ModelNotReady(f"model {name!r} is still loading", retry_after_s=1)
             request.state.model = served.name
             self.inflight += 1
             counted = True

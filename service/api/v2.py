@@ -163,8 +163,11 @@ async def model_metadata(name: str, request: Request, version: str | None = None
 @router.get("/v2/models/{name}/versions/{version}/ready", responses=READY_RESPONSES)
 async def model_ready(name: str, request: Request, version: str | None = None) -> Response:
     served = _served(request, name, version)
-    if app_state(request).draining:
+    state = app_state(request)
+    if state.draining:
         raise ModelNotReady("the server is shutting down", retry_after_s=1)
+    if not state.inference.attached(served.name):  # loaded, not yet answering: ready means answering
+        raise ModelNotReady(f"model {name!r} is still loading", retry_after_s=1)
     return _json({"name": served.name, "version": served.version, "ready": True})
 
 

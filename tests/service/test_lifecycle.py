@@ -5,6 +5,7 @@ from __future__ import annotations
 import threading
 from pathlib import Path
 
+import anyio
 import httpx
 import pytest
 import toy
@@ -53,3 +54,42 @@ async def test_empty_repository_is_never_ready(tmp_path: Path) -> None:
             assert (await client.get("/livez")).status_code == 200
             assert (await client.get("/readyz")).status_code == 503
             assert (await client.get("/v1/models")).json() == {"models": [], "failed": {}}
+
+
+async def test_a_loaded_model_not_yet_attached_is_503_not_ready_never_500(
+    repo: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Loading runs in a thread and each model is attached to the inference path on the loop only after
+    all are loaded: in between, the repository already holds the model. A client polling the V2 model
+    readiness must not see it ready, and a request must get 503 + Retry-After (once it got a 500)."""
+    gate, loaded = threading.Event(), threading.Event()
+    original = ModelRepository.load_all
+
+    def load_then_hold(self: ModelRepository) -> None:
+        original(self)  # the repository holds the model now
+        loaded.set()
+        gate.wait(10)  # ... while the loop has not attached it yet
+
+    monkeypatch.setattr(ModelRepository, "load_all", load_then_hold)
+    app = create_app(Settings(model_repository=repo))
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            assert await anyio.to_thread.run_sync(loaded.wait, 10)
+            r = await client.get("/v2/models/toy/ready")
+            assert r.status_code == 503 and r.headers["retry-after"] == "1"
+            body = {"instances": [toy.instance()]}
+            for path, payload in (
+                ("/v1/models/toy:predict", body),
+                (
+                    "/v2/models/toy/infer",
+                    {"inputs": [{"name": "age", "datatype": "FP32", "shape": [1], "data": [60.0]}]},
+                ),
+            ):
+                r = await client.post(path, json=payload)
+                assert r.status_code == 503 and r.headers["retry-after"] == "1", (path, r.text)
+                assert "still loading" in r.text
+            gate.set()
+            await app.state.lrbnn.loading
+            assert (await client.get("/v2/models/toy/ready")).status_code == 200
+            assert (await client.post("/v1/models/toy:predict", json=body)).status_code == 200
