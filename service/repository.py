@@ -222,6 +222,10 @@ class ModelRepository:
         except KeyError:
             raise ModelNotFound(f"model {name!r} is not served", field="name") from None
 
+    def serves(self, name: str) -> bool:
+        """Whether ``name`` is a served model (O(1): checked on every request)."""
+        return name in self._models
+
     def models(self) -> list[ServedModel]:
         return [self._models[k] for k in sorted(self._models)]
 

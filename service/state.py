@@ -61,7 +61,7 @@ class AppState:
     async def track(self, request: Request, name: str, endpoint: Endpoint) -> AsyncIterator[ServedModel]:
         """Gate and measure one model request; yields the served model version."""
         t0 = time.perf_counter()
-        known = name in {m.name for m in self.repository.models()}
+        known = self.repository.serves(name)
         code = 200
         counted = False
         try:

@@ -87,6 +87,31 @@ class BayesianModule(nn.Module):
     def predictive(self, x: Tensor, ctx: PredictiveContext) -> Tensor:
         raise NotImplementedError
 
+    def cached_sigma(self, rho: Tensor, floor: float) -> Tensor:
+        """``softplus_floor(rho, floor)``, memoised while ``rho`` is unchanged and no gradient is wanted.
+
+        Why: a served model computes the same σ for every batch (a dozen small ops per layer, ~10 % of a
+        one-row request's compute); training changes ρ every step and needs the graph, so it never
+        hits the cache, nor does tracing or export (the graph must compute σ). The key is the tensor's
+        identity, storage and in-place version counter, so an optimizer step, ``load_state_dict`` or
+        ``.to()`` invalidates it.
+        """
+        if (
+            (torch.is_grad_enabled() and rho.requires_grad)
+            or torch.compiler.is_compiling()  # torch.export / torch.compile (ONNX export): a pure graph
+            or torch.jit.is_tracing()
+        ):
+            return softplus_floor(rho, floor)
+        cache: dict[int, tuple[tuple[int, int, float], Tensor]] = self.__dict__.setdefault("_sigma_cache", {})
+        key = (rho._version, rho.data_ptr(), floor)
+        hit = cache.get(id(rho))
+        if hit is not None and hit[0] == key:
+            return hit[1]
+        with torch.inference_mode(False), torch.no_grad():  # a plain tensor, usable outside inference mode
+            value = softplus_floor(rho, floor)
+        cache[id(rho)] = (key, value)
+        return value
+
     def parameter_count(self) -> int:
         """Learnable scalars (means and scales both count)."""
         return sum(p.numel() for p in self.parameters())

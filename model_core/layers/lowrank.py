@@ -15,7 +15,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from model_core.layers.base import BayesianModule, Mode, PredictiveContext, inverse_softplus, softplus_floor
+from model_core.layers.base import BayesianModule, Mode, PredictiveContext, inverse_softplus
 from model_core.priors import Prior, ScaleMixturePrior
 from model_core.sampling.api import sample_lowrank
 from model_core.sampling.cpu import draw_factor_samples
@@ -97,12 +97,12 @@ class LowRankBayesLinear(BayesianModule):
     # -- posterior -----------------------------------------------------------------------------
     def posterior(self) -> FactorPosterior:
         f = self.sigma_floor
-        bias_sigma = None if self.bias_rho is None else softplus_floor(self.bias_rho, f)
+        bias_sigma = None if self.bias_rho is None else self.cached_sigma(self.bias_rho, f)
         return FactorPosterior(
             self.mu_a,
-            softplus_floor(self.rho_a, f),
+            self.cached_sigma(self.rho_a, f),
             self.mu_b,
-            softplus_floor(self.rho_b, f),
+            self.cached_sigma(self.rho_b, f),
             self.bias_mu,
             bias_sigma,
         )

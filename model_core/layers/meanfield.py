@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from model_core.layers.base import BayesianModule, Mode, PredictiveContext, inverse_softplus, softplus_floor
+from model_core.layers.base import BayesianModule, Mode, PredictiveContext, inverse_softplus
 from model_core.priors import Prior, ScaleMixturePrior
 from model_core.sampling.cpu import meanfield_rows, rowwise
 
@@ -43,8 +43,8 @@ class MeanFieldLinear(BayesianModule):
                 self.bias_rho.fill_(rho0)
 
     def sigmas(self) -> tuple[Tensor, Tensor | None]:
-        bias_sigma = None if self.bias_rho is None else softplus_floor(self.bias_rho, self.sigma_floor)
-        return softplus_floor(self.weight_rho, self.sigma_floor), bias_sigma
+        bias_sigma = None if self.bias_rho is None else self.cached_sigma(self.bias_rho, self.sigma_floor)
+        return self.cached_sigma(self.weight_rho, self.sigma_floor), bias_sigma
 
     def forward(self, x: Tensor) -> Tensor:
         if self.mode is Mode.MEAN:

@@ -161,3 +161,23 @@ def test_model_kl_is_the_sum_of_its_layers_kl(method: Method) -> None:
     expected = sum(float(leaf.kl()) for leaf in leaves)
     assert expected > 0
     assert float(model.kl()) == pytest.approx(expected, rel=1e-5)
+
+
+def test_cached_sigma_is_reused_until_rho_changes_and_never_with_gradients() -> None:
+    from model_core.layers.lowrank import LowRankBayesLinear
+
+    layer = LowRankBayesLinear(5, 4, rank=2)
+    with torch.no_grad():
+        first = layer.posterior().sigma_a
+        assert layer.posterior().sigma_a is first  # memoised: the same tensor object
+        layer.rho_a.add_(0.5)  # an optimizer step: in place, the version counter moves
+        second = layer.posterior().sigma_a
+    assert second is not first
+    assert torch.equal(second, torch.nn.functional.softplus(layer.rho_a.detach()) + layer.sigma_floor)
+    with torch.inference_mode():  # the serving path: a plain tensor comes back, usable afterwards
+        served = layer.posterior().sigma_a
+    assert not served.is_inference()
+    trained = layer.posterior().sigma_a  # gradient wanted: computed afresh, part of the graph
+    assert trained.requires_grad and trained is not served
+    trained.sum().backward()
+    assert layer.rho_a.grad is not None and layer.rho_a.grad.abs().sum() > 0
