@@ -46,8 +46,10 @@ def build_state(settings: Settings) -> AppState:
 
 
 async def load_models(state: AppState) -> None:
-    """Load, verify and warm up every model in a worker thread, then turn ``/readyz`` green."""
-    await asyncio.to_thread(state.repository.load_all)
+    """Load, verify and warm up every model in a worker thread (unless preloaded), attach them to the
+    inference path, then turn ``/readyz`` green."""
+    if not state.preloaded:
+        await asyncio.to_thread(state.repository.load_all)
     for served in state.repository.models():
         state.inference.attach(served)
     if state.sync is not None:  # one of several workers: follow the reloads the others publish

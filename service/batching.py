@@ -2,9 +2,10 @@
 
 Policy: a lone request is dispatched at once (no fixed wait when nothing else is queued). When others
 are already waiting, the batch takes every compatible queued request and, if still short of
-``max_batch_size`` instances, waits for more until its oldest request has been queued
-``max_batch_delay_ms`` (so requests that queued up while the previous batch ran go at once: under
-steady load the compute thread never idles for the delay). Compatible = same model
+``max_batch_size`` instances, waits for more while they keep arriving (it stops after a few
+event-loop turns without a new one), at most until its oldest request has been queued
+``max_batch_delay_ms``. So requests that queued up while the previous batch ran go at once, and the
+compute thread never idles for the delay when no more requests are coming. Compatible = same model
 version and same ``samples`` (a runtime call has one S). Each request keeps its own seed and noise
 block, so merging never changes an answer.
 
@@ -77,6 +78,8 @@ class Job:
 
 
 REQUEST_UNITS = 128
+#: event-loop turns without a new request after which a batch stops waiting for more (see _collect)
+QUIET_TURNS = 4
 
 
 class CostEstimate:
@@ -279,15 +282,16 @@ class ModelBatcher:
         # the delay counts from the oldest request's arrival (as Triton's max queue delay does), not from
         # now: requests that queued up while the previous batch ran have waited already, and holding the
         # idle compute thread back for them would only add a bubble to every batch under steady load
+        # and it is waited only while requests keep arriving: once a few event-loop turns pass without a
+        # new one (every request already received is parsed and queued by then), more waiting would only
+        # idle the compute thread, e.g. when a closed-loop client's whole window is in this batch
         deadline = first.enqueued + self.max_delay_s
-        while rows < self.max_batch_size:
-            remaining = deadline - time.perf_counter()
-            if remaining <= 0:
-                break
-            self._arrived.clear()
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._arrived.wait(), remaining)
-            rows = self._take_compatible(batch, key)
+        quiet = 0
+        while rows < self.max_batch_size and quiet < QUIET_TURNS and time.perf_counter() < deadline:
+            await asyncio.sleep(0)
+            grown = self._take_compatible(batch, key)
+            quiet = 0 if grown > rows else quiet + 1
+            rows = grown
         return batch
 
     async def _dispatch(self, batch: list[Job]) -> None:

@@ -54,9 +54,27 @@ class DrainingServer(uvicorn.Server):
         return False
 
 
-def run_server(settings: Settings, host: str, port: int, sockets: list[socket.socket] | None = None) -> int:
-    """One server process until a signal drains it (on ``sockets`` when a supervisor bound them)."""
+def run_server(
+    settings: Settings,
+    host: str,
+    port: int,
+    sockets: list[socket.socket] | None = None,
+    preload: bool = False,
+) -> int:
+    """One server process until a signal drains it (on ``sockets`` when a supervisor bound them).
+
+    ``preload`` loads every model before the server takes a connection: a worker of several
+    (``service/workers.py``) then never answers 503 "loading" from a shared socket while its siblings
+    serve, e.g. when it replaces a worker that died. A single server opens the socket at once instead,
+    so ``/livez`` answers during a slow start.
+    """
     app = create_app(settings)
+    if preload:
+        state = app.state.lrbnn
+        state.repository.load_all()
+        if state.sync is not None:  # a reload published while this worker was not running
+            state.sync.reconcile(state.repository)
+        state.preloaded = True
     config = uvicorn.Config(
         app,
         host=host,

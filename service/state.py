@@ -16,7 +16,7 @@ from enum import Enum
 
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import ClientDisconnected, Draining, ModelNotReady, Reason, ServiceError
+from service.errors import ClientDisconnected, Draining, ModelNotFound, ModelNotReady, Reason, ServiceError
 from service.inference import InferenceService
 from service.monitoring.metrics import Metrics
 from service.repository import ModelRepository, ServedModel
@@ -41,6 +41,8 @@ class AppState:
     tokens: TokenSet
     admin_tokens: TokenSet
     loaded: bool = False
+    #: models loaded before the server accepted connections (a worker of several: service/workers.py)
+    preloaded: bool = False
     loading: asyncio.Task[None] | None = None
     #: hot reloads shared with sibling worker processes (``LRBNN_WORKERS`` > 1), else None
     sync: ReloadBroadcast | None = None
@@ -52,6 +54,15 @@ class AppState:
     @property
     def ready(self) -> bool:
         return self.loaded and not self.draining and self.repository.ready
+
+    def lookup(self, name: str) -> ServedModel:
+        """The served model ``name``; 503 with Retry-After (not 404) while this process still loads."""
+        try:
+            return self.repository.get(name)
+        except ModelNotFound:
+            if not self.loaded:
+                raise ModelNotReady("the server is still loading its models", retry_after_s=1) from None
+            raise
 
     def authorize(self, request: Request) -> None:
         if self.tokens.enabled:
@@ -68,7 +79,7 @@ class AppState:
             self.authorize(request)
             if self.draining:
                 raise Draining("the server is shutting down", retry_after_s=1)
-            served = self.repository.get(name)
+            served = self.lookup(name)
             if not self.inference.attached(served.name):
                 raise ModelNotReady(f"model {name!r} is still loading", retry_after_s=1)
             request.state.model = served.name

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 if TYPE_CHECKING:
+    from service.repository import ModelRepository
     from service.state import AppState
 
 log = logging.getLogger("lrbnn.service.sync")
@@ -77,6 +78,19 @@ class ReloadBroadcast:
             self._seen[entry.name] = mtime
             out[name] = version
         return out
+
+    def reconcile(self, repository: ModelRepository) -> None:
+        """Before serving (a worker's preload): switch every model to its published version, if any."""
+        for name, version in self.desired().items():
+            current = next((m.version for m in repository.models() if m.name == name), None)
+            if current is not None and current != version:
+                try:
+                    repository.reload(name, version)
+                except Exception as exc:  # the version that loaded keeps serving; logged
+                    log.error(
+                        "published version failed to load here",
+                        extra={"model": name, "version": version, "error": str(exc), "serving": current},
+                    )
 
     async def apply(self, state: AppState, changed_only: bool = True) -> None:
         """Reload every model whose published version is not the one this worker serves."""

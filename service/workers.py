@@ -13,6 +13,11 @@ and drift window, and accepts connections from the shared socket. Shared across 
   ``/metrics`` on any worker aggregates all of them (``service/monitoring/metrics.py``);
 * hot reload: a reload accepted by one worker is followed by the others (``service/sync.py``).
 
+A worker loads its models before it takes connections from the socket, so a client never meets a worker
+that is still loading while its siblings serve (a replaced worker loads unseen). At the first start no
+worker accepts until one has loaded: connections wait in the listen backlog (``/livez`` too, which a
+Kubernetes startup probe allows for).
+
 Signals: workers run in sessions of their own and are told to die with the supervisor
 (``PR_SET_PDEATHSIG``), so only the supervisor signals them: a terminal's Ctrl-C or a ``kill`` of the
 process group reaches each worker exactly once. On SIGTERM or SIGINT the supervisor sends every worker
@@ -66,7 +71,7 @@ def _worker(sock: socket.socket, host: str, port: int, parent: int) -> None:
     _die_with_parent(parent)
     from service.main import run_server  # imported here: the worker is a fresh interpreter
 
-    sys.exit(run_server(Settings(), host, port, sockets=[sock]))
+    sys.exit(run_server(Settings(), host, port, sockets=[sock], preload=True))
 
 
 class Supervisor:

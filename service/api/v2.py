@@ -111,7 +111,7 @@ async def ready(request: Request) -> Response:
 def _served(request: Request, name: str, version: str | None) -> ServedModel:
     state = app_state(request)
     state.authorize(request)
-    served = state.repository.get(name)
+    served = state.lookup(name)
     if version is not None and version != served.version:
         raise ModelNotFound(
             f"model {name!r} version {version!r} is not served (serving {served.version})", field="version"

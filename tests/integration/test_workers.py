@@ -146,26 +146,47 @@ def test_reload_on_one_worker_is_followed_by_the_other(workers_server: ServerPro
     assert info == {"1": 1.0, "2": 0.0}
 
 
-def test_dead_worker_is_replaced(workers_server: ServerProcess) -> None:
+def test_dead_worker_is_replaced_unseen_and_keeps_a_rolled_back_version(
+    workers_server: ServerProcess,
+) -> None:
     srv = workers_server
+    r = httpx.post(
+        srv.url + "/v1/models/toy/reload",
+        json={"version": "1"},  # a rollback from the newest version, 2
+        headers={"Authorization": f"Bearer {ADMIN}"},
+        timeout=60,
+    )
+    assert r.status_code == 200, r.text
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and {_predict(srv.url).json()["model_version"] for _ in range(8)} != {
+        "1"
+    }:
+        time.sleep(0.2)
     before = _children(srv.proc.pid)
     os.kill(before[0], signal.SIGKILL)
-    deadline = time.monotonic() + 60
-    after: list[int] = []
+    # while the replacement loads, the survivor answers everything: the new worker takes no connection
+    # before its models are loaded
+    codes, versions = [], set()
+    new_pid = None
+    deadline = time.monotonic() + 90
     while time.monotonic() < deadline:
-        after = _children(srv.proc.pid)
-        if len(after) == 2 and before[0] not in after:
+        r = _predict(srv.url)
+        codes.append(r.status_code)
+        versions.add(r.json().get("model_version"))
+        after = [p for p in _children(srv.proc.pid) if p not in before]
+        if after and any(
+            rec.get("msg") == "ready" and rec.get("pid") == after[0] for rec in srv.log_records()
+        ):
+            new_pid = after[0]
             break
-        time.sleep(0.2)
-    assert len(after) == 2 and before[0] not in after, (before, after)
-    # the survivor answers meanwhile; after the replacement loads, every request is answered
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        codes = [_predict(srv.url).status_code for _ in range(8)]
-        if set(codes) == {200}:
-            break
-        time.sleep(0.5)
+    assert new_pid is not None, "no replacement worker became ready"
     assert set(codes) == {200}, codes
+    # the replacement serves the published (rolled-back) version, not the newest one it would load
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline and new_pid not in _worker_pids_in_log(srv):
+        versions.add(_predict(srv.url).json()["model_version"])
+    assert new_pid in _worker_pids_in_log(srv), "the replacement never answered"
+    assert versions == {"1"}, versions
     assert any(r.get("msg") == "worker died" for r in srv.log_records())
 
 

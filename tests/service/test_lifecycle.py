@@ -34,6 +34,10 @@ async def test_readyz_is_503_while_loading_then_200(repo: Path, monkeypatch: pyt
             r = await client.get("/readyz")
             assert r.status_code == 503 and r.json()["status"] == "loading"
             assert (await client.get("/v2/health/ready")).status_code == 503
+            # a model the repository will hold once loaded: 503 "loading" with Retry-After, not 404
+            r = await client.post("/v1/models/toy:predict", json={"instances": [toy.instance()]})
+            assert r.status_code == 503 and r.headers["retry-after"] == "1", r.text
+            assert (await client.get("/v2/models/toy/ready")).status_code == 503
             gate.set()
             await app.state.lrbnn.loading
             assert (await client.get("/readyz")).status_code == 200
