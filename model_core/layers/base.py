@@ -73,7 +73,8 @@ class BayesianModule(nn.Module):
     def set_mode(self, mode: Mode | str) -> BayesianModule:
         mode = Mode(mode)
         for mod in self.modules():
-            if isinstance(mod, BayesianModule):
+            # only where it changes: nn.Module.__setattr__ is slow, and predict sets the mode every call
+            if isinstance(mod, BayesianModule) and mod.mode is not mode:
                 mod.mode = mode
         return self
 

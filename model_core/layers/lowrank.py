@@ -105,6 +105,7 @@ class LowRankBayesLinear(BayesianModule):
             self.cached_sigma(self.rho_b, f),
             self.bias_mu,
             bias_sigma,
+            memo=self.__dict__.setdefault("_serving_memo", {}),
         )
 
     def mean_weight(self) -> Tensor:

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from torch import Tensor
 
@@ -34,6 +35,9 @@ class FactorPosterior:
     sigma_b: Tensor
     bias_mu: Tensor | None = None
     bias_sigma: Tensor | None = None
+    #: a dict owned by the layer, where serving passes memoise tensors derived from these (variances,
+    #: bias-augmented factors) while they are unchanged; None: derive them on every call
+    memo: dict[str, Any] | None = field(default=None, compare=False, repr=False)
 
     @property
     def out_features(self) -> int:
