@@ -42,21 +42,21 @@ class Settings(BaseSettings):
     max_batch_delay_ms: float = Field(default=2.0, ge=0.0, description="longest wait to fill a batch")
     max_queue: int = Field(default=256, ge=1, description="queued requests per model before 429")
     max_queue_wait_ms: float = Field(
-        default=30.0,
+        default=15.0,
         description="estimated queueing delay per model before 429; <= 0: off (count bound only)",
     )
     """Admission by time: refuse (429 + Retry-After) a request whose estimated wait exceeds this.
 
     The estimate is the queued work times the measured seconds per row-sample (``service/batching.py``);
-    a request finding the queue empty is always admitted. Default 30 ms: an admitted request then waits
-    at most about 30 ms for compute on top of its unloaded latency. The bundled ``icu-mortality`` model
-    answers the benchmark request (8 instances x 256 samples, ~3 ms of compute) with an unloaded p99 of
-    ~20 ms over HTTP on the 2-core VM, so 5x leaves 80 ms above it; under overload the event loop and
-    the client's own contention for the cores took ~50 ms of that in a measured run (with a 50 ms
-    budget the ratio was 5.8x), which leaves ~30 ms for the queue. 30 ms still holds about one full
-    batch of 64 instances at S=256 (~30 ms) or two at S=100 (~14 ms) beyond the running one, so the
-    compute thread does not idle under overload. Raise it for throughput-bound callers (or when the
-    unloaded latency is larger), lower it for a tighter latency SLO.
+    a request finding the queue empty is always admitted. Default 15 ms: an admitted request then waits
+    about 15 ms at most for compute on top of its unloaded latency. Measured (``benchmarks/reliability.py
+    overload``, bundled ``icu-mortality``, 8 instances x 256 samples per request, 2-core VM, 2x the
+    saturation rate for 60 s): with 15 ms the admitted p99 was 40.5 ms, 3.5x the unloaded p99 of 11.5 ms,
+    with goodput at the saturation rate; with 30 ms it was 62 ms, 6.4x (the client's and the event
+    loop's contention for the two cores adds to the queueing). 15 ms still holds about one batch of 64
+    instances at S=100 beyond the running one, so the compute thread does not idle under overload. Raise
+    it for throughput-bound callers or when a model's unloaded latency is larger; lower it for a tighter
+    latency SLO.
     """
     max_samples: int = Field(default=1024, ge=1)
     default_samples: int | None = Field(default=None, ge=1, description="None: the manifest's default")
