@@ -22,7 +22,8 @@ Signals: workers run in sessions of their own and are told to die with the super
 (``PR_SET_PDEATHSIG``), so only the supervisor signals them: a terminal's Ctrl-C or a ``kill`` of the
 process group reaches each worker exactly once. On SIGTERM or SIGINT the supervisor sends every worker
 one SIGTERM; each drains as a single server does (``/readyz`` 503, in-flight requests finish); the
-supervisor exits 0 when every worker exited 0. A worker that dies while serving is restarted; if workers
+supervisor exits 0 when every worker exited 0 (or was still loading, so the signal ended it before it
+took a connection). A worker that dies while serving is restarted; if workers
 keep dying within seconds of starting, the supervisor gives up and exits 1.
 """
 
@@ -161,6 +162,10 @@ class Supervisor:
                 proc.kill()
                 proc.join(5)
                 status = 1
+            elif proc.exitcode == -signal.SIGTERM:
+                # killed by our own SIGTERM, i.e. before uvicorn installed its handlers, i.e. before it
+                # took a connection (a worker loads its models first): nothing was in flight there
+                log.info("worker stopped before it served", extra={"pid": proc.pid})
             elif proc.exitcode != 0:
                 status = 1
             _mark_dead(proc.pid)

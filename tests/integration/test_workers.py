@@ -50,6 +50,16 @@ def _children(pid: int) -> list[int]:
     return sorted(out)
 
 
+def _wait_all_ready(srv: ServerProcess, workers: int = 2, timeout_s: float = 120.0) -> None:
+    """``wait_ready`` sees one worker; wait until every worker has logged ``ready``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if len({r.get("pid") for r in srv.log_records() if r.get("msg") == "ready"}) >= workers:
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"not every worker became ready:\n{srv.log_text()[-3000:]}")
+
+
 def _alive(pid: int) -> bool:
     """Running (a zombie waiting for a reaper, e.g. in a container without an init, has exited)."""
     try:
@@ -92,6 +102,7 @@ def workers_server(two_version_repo: Path, tmp_path: Path) -> Iterator[ServerPro
     srv = ServerProcess(two_version_repo, tmp_path / "server.log", env=env)
     try:
         srv.wait_ready()
+        _wait_all_ready(srv)
         yield srv
     finally:
         srv.stop()
@@ -200,6 +211,7 @@ def test_sigterm_drains_every_worker_and_exits_zero(two_version_repo: Path, tmp_
     srv = ServerProcess(two_version_repo, tmp_path / "server.log", env=env)
     try:
         srv.wait_ready()
+        _wait_all_ready(srv)
         workers = _children(srv.proc.pid)
         heavy = {"instances": [toy.instance()] * 512, "parameters": {"samples": 512, "seed": 1}}
 
@@ -240,5 +252,18 @@ def test_killing_the_supervisor_takes_the_workers_with_it(two_version_repo: Path
             time.sleep(0.2)
         alive = [pid for pid in workers if _alive(pid)]
         assert not alive, f"workers outlived the supervisor: {alive}"
+    finally:
+        srv.stop()
+
+
+def test_sigterm_while_workers_still_load_exits_zero(two_version_repo: Path, tmp_path: Path) -> None:
+    """A signal before the workers serve (they load first) ends them with nothing lost: exit status 0."""
+    srv = ServerProcess(two_version_repo, tmp_path / "server.log", env={"LRBNN_WORKERS": "2"})
+    try:
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(_children(srv.proc.pid)) < 2:
+            time.sleep(0.05)
+        srv.proc.send_signal(signal.SIGTERM)  # the workers are starting their interpreters or loading
+        assert srv.proc.wait(90) == 0, srv.log_text()[-3000:]
     finally:
         srv.stop()
