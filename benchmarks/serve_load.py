@@ -583,6 +583,29 @@ def run_wrk(url: str, script: Path, concurrency: int, duration_s: float, timeout
     return out
 
 
+def _interleaved(
+    targets: Sequence[tuple[str, str, list[bytes]]], rounds: int
+) -> Iterator[tuple[str, str, list[bytes]]]:
+    """Every target once per round, the order alternating between rounds (a load spike from other jobs
+    then hits every server alike)."""
+    for rnd in range(rounds):
+        yield from (targets if rnd % 2 == 0 else list(reversed(targets)))
+
+
+def _server_cpu(pids: dict[str, int] | None, name: str) -> float:
+    pid = (pids or {}).get(name)
+    return tree_cpu_seconds(pid) if pid is not None else math.nan
+
+
+def _results(pooled: dict[str, Samples], concurrency: int) -> list[LevelResult]:
+    return [
+        summarize(
+            name, concurrency, s.latencies_s, s.errors, s.elapsed_s, s.error_kinds, s.cpu_s, s.server_cpu_s
+        )
+        for name, s in pooled.items()
+    ]
+
+
 def measure_wrk(
     targets: Sequence[tuple[str, str, list[bytes]]],
     concurrency: int,
@@ -602,20 +625,12 @@ def measure_wrk(
         for name, url, _ in targets:
             if warmup_s > 0:
                 run_wrk(url, scripts[name], concurrency, warmup_s, timeout_s)
-        for rnd in range(rounds):
-            order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
-            for name, url, _ in order:
-                pid = (pids or {}).get(name)
-                cpu0 = tree_cpu_seconds(pid) if pid is not None else math.nan
-                got = run_wrk(url, scripts[name], concurrency, duration_s / rounds, timeout_s)
-                got.server_cpu_s = (tree_cpu_seconds(pid) - cpu0) if pid is not None else math.nan
-                pooled[name].merge(got)
-    return [
-        summarize(
-            name, concurrency, s.latencies_s, s.errors, s.elapsed_s, s.error_kinds, s.cpu_s, s.server_cpu_s
-        )
-        for name, s in pooled.items()
-    ]
+        for name, url, _ in _interleaved(targets, rounds):
+            cpu0 = _server_cpu(pids, name)
+            got = run_wrk(url, scripts[name], concurrency, duration_s / rounds, timeout_s)
+            got.server_cpu_s = _server_cpu(pids, name) - cpu0
+            pooled[name].merge(got)
+    return _results(pooled, concurrency)
 
 
 async def measure(
@@ -644,30 +659,17 @@ async def measure(
         for name, url, bodies in targets:  # open the connections and warm the path up
             if warmup_s > 0:
                 await closed_loop(clients[name], url, bodies, concurrency, warmup_s, max_requests)
-        for rnd in range(rounds):
-            order = list(targets) if rnd % 2 == 0 else list(reversed(targets))
-            for name, url, bodies in order:
-                pid = (pids or {}).get(name)
-                cpu0 = tree_cpu_seconds(pid) if pid is not None else math.nan
-                got = await closed_loop(
-                    clients[name],
-                    url,
-                    bodies,
-                    concurrency,
-                    duration_s / rounds,
-                    max(1, max_requests // rounds),
-                )
-                got.server_cpu_s = (tree_cpu_seconds(pid) - cpu0) if pid is not None else math.nan
-                pooled[name].merge(got)
+        for name, url, bodies in _interleaved(targets, rounds):
+            cpu0 = _server_cpu(pids, name)
+            got = await closed_loop(
+                clients[name], url, bodies, concurrency, duration_s / rounds, max(1, max_requests // rounds)
+            )
+            got.server_cpu_s = _server_cpu(pids, name) - cpu0
+            pooled[name].merge(got)
     finally:
         for c in clients.values():
             await c.aclose()
-    return [
-        summarize(
-            name, concurrency, s.latencies_s, s.errors, s.elapsed_s, s.error_kinds, s.cpu_s, s.server_cpu_s
-        )
-        for name, s in pooled.items()
-    ]
+    return _results(pooled, concurrency)
 
 
 # -- servers -------------------------------------------------------------------------------------
