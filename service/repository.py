@@ -222,6 +222,11 @@ class ModelRepository:
         except KeyError:
             raise ModelNotFound(f"model {name!r} is not served", field="name") from None
 
+    def version_of(self, name: str) -> str | None:
+        """The version of ``name`` being served, or None."""
+        served = self._models.get(name)
+        return None if served is None else served.version
+
     def serves(self, name: str) -> bool:
         """Whether ``name`` is a served model (O(1): checked on every request)."""
         return name in self._models

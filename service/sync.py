@@ -82,7 +82,7 @@ class ReloadBroadcast:
     def reconcile(self, repository: ModelRepository) -> None:
         """Before serving (a worker's preload): switch every model to its published version, if any."""
         for name, version in self.desired().items():
-            current = next((m.version for m in repository.models() if m.name == name), None)
+            current = repository.version_of(name)
             if current is not None and current != version:
                 try:
                     repository.reload(name, version)
@@ -95,7 +95,7 @@ class ReloadBroadcast:
     async def apply(self, state: AppState, changed_only: bool = True) -> None:
         """Reload every model whose published version is not the one this worker serves."""
         for name, version in self.desired(changed_only).items():
-            current = next((m.version for m in state.repository.models() if m.name == name), None)
+            current = state.repository.version_of(name)
             if current == version:
                 continue
             try:

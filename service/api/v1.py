@@ -25,7 +25,7 @@ from service.api.schemas import (
 from service.errors import Forbidden
 from service.inference import InferenceResult
 from service.repository import ServedModel
-from service.state import AppState, Endpoint
+from service.state import Endpoint
 
 router = APIRouter(tags=["v1"])
 
@@ -164,7 +164,7 @@ async def reload(name: str, request: Request) -> Response:
     admin.check(request.headers.get("authorization"), "reload")
     raw = await request.body()
     body = validate(ReloadRequest, parse_json(raw)) if raw.strip() else ReloadRequest()
-    previous = _current_version(state, name)
+    previous = state.repository.version_of(name)
     served = await asyncio.to_thread(state.repository.reload, name, body.version)
     state.inference.attach(served)
     if state.sync is not None:  # the sibling workers follow within about half a second
@@ -177,7 +177,3 @@ async def reload(name: str, request: Request) -> Response:
             sha256=served.manifest.sha256,
         ).model_dump(mode="json")
     )
-
-
-def _current_version(state: AppState, name: str) -> str | None:
-    return next((m.version for m in state.repository.models() if m.name == name), None)
