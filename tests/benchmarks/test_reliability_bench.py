@@ -2,22 +2,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-import sys
-from pathlib import Path
+from benchmark_modules import load_benchmark
 
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("reliability_bench", ROOT / "benchmarks" / "reliability.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["reliability_bench"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-rb = _load()
+rb = load_benchmark("reliability.py", "reliability_bench")
 
 
 def _steady(start: float, stop: float, sec: float, code: str = "200", rate: float = 100.0):

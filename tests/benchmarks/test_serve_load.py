@@ -6,29 +6,18 @@ No server and no MLServer here: the benchmark itself is run by hand (see docs/pe
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import math
 import random
 import shutil
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from benchmark_modules import load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def _load():
-    spec = importlib.util.spec_from_file_location("serve_load", ROOT / "benchmarks" / "serve_load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["serve_load"] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-sl = _load()
+sl = load_benchmark("serve_load.py", "serve_load")
 MANIFEST = json.loads((ROOT / "deploy" / "models" / "icu-mortality" / "1" / "manifest.json").read_text())
 
 
