@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+from typing import Any
 
 from model_core.cli.common import fail
 
@@ -36,4 +37,14 @@ def run(args: argparse.Namespace) -> int:
         return fail(f"the service is not available (install the 'serve' extra): {exc}")
     if args.workers is not None and args.workers < 1:
         return fail(f"--workers must be >= 1, got {args.workers}")
-    return int(serve(repo, args.host, args.port, args.workers))
+    from pydantic import ValidationError
+
+    try:
+        return int(serve(repo, args.host, args.port, args.workers))
+    except ValidationError as exc:  # a bad LRBNN_* value: name the variable, no traceback
+        return fail("; ".join(_setting_error(e) for e in exc.errors()))
+
+
+def _setting_error(error: Any) -> str:
+    name = "LRBNN_" + "_".join(str(part) for part in error["loc"]).upper()
+    return f"{name}: {error['msg']} (got {error.get('input')!r})"

@@ -105,3 +105,13 @@ def test_icu_train_and_evaluate_on_real_support2(
     assert 0.6 < report["test"]["auroc"] <= 1.0  # two epochs already learn a useful risk score
     assert 0.0 <= report["ood"]["ood_auroc"] <= 1.0
     assert report["split_sizes"]["ood"] > 0
+
+
+def test_serve_names_a_bad_setting_without_a_traceback(monkeypatch, capsys) -> None:
+    pytest.importorskip("fastapi")
+    monkeypatch.setenv("LRBNN_MAX_QUEUE", "0")
+    monkeypatch.setenv("LRBNN_WORKERS", "many")
+    assert main(["serve", "--port", "0"]) == 2
+    err = capsys.readouterr().err
+    assert "LRBNN_MAX_QUEUE: Input should be greater than or equal to 1 (got '0')" in err
+    assert "LRBNN_WORKERS:" in err and "'many'" in err and "Traceback" not in err
