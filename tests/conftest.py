@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
+
+from model_core.layers import BayesianModule
+from model_core.models import ArchitectureSpec, Likelihood, Method, build_model
 
 
 def make_toy_csv(path: Path, n: int = 600, seed: int = 0) -> Path:
@@ -37,3 +42,38 @@ def data_dir() -> Path:
     if not raw or not (Path(raw) / "support2" / "support2.csv").is_file():
         pytest.skip("LRBNN_DATA_DIR with support2/support2.csv is not available")
     return Path(raw)
+
+
+WideMlp = Callable[..., BayesianModule]
+
+
+@pytest.fixture
+def wide_mlp() -> WideMlp:
+    """A seeded MLP builder whose posteriors are wide (ρ = -3), so every sampled output really is random:
+    ``wide_mlp(method, likelihood=BERNOULLI, out=1, rank=15, in_features=44, hidden=(128, 128))``."""
+
+    def build(
+        method: Method,
+        likelihood: Likelihood = Likelihood.BERNOULLI,
+        out: int = 1,
+        rank: int = 15,
+        in_features: int = 44,
+        hidden: tuple[int, ...] = (128, 128),
+    ) -> BayesianModule:
+        torch.manual_seed(0)
+        spec = ArchitectureSpec(
+            method=method,
+            in_features=in_features,
+            hidden=list(hidden),
+            out_features=out,
+            likelihood=likelihood,
+            rank=rank if method is Method.LOWRANK else None,
+        )  # type: ignore[arg-type]
+        model = build_model(spec)
+        for name, p in model.named_parameters():
+            if "rho" in name:
+                with torch.no_grad():
+                    p.fill_(-3.0)
+        return model
+
+    return build

@@ -8,9 +8,11 @@ the servers, not different models:
 * preprocessing: ``Preprocessor.from_dict(manifest.input_schema.preprocessing).transform(rows)`` on
   named rows, exactly as the service builds them from a V2 tensor;
 * model: ``model_core.checkpoint.load_checkpoint`` (sha256 and shapes verified);
-* prediction: ``model_core.predict.predict(model, x, samples=S, seed=..., backend="lrt")``, the
-  per-example CPU sampling backend the service pins (``auto`` could pick a cheaper row-shared scheme
-  and make the competitor do less work);
+* prediction: the service's own pass, ``model_core.plan.RowwisePlan`` (the ``lrt`` backend frozen at
+  load, per-request noise), where the model has one (the ICU MLP does); otherwise
+  ``model_core.predict.predict(model, x, samples=S, seed=..., backend="lrt")``, the per-example CPU
+  sampling backend the service pins (``auto`` could pick a cheaper row-shared scheme and make the
+  competitor do less work);
 * outputs: ``mean``, ``variance``, ``epistemic``, ``ood_score`` (FP32) and ``ood`` (BOOL), the
   service's default V2 outputs.
 
@@ -35,7 +37,9 @@ from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 
 from model_core.checkpoint import load_checkpoint
 from model_core.data.preprocessing import Preprocessor
+from model_core.plan import RowwisePlan
 from model_core.predict import predict
+from model_core.sampling.noise import NoiseSource
 
 DEFAULT_SAMPLES = 128
 
@@ -54,6 +58,7 @@ class LrbnnRuntime(MLModel):
         self.preprocessor = Preprocessor.from_dict(ckpt.manifest.input_schema.preprocessing)
         self.specs = list(self.preprocessor.features)
         self.threshold = float(ckpt.manifest.calibration.ood_threshold)
+        self.plan = RowwisePlan.build(self.model) if RowwisePlan.supports(self.model) else None
         # warm-up, as the service does before it turns ready
         warm = self._predict(np.full((1, len(self.specs)), np.nan), seed=0)
         if not np.isfinite(warm["mean"]).all():
@@ -80,7 +85,10 @@ class LrbnnRuntime(MLModel):
     def _predict(self, x: np.ndarray, seed: int | None) -> dict[str, np.ndarray]:
         features, _imputed = self.preprocessor.transform(self._rows(x))
         xt = torch.from_numpy(np.ascontiguousarray(features, dtype=np.float32))
-        pred = predict(self.model, xt, samples=self.samples, seed=seed, backend="lrt")  # inference_mode
+        if self.plan is not None:  # the batch as one noise block: one pass, as MLServer's batching does
+            pred = self.plan.predict(xt, self.samples, NoiseSource.from_seeds([seed], [xt.shape[0]]))
+        else:
+            pred = predict(self.model, xt, samples=self.samples, seed=seed, backend="lrt")  # inference_mode
         return {
             "mean": pred.mean.numpy(),
             "variance": pred.variance.numpy(),

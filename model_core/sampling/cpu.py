@@ -19,6 +19,8 @@ Noise is always drawn through the :class:`NoiseSource` methods (the ONNX exporte
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import torch
 from torch import Tensor
 
@@ -185,14 +187,10 @@ def lrt(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> T
 _ALIGN = 16  # floats per 64 bytes
 
 
-def _aligned_rows(n_rows: int, inner: tuple[int, ...], like: Tensor) -> Tensor:
-    """An uninitialised (N, *inner) tensor, dense within a row, whose rows start on 64-byte boundaries."""
-    strides = [1]
-    for d in reversed(inner[1:]):
-        strides.insert(0, strides[0] * d)
-    numel = strides[0] * inner[0]
-    row = -(-numel // _ALIGN) * _ALIGN
-    return torch.empty_strided((n_rows, *inner), (row, *strides), dtype=like.dtype, device=like.device)
+def _aligned_rows(n_rows: int, rows: int, cols: int, like: Tensor) -> Tensor:
+    """An uninitialised (N, R, m) tensor, dense within a row, whose rows start on 64-byte boundaries."""
+    row = -(-(rows * cols) // _ALIGN) * _ALIGN
+    return torch.empty_strided((n_rows, rows, cols), (row, cols, 1), dtype=like.dtype, device=like.device)
 
 
 def rows_first(x: Tensor) -> Tensor:
@@ -200,7 +198,7 @@ def rows_first(x: Tensor) -> Tensor:
     xr = x.transpose(0, 1)
     if xr.is_contiguous() and (xr.shape[1] * xr.shape[2]) % _ALIGN == 0 and xr.data_ptr() % 64 == 0:
         return xr
-    out = _aligned_rows(xr.shape[0], (xr.shape[1], xr.shape[2]), x)
+    out = _aligned_rows(xr.shape[0], xr.shape[1], xr.shape[2], x)
     return out.copy_(xr)
 
 
@@ -215,7 +213,7 @@ def shared_matmul(x: Tensor, w_t: Tensor) -> Tensor:
 
 def square_rows(x: Tensor) -> Tensor:
     """x ⊙ x for rows-outer (N, R, k) ``x``, into 64-byte aligned rows."""
-    out = _aligned_rows(x.shape[0], (x.shape[1], x.shape[2]), x)
+    out = _aligned_rows(x.shape[0], x.shape[1], x.shape[2], x)
     return torch.mul(x, x, out=out)
 
 
@@ -256,52 +254,87 @@ def row_matmul(h: Tensor, w: Tensor, out: Tensor | None = None) -> Tensor:
     return out
 
 
-def _row_constants(post: FactorPosterior) -> tuple[Tensor, Tensor, Tensor, Tensor]:
-    """[μ_Bᵀ; σ_B²ᵀ] (2, r, n), σ_B² (n, r), [μ_Aᵀ; μ_b] and [σ_A²ᵀ; σ_b²] ((r+1), m): functions of the
-    posterior alone, memoised in ``post.memo`` while its tensors are the same objects at the same
-    in-place versions (a served layer: ~10 small ops saved per layer and request). The memo holds the
-    tensors it was computed from, so their ids cannot be reused by other tensors while it is kept."""
+class RowConstants(NamedTuple):
+    """Functions of a layer's posterior alone that the row-wise pass uses, with the rank padded to ``width``.
+
+    The first-stage factors get zero columns up to ``width`` = r + 1 rounded up to a multiple of 16: MKL's
+    small GEMMs are 2-3x faster with 16 output columns than with 15 (``docs/performance.md``), a zero
+    column gives h = 0 + 0·ε there exactly, and column r then holds the 1 of [h, 1], so the second-stage
+    factors [μ_Aᵀ; μ_b; 0] and [σ_A²ᵀ; σ_b²; 0] fold the bias into their GEMMs.
+    """
+
+    rank: int
+    width: int
+    w_t: Tensor  # [μ_Bᵀ; σ_B²ᵀ], (2, width, n)
+    mu_b: Tensor  # (n, width)
+    var_b: Tensor  # (n, width)
+    a_mu: Tensor  # (width, m)
+    a_var: Tensor  # (width, m)
+    tail: Tensor  # [1, 0, ...], (width - r,): the columns of [h, 1] after h
+
+
+def padded_width(rank: int) -> int:
+    """Columns of the row-wise first stage: r + 1 rounded up to a multiple of 16 (see RowConstants)."""
+    return -(-(rank + 1) // 16) * 16
+
+
+def row_constants(post: FactorPosterior) -> RowConstants:
+    """The :class:`RowConstants` of ``post``, memoised in ``post.memo`` while its tensors are the same
+    objects at the same in-place versions (a served layer: ~15 small ops saved per layer and request).
+    The memo holds the tensors it was computed from, so their ids cannot be reused while it is kept."""
     parts = (post.mu_a, post.sigma_a, post.mu_b, post.sigma_b, post.bias_mu, post.bias_sigma)
     stamp = tuple((id(t), t._version) if t is not None else (0, 0) for t in parts)
     memo = post.memo
     if memo is not None and memo.get("stamp") == stamp:
         return memo["constants"]  # type: ignore[no-any-return]
-    m = post.out_features
-    var_b = post.sigma_b * post.sigma_b
-    w_t = torch.stack([post.mu_b.T, var_b.T])
-    zeros = post.mu_a.new_zeros((1, m))
-    a_mu = torch.cat([post.mu_a.T, zeros if post.bias_mu is None else post.bias_mu.view(1, -1)])
-    bias_var = zeros if post.bias_sigma is None else (post.bias_sigma * post.bias_sigma).view(1, -1)
-    a_var = torch.cat([(post.sigma_a * post.sigma_a).T, bias_var])
-    constants = (w_t, var_b, a_mu, a_var)
+    r, m, n = post.rank, post.out_features, post.in_features
+    width = padded_width(r)
+    mu_b = post.mu_b.new_zeros((n, width))
+    mu_b[:, :r] = post.mu_b
+    var_b = torch.zeros_like(mu_b)
+    var_b[:, :r] = post.sigma_b * post.sigma_b
+    a_mu = post.mu_a.new_zeros((width, m))
+    a_mu[:r] = post.mu_a.T
+    a_var = torch.zeros_like(a_mu)
+    a_var[:r] = (post.sigma_a * post.sigma_a).T
+    if post.bias_mu is not None:
+        a_mu[r] = post.bias_mu
+    if post.bias_sigma is not None:
+        a_var[r] = post.bias_sigma * post.bias_sigma
+    tail = mu_b.new_zeros(width - r)
+    tail[0] = 1.0
+    constants = RowConstants(r, width, torch.stack([mu_b.T, var_b.T]), mu_b, var_b, a_mu, a_var, tail)
     if memo is not None:
         memo.update(stamp=stamp, parts=parts, constants=constants)
     return constants
 
 
 def _lrt_rows(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> Tensor:
+    return lrt_rows(x, row_constants(post), samples, noise)
+
+
+def lrt_rows(x: Tensor, c: RowConstants, samples: int, noise: NoiseSource) -> Tensor:
     """``lrt`` computed row by row with shapes that do not depend on N (see the notes above)."""
-    r, m = post.rank, post.out_features
-    w_t, var_b, a_mu, a_var = _row_constants(post)
-    if x.dim() == 2:  # both moments in one product and one sum: (N, 2, 1, n) x (2, r, n) -> (N, 2, r)
-        moments = (torch.stack([x, x * x], 1).unsqueeze(2) * w_t).sum(-1)
-        mu_h, std_h = moments[:, None, 0], moments[:, None, 1].sqrt_()
-    else:  # (N, S, r)
-        xr = rows_first(x)
-        mu_h = row_matmul(xr, post.mu_b)
-        std_h = row_matmul(square_rows(xr), var_b).sqrt_()
-    n_rows = mu_h.shape[0]
-    # h = μ_h + σ_h ε written into [h, 1] (the bias column), rows-outer
-    hh = _aligned_rows(n_rows, (samples, r + 1), x)
-    h = hh[..., :r]
+    r, m = c.rank, c.a_mu.shape[1]
     eps = noise.per_row(samples, r, dtype=x.dtype).transpose(0, 1)  # (N, S, r) view
-    torch.mul(eps, std_h, out=h)
-    h.add_(mu_h)
-    hh[..., r].fill_(1.0)
+    if x.dim() == 2:  # both moments in one product and one sum: (N, 2, 1, n) x (2, w, n) -> (N, 2, w)
+        moments = (torch.stack([x, x * x], 1).unsqueeze(2) * c.w_t).sum(-1)
+        mu_h, std_h = moments[:, None, 0, :r], moments[:, None, 1, :r].sqrt_()
+        hh = _aligned_rows(moments.shape[0], samples, c.width, x)  # [h, 1, 0...], rows-outer
+        h = hh[..., :r]
+        torch.mul(eps, std_h, out=h)
+        h.add_(mu_h)
+        hh[..., r:].copy_(c.tail)
+    else:  # (N, S, w): the mean's GEMM output becomes [h, 1, 0...] in place
+        xr = rows_first(x)
+        hh = row_matmul(xr, c.mu_b)
+        std_h = row_matmul(square_rows(xr), c.var_b)[..., :r].sqrt_()
+        hh[..., :r].add_(std_h.mul_(eps))
+        hh[..., r].fill_(1.0)
     # y = ε ⊙ sqrt([h, 1]² [σ_A²ᵀ; σ_b²]) + [h, 1] [μ_Aᵀ; μ_b], in the std buffer
-    y = row_matmul(square_rows(hh), a_var).sqrt_()
+    y = row_matmul(square_rows(hh), c.a_var).sqrt_()
     y.mul_(noise.per_row(samples, m, dtype=x.dtype).transpose(0, 1))
-    return row_matmul(hh, a_mu, out=y).transpose(0, 1)
+    return row_matmul(hh, c.a_mu, out=y).transpose(0, 1)
 
 
 def meanfield_rows(
@@ -327,7 +360,7 @@ def meanfield_rows(
     if b_var is not None:
         var.add_(b_var)
     std = var.sqrt_()
-    y = _aligned_rows(mean.shape[0], (samples, w_mu.shape[0]), x)
+    y = _aligned_rows(mean.shape[0], samples, w_mu.shape[0], x)
     torch.mul(noise.per_row(samples, w_mu.shape[0], dtype=x.dtype).transpose(0, 1), std, out=y)
     return y.add_(mean).transpose(0, 1)
 

@@ -43,6 +43,9 @@ class NoiseSource:
         #: When set (serving), ``auto`` only picks per-example schemes, so a block's answer is the same
         #: alone or merged with other blocks; a multi-block source is always batch invariant.
         self.batch_invariant = batch_invariant or len(self.generators) > 1
+        # fixed at construction and read on every draw (a served request draws ~5 times)
+        self._rows = sum(self.block_sizes)
+        self._device = self.generators[0].device
 
     @classmethod
     def from_seed(cls, seed: int | None, rows: int, device: torch.device | str = "cpu") -> NoiseSource:
@@ -56,7 +59,7 @@ class NoiseSource:
 
     @property
     def rows(self) -> int:
-        return sum(self.block_sizes)
+        return self._rows
 
     @property
     def single_block(self) -> bool:
@@ -64,13 +67,13 @@ class NoiseSource:
 
     @property
     def device(self) -> torch.device:
-        return self.generators[0].device
+        return self._device
 
     def per_row(self, samples: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """Noise of shape (S, N, width), rows drawn block by block from their own generators."""
-        if self.single_block:
+        if len(self.generators) == 1:
             return torch.randn(
-                (samples, self.rows, width), generator=self.generators[0], dtype=dtype, device=self.device
+                (samples, self._rows, width), generator=self.generators[0], dtype=dtype, device=self._device
             )
         parts = [
             torch.randn((samples, b, width), generator=g, dtype=dtype, device=self.device)

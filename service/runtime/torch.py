@@ -30,6 +30,7 @@ import torch
 
 from model_core.checkpoint.manifest import Manifest, SamplingMode
 from model_core.layers.base import BayesianModule
+from model_core.plan import RowwisePlan
 from model_core.predict import DEFAULT_CHUNK_ELEMENTS, Prediction, batch_invariant, predict
 from model_core.sampling.api import register_triton_backend
 from model_core.sampling.noise import NoiseSource
@@ -93,6 +94,8 @@ class TorchRuntime:
                 self.backend = Backend.CACHED
         #: one pass over a merged batch gives each request the bits it gets alone
         self.batch_invariant = batch_invariant(model, self.backend, device)
+        #: the same pass frozen at load (no per-request walk over the modules); None: ``predict``
+        self.plan = RowwisePlan.build(model) if self.batch_invariant else None
 
     @staticmethod
     def _fresh_backend(device: torch.device) -> Backend:
@@ -143,6 +146,8 @@ class TorchRuntime:
 
     def _run(self, xt: torch.Tensor, samples: int, seeds: list[int | None], sizes: list[int]) -> Prediction:
         noise = NoiseSource.from_seeds(seeds, sizes, self.torch_device)
+        if self.plan is not None:
+            return self.plan.predict(xt, samples, noise, self.chunk_elements)
         return predict(
             self.model, xt, samples, noise=noise, backend=self.backend, chunk_elements=self.chunk_elements
         )

@@ -5,7 +5,7 @@ import torch
 
 from model_core.layers import Mode, PredictiveContext
 from model_core.models import ArchitectureSpec, Likelihood, Method, build_model
-from model_core.predict import predict, summarize
+from model_core.predict import predict, summarize, summarize_rows
 from model_core.sampling import NoiseSource
 
 
@@ -77,6 +77,27 @@ def test_summarize_binary_by_hand() -> None:
     assert p.entropy.item() == pytest.approx(h(0.4), abs=1e-6)
     assert p.aleatoric.item() == pytest.approx((h(0.2) + h(0.6)) / 2, abs=1e-6)
     assert p.epistemic.item() == pytest.approx(h(0.4) - (h(0.2) + h(0.6)) / 2, abs=1e-6)
+
+
+@pytest.mark.parametrize("samples", [1, 7, 64, 128, 200])
+def test_row_wise_bernoulli_summaries_match_the_vectorised_ones(samples: int) -> None:
+    """``summarize_rows`` computes the Bernoulli summaries from the logits (softplus identities); the
+    definitions are those of ``summarize``, up to float32 rounding, also for saturated logits."""
+    spec = ArchitectureSpec(method=Method.LOWRANK, in_features=1, out_features=1, rank=1)
+    gen = torch.Generator().manual_seed(samples)
+    logits = torch.randn(samples, 6, 1, generator=gen) * torch.tensor([0.1, 1.0, 3.0, 10.0, 30.0, 1.0]).view(
+        1, 6, 1
+    )
+    logits[:, 5] += 25.0  # every sample saturated near p = 1
+    rows, ref = summarize_rows(logits, spec), summarize(logits, spec)
+    for name in ("mean", "variance", "epistemic", "aleatoric", "entropy", "ood_score"):
+        assert torch.allclose(getattr(rows, name), getattr(ref, name), rtol=1e-4, atol=2e-6), name
+    assert torch.all(rows.epistemic >= 0) and torch.equal(rows.ood_score, rows.epistemic)
+    agree = summarize_rows(logits[:1].expand(samples, 6, 1).contiguous(), spec)
+    assert torch.all(agree.epistemic == 0)  # identical samples: exactly zero mutual information
+    h = lambda q: -(q * math.log(q) + (1 - q) * math.log(1 - q))  # noqa: E731
+    two = summarize_rows(torch.logit(torch.tensor([0.2, 0.6])).view(2, 1, 1), spec)
+    assert two.epistemic.item() == pytest.approx(h(0.4) - (h(0.2) + h(0.6)) / 2, abs=1e-6)
 
 
 def test_summarize_regression_by_hand() -> None:

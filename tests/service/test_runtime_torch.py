@@ -33,6 +33,7 @@ async def test_merged_batch_is_one_pass_with_lone_bits(serve_app: ServeApp, monk
     async with serve_app() as client:
         runtime = served_model(client).runtime
         assert runtime.batch_invariant  # the toy low-rank MLP on the CPU, proven at load
+        assert runtime.plan is not None  # served by the pass frozen at load, not a walk over the model
         rng = np.random.default_rng(1)
         x = rng.normal(size=(6, runtime.model.layers[0].in_features)).astype(np.float32)
         lone = [runtime.predict(x[i : i + 2], 64, [i], [2]) for i in (0, 2, 4)]

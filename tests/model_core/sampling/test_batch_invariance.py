@@ -7,6 +7,7 @@ batch in one pass.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import fields
 
 import pytest
@@ -14,28 +15,12 @@ import torch
 
 from model_core.layers import BayesianModule, MeanFieldLinear, PredictiveContext
 from model_core.layers.lowrank import LowRankBayesLinear
-from model_core.models import ArchitectureSpec, Likelihood, Method, build_model
+from model_core.models import Likelihood, Method
 from model_core.predict import Prediction, batch_invariant, predict
 from model_core.sampling import NoiseSource, cpu
 from model_core.sampling.types import Backend, FactorPosterior
 
-
-def _mlp(method: Method, likelihood: Likelihood = Likelihood.BERNOULLI, out: int = 1) -> BayesianModule:
-    torch.manual_seed(0)
-    spec = ArchitectureSpec(
-        method=method,
-        in_features=44,
-        hidden=[128, 128],
-        out_features=out,
-        likelihood=likelihood,
-        rank=15 if method is Method.LOWRANK else None,
-    )  # type: ignore[arg-type]
-    model = build_model(spec)
-    for name, p in model.named_parameters():  # wider posteriors: every output really is random
-        if "rho" in name:
-            with torch.no_grad():
-                p.fill_(-3.0)
-    return model
+WideMlp = Callable[..., BayesianModule]  # the wide_mlp fixture (tests/conftest.py)
 
 
 def _assert_rows_equal(merged: Prediction, lo: int, alone: Prediction) -> None:
@@ -62,14 +47,14 @@ def _check_invariance(model: BayesianModule, samples: int, sizes: list[int]) -> 
 
 
 @pytest.mark.parametrize("samples", [1, 2, 5, 100, 128])
-def test_lowrank_mlp_block_is_bitwise_the_same_alone_and_merged(samples: int) -> None:
-    model = _mlp(Method.LOWRANK)
+def test_lowrank_mlp_block_is_bitwise_the_same_alone_and_merged(samples: int, wide_mlp: WideMlp) -> None:
+    model = wide_mlp(Method.LOWRANK)
     for sizes in ([1] * 32, [3, 1, 2, 7, 1], [1] * 63 + [1], [20, 1, 43]):
         _check_invariance(model, samples, sizes)
 
 
-def test_large_s_and_both_thread_counts() -> None:
-    model = _mlp(Method.LOWRANK)
+def test_large_s_and_both_thread_counts(wide_mlp: WideMlp) -> None:
+    model = wide_mlp(Method.LOWRANK)
     threads = torch.get_num_threads()
     try:
         for n in (1, 2):
@@ -88,19 +73,21 @@ def test_large_s_and_both_thread_counts() -> None:
         (Method.LOWRANK, Likelihood.CATEGORICAL, 3),
     ],
 )
-def test_other_batch_invariant_mlps(method: Method, likelihood: Likelihood, out: int) -> None:
-    model = _mlp(method, likelihood, out)
+def test_other_batch_invariant_mlps(
+    method: Method, likelihood: Likelihood, out: int, wide_mlp: WideMlp
+) -> None:
+    model = wide_mlp(method, likelihood, out)
     assert batch_invariant(model, Backend.LRT)
     for samples in (3, 100):
         _check_invariance(model, samples, [1, 4, 1, 17, 2])
 
 
-def test_batch_invariant_claims_only_what_is_tested() -> None:
-    assert batch_invariant(_mlp(Method.LOWRANK), Backend.LRT, "cpu")
-    assert not batch_invariant(_mlp(Method.LOWRANK), Backend.CACHED, "cpu")
-    assert not batch_invariant(_mlp(Method.LOWRANK), Backend.LRT, "cuda")
+def test_batch_invariant_claims_only_what_is_tested(wide_mlp: WideMlp) -> None:
+    assert batch_invariant(wide_mlp(Method.LOWRANK), Backend.LRT, "cpu")
+    assert not batch_invariant(wide_mlp(Method.LOWRANK), Backend.CACHED, "cpu")
+    assert not batch_invariant(wide_mlp(Method.LOWRANK), Backend.LRT, "cuda")
     for method in (Method.RANK1, Method.DETERMINISTIC, Method.MCDROPOUT):
-        assert not batch_invariant(_mlp(method), Backend.LRT)
+        assert not batch_invariant(wide_mlp(method), Backend.LRT)
 
 
 @pytest.mark.parametrize(("k", "m"), [(128, 15), (16, 128), (128, 1), (44, 15), (3, 4)])
@@ -123,14 +110,15 @@ class _Delegating(NoiseSource):
         return super().per_row(samples, width, dtype)
 
 
+@pytest.mark.parametrize("rank", [5, 15, 16])  # r + 1 padded to 16, 16 and 32 columns
 @pytest.mark.parametrize("shared", [True, False])
-def test_row_wise_lrt_is_the_same_draw_as_the_merged_gemm_path(shared: bool) -> None:
+def test_row_wise_lrt_is_the_same_draw_as_the_merged_gemm_path(shared: bool, rank: int) -> None:
     gen = torch.Generator().manual_seed(3)
     post = FactorPosterior(
-        torch.randn(32, 5, generator=gen),
-        torch.rand(32, 5, generator=gen),
-        torch.randn(20, 5, generator=gen),
-        torch.rand(20, 5, generator=gen),
+        torch.randn(32, rank, generator=gen),
+        torch.rand(32, rank, generator=gen),
+        torch.randn(20, rank, generator=gen),
+        torch.rand(20, rank, generator=gen),
         torch.randn(32, generator=gen),
         torch.rand(32, generator=gen),
     )
@@ -141,8 +129,8 @@ def test_row_wise_lrt_is_the_same_draw_as_the_merged_gemm_path(shared: bool) -> 
     assert torch.allclose(rows, ref, rtol=1e-5, atol=1e-5)
 
 
-def test_meanfield_row_wise_matches_the_dense_formula() -> None:
-    layer = _mlp(Method.BBB).layers[0]  # type: ignore[index]
+def test_meanfield_row_wise_matches_the_dense_formula(wide_mlp: WideMlp) -> None:
+    layer = wide_mlp(Method.BBB).layers[0]  # type: ignore[index]
     assert isinstance(layer, MeanFieldLinear) and layer.bias_mu is not None
     x = torch.randn(5, 44)
     with torch.no_grad():
