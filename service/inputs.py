@@ -71,9 +71,14 @@ class TensorSpec:
     aliases: tuple[str, ...] = ()
 
 
-def _invalid(exc: PreprocessingError, prefix: str) -> InvalidInput:
-    field = f"{prefix}.{exc.field}" if exc.field else prefix
-    return InvalidInput(str(exc), field=field)
+def _instance_path(row: int) -> str:
+    return f"instances.{row}"
+
+
+def _invalid(exc: PreprocessingError, row_path: Callable[[int], str]) -> InvalidInput:
+    """The field of a preprocessing error: the row's path, then the feature, e.g. ``instances.1.age``."""
+    where = "instances" if exc.row is None else row_path(exc.row)
+    return InvalidInput(str(exc), field=where if exc.field is None else f"{where}.{exc.field}")
 
 
 def _overflowing(row: Mapping[str, Any]) -> str:
@@ -87,16 +92,22 @@ def _overflowing(row: Mapping[str, Any]) -> str:
 
 
 def _transform(
-    pre: Preprocessor, rows: Sequence[Mapping[str, Any]], prefix: str, flagged: list[list[str]]
+    pre: Preprocessor,
+    rows: Sequence[Mapping[str, Any]],
+    flagged: list[list[str]],
+    row_path: Callable[[int], str] = _instance_path,
 ) -> tuple[np.ndarray, list[list[str]]]:
+    """``pre.transform`` with errors naming the request field; ``row_path`` maps a row index to its path
+    in the request (a tabular row is an instance; a sequence row is one hour of an instance)."""
     try:
         return pre.transform(rows, flagged)
     except PreprocessingError as exc:
-        raise _invalid(exc, prefix) from None
+        raise _invalid(exc, row_path) from None
     except OverflowError:  # an integer literal beyond float range (JSON allows any size)
-        name = next((n for n in (_overflowing(r) for r in rows) if n != "?"), "?")
+        i, name = next(((i, n) for i, n in enumerate(_overflowing(r) for r in rows) if n != "?"), (0, "?"))
         raise InvalidInput(
-            f"feature {name!r} is out of range (an integer beyond the float range)", field=f"{prefix}.{name}"
+            f"feature {name!r} is out of range (an integer beyond the float range)",
+            field=f"{row_path(i)}.{name}",
         ) from None
 
 
@@ -114,7 +125,7 @@ def tensor_rows(pre: Preprocessor, x: np.ndarray, field: str) -> list[dict[str, 
                     raise InvalidInput(
                         f"feature {spec.name!r} is categorical: send a category index 0..{len(cats) - 1}, "
                         f"got {v!r}",
-                        field=f"{field}.{spec.name}",
+                        field=f"{field}.{len(rows)}.{spec.name}",
                     )
                 row[spec.name] = cats[int(v)]
             else:
@@ -158,7 +169,7 @@ class TabularInput(InputAdapter):
 
     def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
         flagged: list[list[str]] = []
-        x, imputed = _transform(self.pre, instances, "instances", flagged)
+        x, imputed = _transform(self.pre, instances, flagged)
         return Encoded(x, imputed, flagged)
 
     def warmup_instances(self) -> list[dict[str, Any]]:
@@ -247,7 +258,10 @@ class SequenceInput(InputAdapter):
                 forward.append(carried)
                 flat.append(row)
         flagged_flat: list[list[str]] = []
-        x, imputed_flat = _transform(self.pre, flat, "instances", flagged_flat)
+        window, key = self.window, self.key
+        x, imputed_flat = _transform(
+            self.pre, flat, flagged_flat, lambda k: f"instances.{k // window}.{key}.{k % window}"
+        )
         imputed: list[list[str]] = []
         flagged: list[list[str]] = []
         for i in range(len(instances)):

@@ -64,12 +64,14 @@ class PreprocessingError(ValueError):
     """A request value or table column that cannot be preprocessed.
 
     Subclasses ValueError so generic callers still catch it, and carries ``field`` (the feature name, or
-    None for errors about the whole row) so the server can point the client at the offending input.
+    None for errors about the whole row) and ``row`` (the request row's index, set by
+    :meth:`Preprocessor.transform`) so the server can point the client at the offending input.
     """
 
-    def __init__(self, message: str, field: str | None = None) -> None:
+    def __init__(self, message: str, field: str | None = None, row: int | None = None) -> None:
         super().__init__(message)
         self.field = field
+        self.row = row
 
 
 class FeatureSpec(BaseModel):
@@ -300,36 +302,40 @@ class Preprocessor(BaseModel):
         imputed: list[list[str]] = []
         by_name, plan = self._by_name, self._plan  # locals: pydantic private attributes are slow to read
         for i, row in enumerate(rows):
-            if not isinstance(row, Mapping):
-                raise PreprocessingError(f"row {i} is a {type(row).__name__}, expected a mapping")
-            for key in row:
-                if key not in by_name:
-                    raise PreprocessingError(f"unknown feature {key!r}", field=str(key))
-            filled: list[str] = []
-            odd: list[str] = []
-            out_i = out[i]
-            for spec, offset in plan:
-                value = row.get(spec.name)
-                if spec.kind == "numeric":
-                    number = _numeric_value(value, spec.name)
-                    if number is None:
-                        filled.append(spec.name)
-                        assert isinstance(spec.impute, (int, float))
-                        number = float(spec.impute)
-                    elif spec.plausible_low is not None and not spec.is_plausible(number):
-                        odd.append(spec.name)
-                    out_i[offset] = number  # raw for now; scaled column-wise below
-                else:
-                    category = _category_value(value, spec.name)
-                    if category is None:
-                        filled.append(spec.name)
-                        assert isinstance(spec.impute, str)
-                        category = spec.impute
-                    assert spec.categories is not None
-                    if category in spec.categories:
-                        out_i[offset + spec.categories.index(category)] = 1.0
-                    elif value is not None:
-                        odd.append(spec.name)
+            try:
+                if not isinstance(row, Mapping):
+                    raise PreprocessingError(f"row {i} is a {type(row).__name__}, expected a mapping")
+                for key in row:
+                    if key not in by_name:
+                        raise PreprocessingError(f"unknown feature {key!r}", field=str(key))
+                filled: list[str] = []
+                odd: list[str] = []
+                out_i = out[i]
+                for spec, offset in plan:
+                    value = row.get(spec.name)
+                    if spec.kind == "numeric":
+                        number = _numeric_value(value, spec.name)
+                        if number is None:
+                            filled.append(spec.name)
+                            assert isinstance(spec.impute, (int, float))
+                            number = float(spec.impute)
+                        elif spec.plausible_low is not None and not spec.is_plausible(number):
+                            odd.append(spec.name)
+                        out_i[offset] = number  # raw for now; scaled column-wise below
+                    else:
+                        category = _category_value(value, spec.name)
+                        if category is None:
+                            filled.append(spec.name)
+                            assert isinstance(spec.impute, str)
+                            category = spec.impute
+                        assert spec.categories is not None
+                        if category in spec.categories:
+                            out_i[offset + spec.categories.index(category)] = 1.0
+                        elif value is not None:
+                            odd.append(spec.name)
+            except PreprocessingError as exc:  # which row: a request of many instances needs to know
+                exc.row = i
+                raise
             imputed.append(filled)
             if flagged is not None:
                 flagged.append(odd)

@@ -91,7 +91,7 @@ def parse_json(raw: bytes) -> Any:
         payload = json.loads(text, object_pairs_hook=_unique_object)
     except _DuplicateKey as exc:
         path = _duplicate_path(json.loads(text, object_pairs_hook=_Pairs)) or (exc.key,)
-        field = ".".join(p for p in path if not p.isdigit()) if path[0] == "instances" else ".".join(path)
+        field = ".".join(path)  # e.g. instances.1.age: the instance and the key, as other errors name them
         raise InvalidInput(f"duplicate key {exc.key!r} in a JSON object ({field})", field=field) from None
     except (ValueError, RecursionError) as exc:  # JSONDecodeError is a ValueError
         raise BadRequest(f"the request body is not valid JSON: {exc}", field="body") from None

@@ -32,22 +32,22 @@ def _params(**parameters: object) -> bytes:
 # (path, body bytes, status, field named in the answer)
 CASES: list[tuple[str, bytes, int, str]] = [
     # duplicate keys: which value would be used is ambiguous, so neither is
-    (PREDICT, b'{"instances": [{"age": 70, "age": 700}]}', 422, "instances.age"),
+    (PREDICT, b'{"instances": [{"age": 70, "age": 700}]}', 422, "instances.0.age"),
     (PREDICT, b'{"instances": [{"age": 70}], "instances": [{"age": 71}]}', 422, "instances"),
     (PREDICT, b'{"instances": [{}], "parameters": {"seed": 1, "seed": 2}}', 422, "parameters.seed"),
     # numbers JSON allows but floats cannot hold
-    (PREDICT, b'{"instances": [{"age": ' + HUGE_INT + b"}]}", 422, "instances.age"),
-    (PREDICT, b'{"instances": [{"age": -' + HUGE_INT + b"}]}", 422, "instances.age"),
-    (PREDICT, b'{"instances": [{"age": 1e999}]}', 422, "instances.age"),
-    (PREDICT, b'{"instances": [{"heart_rate": NaN}]}', 422, "instances.heart_rate"),
+    (PREDICT, b'{"instances": [{"age": ' + HUGE_INT + b"}]}", 422, "instances.0.age"),
+    (PREDICT, b'{"instances": [{"age": -' + HUGE_INT + b"}]}", 422, "instances.0.age"),
+    (PREDICT, b'{"instances": [{"age": 1e999}]}', 422, "instances.0.age"),
+    (PREDICT, b'{"instances": [{"heart_rate": NaN}]}', 422, "instances.0.heart_rate"),
     # wrong types
-    (PREDICT, orjson.dumps({"instances": [{"creatinine": "1.5"}]}), 422, "instances.creatinine"),
-    (PREDICT, orjson.dumps({"instances": [{"age": [70]}]}), 422, "instances.age"),
-    (PREDICT, orjson.dumps({"instances": [{"age": {"value": 70}}]}), 422, "instances.age"),
+    (PREDICT, orjson.dumps({"instances": [{"creatinine": "1.5"}]}), 422, "instances.0.creatinine"),
+    (PREDICT, orjson.dumps({"instances": [{"age": [70]}]}), 422, "instances.0.age"),
+    (PREDICT, orjson.dumps({"instances": [{"age": {"value": 70}}]}), 422, "instances.0.age"),
     (PREDICT, orjson.dumps({"instances": {"age": 70}}), 422, "instances"),
     (PREDICT, orjson.dumps({"instances": [None]}), 422, "instances.0"),
     (PREDICT, orjson.dumps({"instances": None}), 422, "instances"),
-    (PREDICT, orjson.dumps({"instances": [{"bmi": 22}]}), 422, "instances.bmi"),
+    (PREDICT, orjson.dumps({"instances": [{"bmi": 22}]}), 422, "instances.0.bmi"),
     (PREDICT, orjson.dumps({"instances": [{}], "extra": 1}), 422, "extra"),
     # parameters
     (PREDICT, _params(samples=-1), 422, "parameters.samples"),
@@ -73,9 +73,9 @@ CASES: list[tuple[str, bytes, int, str]] = [
     (INFER, _tensor([70, 110, 1.5, 0], shape=(1, 4, 1)), 400, "inputs.0.shape"),
     (INFER, _tensor([70, 110, 1.5]), 400, "inputs.0.data"),
     (INFER, _tensor([70, "110", 1.5, 0]), 400, "inputs.0.data"),
-    (INFER, _tensor([70, 110, 1.5, 7]), 422, "inputs.0.data.sex"),
+    (INFER, _tensor([70, 110, 1.5, 7]), 422, "inputs.0.data.0.sex"),
     (INFER, _tensor([70, 110, 1.5, 0]).replace(b"70", HUGE_INT), 400, "inputs.0.data"),
-    (INFER, _tensor([70, 110, 1.5, 0]).replace(b"70", b"Infinity"), 422, "instances.age"),
+    (INFER, _tensor([70, 110, 1.5, 0]).replace(b"70", b"Infinity"), 422, "instances.0.age"),
     (
         INFER,
         _tensor([70, 110, 1.5, 0], outputs=[{"name": "mean", "parameters": [1]}]),

@@ -153,8 +153,8 @@ async def test_missing_pm25_is_forward_filled_and_reported(kinds_repo: Path) -> 
         ({"window": hours()}, "instances.0", "unknown key"),
         ({"hours": hours(hour=24)}, "instances.0.hours.0.hour", "0..23"),
         ({"hours": hours(month=0)}, "instances.0.hours.0.month", "1..12"),
-        ({"hours": hours(TEMP="warm")}, "instances.TEMP", "TEMP"),
-        ({"hours": hours(ozone=3.0)}, "instances.ozone", "unknown feature"),
+        ({"hours": hours(TEMP="warm")}, "instances.0.hours.0.TEMP", "TEMP"),
+        ({"hours": hours(ozone=3.0)}, "instances.0.hours.0.ozone", "unknown feature"),
         ({"hours": [*hours()[:23], 7]}, "instances.0.hours.23", "object"),
     ],
 )
@@ -166,6 +166,15 @@ async def test_bad_sequence_windows_are_422_naming_the_field(
         assert r.status_code == 422, r.text  # well-formed JSON, invalid instance (as for tabular)
         assert r.json()["field"] == field and words in r.json()["error"]
         assert (await client.get("/readyz")).status_code == 200
+
+
+async def test_a_bad_hour_of_a_later_instance_is_named_by_instance_and_hour(kinds_repo: Path) -> None:
+    bad = hours()
+    bad[5]["TEMP"] = "warm"
+    async with serve(kinds_repo) as client:
+        r = await v1(client, AIR, [{"hours": hours()}, {"hours": bad}])
+        assert r.status_code == 422, r.text
+        assert r.json()["field"] == "instances.1.hours.5.TEMP"
 
 
 async def test_implausible_hour_values_are_flagged_not_hidden(kinds_repo: Path) -> None:

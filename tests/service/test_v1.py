@@ -84,14 +84,19 @@ async def test_unknown_model_is_404_without_new_series(serve_app: ServeApp) -> N
 
 BAD_INPUTS = [
     # (body bytes, status, field named in the answer)
-    (b'{"instances": [{"age": NaN}]}', 422, "instances.age"),  # not JSON, but named precisely
-    (orjson.dumps({"instances": [{"age": "70"}]}), 422, "instances.age"),
-    (b'{"instances": [{"age": 1e999}]}', 422, "instances.age"),  # overflows to infinity
-    (b'{"instances": [{"age": -Infinity}]}', 422, "instances.age"),
-    (b'{"instances": [{"sex": NaN}]}', 422, "instances.sex"),
+    (b'{"instances": [{"age": NaN}]}', 422, "instances.0.age"),  # not JSON, but named precisely
+    (orjson.dumps({"instances": [{"age": "70"}]}), 422, "instances.0.age"),
+    (b'{"instances": [{"age": 1e999}]}', 422, "instances.0.age"),  # overflows to infinity
+    (b'{"instances": [{"age": -Infinity}]}', 422, "instances.0.age"),
+    (b'{"instances": [{"sex": NaN}]}', 422, "instances.0.sex"),
     (b"[" * 100_000 + b"]" * 100_000, 400, "body"),  # nesting bomb
-    (orjson.dumps({"instances": [{"weight": 70}]}), 422, "instances.weight"),
-    (orjson.dumps({"instances": [{"sex": ["male"]}]}), 422, "instances.sex"),
+    (orjson.dumps({"instances": [{"weight": 70}]}), 422, "instances.0.weight"),
+    (orjson.dumps({"instances": [{"sex": ["male"]}]}), 422, "instances.0.sex"),
+    # in a request of several instances, the error names which one
+    (orjson.dumps({"instances": [{"age": 70}, {"age": "70"}]}), 422, "instances.1.age"),
+    (orjson.dumps({"instances": [{}, {}, {"weight": 70}]}), 422, "instances.2.weight"),
+    (b'{"instances": [{"age": 70}, {"age": 70, "age": 71}]}', 422, "instances.1.age"),
+    (b'{"instances": [{}, {"age": ' + b"9" * 400 + b"}]}", 422, "instances.1.age"),
     (orjson.dumps({"instances": []}), 422, "instances"),
     (orjson.dumps({"instances": ["x"]}), 422, "instances.0"),
     (orjson.dumps({}), 422, "instances"),

@@ -115,7 +115,10 @@ async def test_bad_tensor_is_400_naming_the_problem(serve_app: ServeApp, body: o
 async def test_bad_values_are_422(serve_app: ServeApp) -> None:
     async with serve_app() as client:
         r = await client.post(INFER, content=orjson.dumps(_infer_body([70, 90, 1, 7], [1, 4])))
-        assert r.status_code == 422 and r.json()["field"] == "inputs.0.data.sex"
+        assert r.status_code == 422 and r.json()["field"] == "inputs.0.data.0.sex"
+        two = _infer_body([70, 90, 1, 0, 71, 91, 1, 9], [2, 4])  # the second row's category is bad
+        r = await client.post(INFER, content=orjson.dumps(two))
+        assert r.status_code == 422 and r.json()["field"] == "inputs.0.data.1.sex"
         r = await client.post(
             INFER, content=orjson.dumps(_infer_body(ROW, [1, 4], parameters={"samples": 0}))
         )

@@ -115,8 +115,17 @@ def test_fit_from_dataframe_equals_fit_from_arrays(pre: Preprocessor) -> None:
 def test_unknown_feature_is_named(pre: Preprocessor) -> None:
     with pytest.raises(PreprocessingError, match="bogus") as info:
         pre.transform([{"x": 1.0, "bogus": 3}])
-    assert info.value.field == "bogus"
+    assert info.value.field == "bogus" and info.value.row == 0
     assert isinstance(info.value, ValueError)
+
+
+def test_the_error_names_the_row_of_a_many_row_request(pre: Preprocessor) -> None:
+    with pytest.raises(PreprocessingError) as info:
+        pre.transform([{"x": 1.0}, {}, {"x": "high"}, {"x": 2.0}])
+    assert (info.value.row, info.value.field) == (2, "x")
+    with pytest.raises(PreprocessingError, match="row 1") as info:
+        pre.transform([{}, [1.0]])  # type: ignore[list-item]
+    assert (info.value.row, info.value.field) == (1, None)
 
 
 @pytest.mark.parametrize("bad", [math.nan, np.float32("nan"), math.inf, -math.inf])
