@@ -21,6 +21,7 @@ from service.api.schemas import PredictRequest, V2InferRequest
 from service.fastpath import EdgeMiddleware, HotRoutes
 from service.inference import InferenceService
 from service.logs import configure_logging
+from service.monitoring.drift_share import DriftShare
 from service.monitoring.metrics import Metrics
 from service.repository import ModelRepository
 from service.security import TokenSet
@@ -38,7 +39,7 @@ def build_state(settings: Settings) -> AppState:
         settings=settings,
         repository=ModelRepository(settings),
         metrics=metrics,
-        inference=InferenceService(settings, metrics),
+        inference=InferenceService(settings, metrics, DriftShare.from_env()),
         tokens=TokenSet(settings.tokens()),
         admin_tokens=TokenSet([admin] if admin else []),
         sync=ReloadBroadcast.from_env(),

@@ -20,6 +20,7 @@ from model_core.checkpoint.manifest import Calibration, Task
 from service.batching import ModelBatcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.monitoring.drift import DriftMonitor
+from service.monitoring.drift_share import DriftShare
 from service.monitoring.metrics import DRIFT_STATISTICS, Metrics
 from service.repository import ServedModel
 from service.runtime.base import Outputs
@@ -64,12 +65,15 @@ class InferenceResult:
 
 
 class InferenceService:
-    def __init__(self, settings: Settings, metrics: Metrics) -> None:
+    def __init__(self, settings: Settings, metrics: Metrics, share: DriftShare | None = None) -> None:
         self.settings = settings
         self.metrics = metrics
         self.batchers: dict[str, ModelBatcher] = {}
         self.drift: dict[str, DriftMonitor] = {}
+        self._versions: dict[str, str] = {}  # the version each drift window is of
         self._published: dict[str, float] = {}  # when each model's drift gauges were last set
+        #: with several workers: the drift windows merged over all of them (None: one process)
+        self.share = share
 
     def attached(self, name: str) -> bool:
         """Whether requests for ``name`` can be answered: its batcher and series exist. The repository
@@ -89,6 +93,7 @@ class InferenceService:
         )
         ref = served.manifest.drift_reference.quantiles
         self.drift[served.name] = DriftMonitor(ref, self.settings.drift_window, served.ood_threshold)
+        self._versions[served.name] = served.version
         if served.name not in self.batchers:
             batcher = ModelBatcher(
                 served.name,
@@ -180,7 +185,8 @@ class InferenceService:
         The statistics cost O(n) in the reference grid (~1000 quantiles), too much for every request of a
         small model, so requests publish at most every ``DRIFT_PUBLISH_INTERVAL_S`` per model and
         ``/metrics`` publishes every model just before it renders: a scrape always reads the window as
-        it is (with several workers, the answering worker's window; the others' at most that old).
+        it is. With several workers the statistics are over all their windows merged (the answering
+        worker's as it is, the others' as they last published: at most ~100 ms old while they serve).
         """
         m = self.metrics
         now = time.monotonic() if now is None else now
@@ -188,7 +194,16 @@ class InferenceService:
             monitor = self.drift.get(model)
             if monitor is None:
                 continue
-            stats = monitor.stats()
+            state = monitor.state()
+            if self.share is not None:
+                version = self._versions[model]
+                try:
+                    self.share.write(model, version, state)
+                    for other in self.share.others(model, version):
+                        state = state + other
+                except (OSError, ValueError) as exc:  # this worker's own window still gives gauges
+                    log.error("drift windows not shared", extra={"model": model, "error": str(exc)})
+            stats = monitor.stats_of(state)
             self._published[model] = now
             m.child(m.ood_rate, model).set(stats.ood_rate)
             for stat in DRIFT_STATISTICS:

@@ -44,6 +44,7 @@ import time
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
+from service.monitoring.drift_share import DriftShare
 from service.settings import Settings
 from service.sync import SYNC_DIR_ENV
 
@@ -174,7 +175,8 @@ class Supervisor:
 
 
 def _mark_dead(pid: int | None) -> None:
-    """Drop a dead worker's live-gauge files (its in-flight count must not linger in the sums)."""
+    """Drop a dead worker's live-gauge files (its in-flight count must not linger in the sums) and its
+    drift windows (a replacement starts an empty window; the dead one's would never age out)."""
     folder = os.environ.get(METRICS_DIR_ENV)
     if pid is None or not folder:
         return
@@ -182,6 +184,9 @@ def _mark_dead(pid: int | None) -> None:
 
     with contextlib.suppress(OSError):
         multiprocess.mark_process_dead(pid, folder)
+    share = DriftShare.from_env()
+    if share is not None:
+        share.forget(pid)
 
 
 def run_workers(settings: Settings, host: str, port: int, workers: int) -> int:

@@ -37,6 +37,40 @@ class DriftStats:
     count: int
 
 
+@dataclass(frozen=True)
+class WindowState:
+    """What the statistics read of a window: its per-bin counts and four sums. Windows of several
+    workers over the same reference merge by adding these (``service/monitoring/drift_share.py``)."""
+
+    counts: np.ndarray  # int64, (n + 1,): scores per bin of the reference grid
+    filled: int
+    ood_sum: int
+    below: float  # Σ (q_0 − s) over scores below the grid
+    above: float  # Σ (s − q_{n-1}) over scores above it
+
+    def __add__(self, other: WindowState) -> WindowState:
+        if self.counts.shape != other.counts.shape:
+            raise ValueError("windows over different reference grids cannot be merged")
+        return WindowState(
+            self.counts + other.counts,
+            self.filled + other.filled,
+            self.ood_sum + other.ood_sum,
+            self.below + other.below,
+            self.above + other.above,
+        )
+
+    def to_array(self) -> np.ndarray:
+        """One float64 array [filled, ood_sum, below, above, counts...] (counts < 2**53: exact)."""
+        head = np.array([self.filled, self.ood_sum, self.below, self.above], dtype=np.float64)
+        return np.concatenate([head, self.counts.astype(np.float64)])
+
+    @classmethod
+    def from_array(cls, a: np.ndarray) -> WindowState:
+        if a.ndim != 1 or a.size < 6 or not np.isfinite(a).all():
+            raise ValueError("not a drift window state")
+        return cls(a[4:].astype(np.int64), int(a[0]), int(a[1]), float(a[2]), float(a[3]))
+
+
 class DriftMonitor:
     def __init__(self, reference: list[float], window: int, threshold: float) -> None:
         q = np.asarray(reference, dtype=np.float64)
@@ -71,8 +105,14 @@ class DriftMonitor:
 
     def stats(self) -> DriftStats:
         """The statistics of the current window: O(n)."""
+        return self.stats_of(self.state())
+
+    def state(self) -> WindowState:
+        """A snapshot of the window's counts and sums (O(n) copy)."""
         with self._lock:
-            return self._stats()
+            return WindowState(
+                self._counts.copy(), self._filled, self._ood_sum, max(self._below, 0.0), max(self._above, 0.0)
+            )
 
     def update(self, scores: np.ndarray) -> DriftStats:
         """Add a batch of scores (evicting the oldest) and return the statistics of the new window."""
@@ -105,18 +145,21 @@ class DriftMonitor:
         elif old > self.q[-1]:
             self._above -= old - self.q[-1]
 
-    def _stats(self) -> DriftStats:
-        m = self._filled
+    def stats_of(self, state: WindowState) -> DriftStats:
+        """The statistics of a window state over this monitor's reference (its own, or merged): O(n)."""
+        m = state.filled
         if m == 0:
             return DriftStats(0.0, 0.0, 0.0, 0.0, 0)
+        if state.counts.shape != self._counts.shape:
+            raise ValueError("the window state is over a different reference grid")
         # window CDF at q_j: scores s ≤ q_j are exactly those with bin k ≤ j
-        cdf = np.cumsum(self._counts[: self.n]) / m
+        cdf = np.cumsum(state.counts[: self.n]) / m
         diff = np.abs(cdf - self._ref_cdf)
         ks = float(diff.max())
         inner = 0.5 * (diff[:-1] + diff[1:])  # trapezoid between neighbouring reference quantiles
-        w1 = float((inner * self._widths).sum() + (max(self._below, 0.0) + max(self._above, 0.0)) / m)
+        w1 = float((inner * self._widths).sum() + (state.below + state.above) / m)
         coarse_cdf = np.concatenate(([0.0], cdf[self._edge_idx], [1.0]))
         p_w = np.maximum(np.diff(coarse_cdf), PSI_FLOOR)
         p_r = np.maximum(self._ref_psi, PSI_FLOOR)
         psi = float(((p_w - p_r) * np.log(p_w / p_r)).sum())
-        return DriftStats(psi, ks, w1, self._ood_sum / m, m)
+        return DriftStats(psi, ks, w1, state.ood_sum / m, m)

@@ -9,7 +9,7 @@ before any worker starts, prometheus-client keeps every value in per-process fil
 ``/metrics`` (answered by whichever worker) aggregates all of them: counters and histograms are
 summed; each gauge says how in its ``multiprocess_mode`` (in-flight requests summed over live workers,
 the model-info series the maximum, the drift statistics and OOD rate the most recent update of any
-worker, each worker computing them over its own share of the traffic).
+worker, each worker computing them over every worker's window merged: ``drift_share.py``).
 """
 
 from __future__ import annotations

@@ -7,7 +7,7 @@ import pytest
 import toy
 from service_helpers import ServeApp, metric_value
 
-from service.monitoring.drift import DriftMonitor
+from service.monitoring.drift import DriftMonitor, WindowState
 
 REF = np.quantile(np.random.default_rng(0).gamma(2.0, 1.0, 50_000), np.linspace(0, 1, 1000)).tolist()
 
@@ -100,8 +100,8 @@ async def test_requests_publish_the_statistics_at_most_every_interval(
     async with serve_app() as client:
         monitor = client.app.state.lrbnn.inference.drift["toy"]  # type: ignore[attr-defined]
         calls: list[int] = []
-        real = monitor.stats
-        monkeypatch.setattr(monitor, "stats", lambda: calls.append(1) or real())
+        real, stats_of = monitor.stats, monitor.stats_of
+        monkeypatch.setattr(monitor, "stats_of", lambda state: calls.append(1) or stats_of(state))
         for _ in range(10):
             assert (await client.post("/v1/models/toy:predict", json=body)).status_code == 200
         assert len(calls) <= 1  # the first request after attach may publish; the next nine do not
@@ -121,3 +121,48 @@ def test_update_is_add_then_stats() -> None:
     scores = np.random.default_rng(2).gamma(2.0, 1.0, 150)
     b.add(scores)
     assert a.update(scores) == b.stats()
+
+
+def test_windows_merge_by_adding_their_states() -> None:
+    """Two workers' windows merged give the statistics of one window over all their scores."""
+    rng = np.random.default_rng(5)
+    scores = np.concatenate([rng.gamma(2.0, 1.0, 300) * 1.4, [-1.0, 40.0]])  # some beyond the grid
+    a, b, whole = (DriftMonitor(REF, 1000, REF[950]) for _ in range(3))
+    a.add(scores[::2])
+    b.add(scores[1::2])
+    whole.add(scores)
+    merged = a.stats_of(a.state() + b.state())
+    want = whole.stats()
+    assert (merged.count, merged.ks, merged.psi, merged.ood_rate) == (
+        want.count,
+        want.ks,
+        want.psi,
+        want.ood_rate,
+    )
+    assert merged.wasserstein == pytest.approx(want.wasserstein, rel=1e-12)
+    assert a.stats() != want  # one worker's half alone is not the whole
+    empty = DriftMonitor(REF, 10, 1.0)
+    assert empty.stats_of(empty.state()).count == 0
+
+
+def test_window_state_round_trips_and_refuses_garbage() -> None:
+    mon = DriftMonitor(REF, 50, REF[950])
+    mon.add(np.random.default_rng(6).gamma(2.0, 1.0, 80))
+    state = mon.state()
+    again = WindowState.from_array(state.to_array())
+    assert np.array_equal(again.counts, state.counts)
+    assert (again.filled, again.ood_sum, again.below, again.above) == (
+        state.filled,
+        state.ood_sum,
+        state.below,
+        state.above,
+    )
+    assert mon.stats_of(again) == mon.stats()
+    for bad in (np.zeros(3), np.full(10, np.nan), np.zeros((2, 8))):
+        with pytest.raises(ValueError, match="drift window state"):
+            WindowState.from_array(bad)
+    other = DriftMonitor(REF[:500], 50, 1.0).state()
+    with pytest.raises(ValueError, match="different reference"):
+        _ = state + other
+    with pytest.raises(ValueError, match="different reference"):
+        mon.stats_of(WindowState(other.counts, 1, 0, 0.0, 0.0))
