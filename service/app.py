@@ -55,6 +55,7 @@ async def load_models(state: AppState) -> None:
         state.inference.attach(served)
     if state.sync is not None:  # one of several workers: follow the reloads the others publish
         state.following = asyncio.create_task(state.sync.follow(state), name="follow-reloads")
+    state.inference.start_sharing()  # with several workers: the drift windows, merged by every scrape
     state.loaded = True
     log.info(
         "ready" if state.repository.ready else "started with failed models",

@@ -6,6 +6,8 @@ into :meth:`InferenceService.predict` calls and its :class:`InferenceResult` bac
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -19,7 +21,7 @@ import numpy as np
 from model_core.checkpoint.manifest import Calibration, Task
 from service.batching import ModelBatcher
 from service.errors import InvalidInput, PayloadTooLarge
-from service.monitoring.drift import DriftMonitor
+from service.monitoring.drift import DriftMonitor, WindowState
 from service.monitoring.drift_share import DriftShare
 from service.monitoring.metrics import DRIFT_STATISTICS, Metrics
 from service.repository import ServedModel
@@ -74,6 +76,8 @@ class InferenceService:
         self._published: dict[str, float] = {}  # when each model's drift gauges were last set
         #: with several workers: the drift windows merged over all of them (None: one process)
         self.share = share
+        self._shared: dict[str, tuple[str, int]] = {}  # (version, scores added) last shared per model
+        self._sharing: asyncio.Task[None] | None = None
 
     def attached(self, name: str) -> bool:
         """Whether requests for ``name`` can be answered: its batcher and series exist. The repository
@@ -107,8 +111,41 @@ class InferenceService:
             self.batchers[served.name] = batcher
 
     async def stop(self) -> None:
+        if self._sharing is not None:
+            self._sharing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sharing
+            self._sharing = None
         for batcher in self.batchers.values():
             await batcher.stop()
+
+    def start_sharing(self, interval_s: float = DRIFT_PUBLISH_INTERVAL_S) -> None:
+        """With several workers: share every changed drift window every ``interval_s``, so what the
+        other workers merge is at most that old even after this worker's traffic stops (requests
+        publish at most that often, so the last ones before a pause would otherwise stay unshared)."""
+        if self.share is not None and self._sharing is None:
+            self._sharing = asyncio.get_running_loop().create_task(
+                self._keep_sharing(interval_s), name="share-drift-windows"
+            )
+
+    async def _keep_sharing(self, interval_s: float) -> None:
+        while True:
+            await asyncio.sleep(interval_s)
+            for model, monitor in list(self.drift.items()):
+                if self._shared.get(model) != (self._versions[model], monitor.added):
+                    self._share(model, monitor.state(), monitor.added)
+
+    def _share(self, model: str, state: WindowState, added: int) -> bool:
+        """Write this worker's window of ``model``; False (logged) when the folder cannot be written."""
+        assert self.share is not None
+        version = self._versions[model]
+        try:
+            self.share.write(model, version, state)
+        except OSError as exc:
+            log.error("drift window not shared", extra={"model": model, "error": str(exc)})
+            return False
+        self._shared[model] = (version, added)
+        return True
 
     # -- validation ----------------------------------------------------------------------------
     def resolve_samples(self, served: ServedModel, samples: int | None) -> int:
@@ -186,7 +223,7 @@ class InferenceService:
         small model, so requests publish at most every ``DRIFT_PUBLISH_INTERVAL_S`` per model and
         ``/metrics`` publishes every model just before it renders: a scrape always reads the window as
         it is. With several workers the statistics are over all their windows merged (the answering
-        worker's as it is, the others' as they last published: at most ~100 ms old while they serve).
+        worker's as it is, the others' as they last shared them: at most ~100 ms old).
         """
         m = self.metrics
         now = time.monotonic() if now is None else now
@@ -194,15 +231,14 @@ class InferenceService:
             monitor = self.drift.get(model)
             if monitor is None:
                 continue
+            added = monitor.added
             state = monitor.state()
-            if self.share is not None:
-                version = self._versions[model]
+            if self.share is not None and self._share(model, state, added):
                 try:
-                    self.share.write(model, version, state)
-                    for other in self.share.others(model, version):
+                    for other in self.share.others(model, self._versions[model]):
                         state = state + other
-                except (OSError, ValueError) as exc:  # this worker's own window still gives gauges
-                    log.error("drift windows not shared", extra={"model": model, "error": str(exc)})
+                except ValueError as exc:  # this worker's own window still gives gauges
+                    log.error("drift windows not merged", extra={"model": model, "error": str(exc)})
             stats = monitor.stats_of(state)
             self._published[model] = now
             m.child(m.ood_rate, model).set(stats.ood_rate)

@@ -95,6 +95,8 @@ class DriftMonitor:
         self._edge_idx = np.round(np.linspace(0, self.n - 1, PSI_BINS + 1)[1:-1]).astype(np.int64)
         self._ref_psi = np.diff(np.concatenate(([0.0], self._ref_cdf[self._edge_idx], [1.0])))
         self._lock = threading.Lock()
+        #: scores added so far: whether the window changed since a state was last taken
+        self.added = 0
 
     def add(self, scores: np.ndarray) -> None:
         """Add a batch of scores, evicting the oldest: O(b log n)."""
@@ -102,6 +104,7 @@ class DriftMonitor:
         with self._lock:
             for value, k in zip(s.tolist(), np.searchsorted(self.q, s, side="left").tolist(), strict=True):
                 self._push(value, int(k))
+            self.added += int(s.size)
 
     def stats(self) -> DriftStats:
         """The statistics of the current window: O(n)."""

@@ -5,8 +5,9 @@ scrape, answered by whichever worker, must describe the whole service's recent t
 same whichever worker answers. A window is summarised exactly by its per-bin counts and four sums
 (:class:`~service.monitoring.drift.WindowState`), and windows over the same reference merge by
 adding those. So every worker writes its state (~8 KB for a 1,000-quantile reference) to a folder the
-supervisor shares, when it publishes its gauges (at most every 100 ms per model, and on every
-scrape), and computes the statistics over its own state plus the other live workers' latest ones.
+supervisor shares, every 100 ms when it has changed (``InferenceService.start_sharing``) and on every
+scrape it answers, and computes the statistics over its own state plus the other live workers' latest
+ones (at most ~100 ms old).
 
 Files, not shared memory: the workers share nothing else, a write is one atomic ``os.replace``, and a
 dead worker's file is skipped (its process is gone) and removed by the supervisor. A file is keyed by
