@@ -2,7 +2,7 @@
 
 Why: :func:`model_core.predict.predict` is general, so every call sets the mode on every module, looks up
 σ = softplus(ρ) per parameter, builds a posterior object per layer, checks arguments and picks a backend.
-For a one-row S=128 request of the ICU model that Python costs ~40 µs of ~300. A plan does it once, when
+For a one-row S=128 request of the ICU model that Python costs ~50 µs of ~320. A plan does it once, when
 the model is loaded, and keeps only the tensors the row-wise kernels of ``model_core/sampling/cpu.py``
 read, so it computes the very bits ``predict`` computes with per-request noise (tested bitwise).
 
