@@ -133,7 +133,10 @@ class InferenceService:
             await asyncio.sleep(interval_s)
             for model, monitor in list(self.drift.items()):
                 if self._shared.get(model) != (self._versions[model], monitor.added):
-                    self._share(model, monitor.state(), monitor.added)
+                    try:
+                        self._share(model, monitor.state(), monitor.added)
+                    except Exception:  # never let the task die: the next interval tries again
+                        log.exception("drift window not shared", extra={"model": model})
 
     def _share(self, model: str, state: WindowState, added: int) -> bool:
         """Write this worker's window of ``model``; False (logged) when the folder cannot be written."""
