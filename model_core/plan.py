@@ -27,7 +27,6 @@ from model_core.predict import (
     Prediction,
     batch_invariant,
     noise_chunks,
-    summarize,
     summarize_rows,
 )
 from model_core.sampling.cpu import RowConstants, lrt_rows, meanfield_rows, row_constants
@@ -35,12 +34,6 @@ from model_core.sampling.noise import NoiseSource
 from model_core.sampling.types import Backend
 
 Step = Callable[[Tensor, int, NoiseSource], Tensor]
-
-#: In-place versions of the MLP activations: a layer's output is the plan's own buffer.
-_IN_PLACE: dict[Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]] = {
-    torch.relu: torch.relu_,
-    torch.tanh: torch.tanh_,
-}
 
 
 @dataclass(frozen=True)
@@ -68,8 +61,8 @@ def _step(layer: nn.Module) -> Step:
     if isinstance(layer, MeanFieldLinear):
         w_sigma, b_sigma = layer.sigmas()
         b_var = None if b_sigma is None else b_sigma * b_sigma
-        b_mu = None if layer.bias_mu is None else layer.bias_mu.detach()
-        return _MeanFieldStep(layer.weight_mu.detach(), w_sigma * w_sigma, b_mu, b_var)
+        b_mu = None if layer.bias_mu is None else layer.bias_mu.detach().clone()  # copies: a snapshot
+        return _MeanFieldStep(layer.weight_mu.detach().clone(), w_sigma * w_sigma, b_mu, b_var)
     raise TypeError(f"no row-wise step for {type(layer).__name__}")
 
 
@@ -96,7 +89,7 @@ class RowwisePlan:
         assert isinstance(model, BayesMLP)
         with torch.no_grad():
             steps = [_step(layer) for layer in model.layers]
-        return cls(steps, _IN_PLACE.get(model.act, model.act), model.spec)
+        return cls(steps, torch.relu_, model.spec)  # ReLU (batch_invariant says so), in place: our buffer
 
     def predictive(self, x: Tensor, samples: int, noise: NoiseSource) -> Tensor:
         """(N, in) -> (S, N, out), the bits of ``model.predictive`` with the ``lrt`` backend."""
@@ -117,10 +110,8 @@ class RowwisePlan:
         if not noise.batch_invariant or noise.rows != x.shape[0]:
             raise ValueError("a plan needs per-request noise (NoiseSource.from_seeds) covering every row")
         max_rows = max(1, chunk_elements // (samples * self.max_width))
-        if 0 < noise.rows <= max_rows:  # one chunk: the rows as they are (what noise_chunks would give)
+        if noise.rows <= max_rows:  # one chunk: the rows as they are (what noise_chunks would give)
             return summarize_rows(self.predictive(x, samples, noise), self.spec)
         chunks = noise_chunks(noise, max_rows)
-        if not chunks:  # no rows: empty fields, as predict gives
-            return summarize(self.predictive(x, samples, noise), self.spec)
         parts = [summarize_rows(self.predictive(x[lo:hi], samples, sub), self.spec) for lo, hi, sub in chunks]
         return parts[0] if len(parts) == 1 else Prediction.concat(parts)

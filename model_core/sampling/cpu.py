@@ -265,7 +265,7 @@ class RowConstants(NamedTuple):
 
     rank: int
     width: int
-    w_t: Tensor  # [μ_Bᵀ; σ_B²ᵀ], (2, width, n)
+    w_t: Tensor  # [μ_Bᵀ; σ_B²ᵀ], (2, r, n): a shared input's moments are sums, not a GEMM, so unpadded
     mu_b: Tensor  # (n, width)
     var_b: Tensor  # (n, width)
     a_mu: Tensor  # (width, m)
@@ -303,7 +303,8 @@ def row_constants(post: FactorPosterior) -> RowConstants:
         a_var[r] = post.bias_sigma * post.bias_sigma
     tail = mu_b.new_zeros(width - r)
     tail[0] = 1.0
-    constants = RowConstants(r, width, torch.stack([mu_b.T, var_b.T]), mu_b, var_b, a_mu, a_var, tail)
+    w_t = torch.stack([mu_b[:, :r].T, var_b[:, :r].T])
+    constants = RowConstants(r, width, w_t, mu_b, var_b, a_mu, a_var, tail)
     if memo is not None:
         memo.update(stamp=stamp, parts=parts, constants=constants)
     return constants
@@ -317,9 +318,9 @@ def lrt_rows(x: Tensor, c: RowConstants, samples: int, noise: NoiseSource) -> Te
     """``lrt`` computed row by row with shapes that do not depend on N (see the notes above)."""
     r, m = c.rank, c.a_mu.shape[1]
     eps = noise.per_row(samples, r, dtype=x.dtype).transpose(0, 1)  # (N, S, r) view
-    if x.dim() == 2:  # both moments in one product and one sum: (N, 2, 1, n) x (2, w, n) -> (N, 2, w)
+    if x.dim() == 2:  # both moments in one product and one sum: (N, 2, 1, n) x (2, r, n) -> (N, 2, r)
         moments = (torch.stack([x, x * x], 1).unsqueeze(2) * c.w_t).sum(-1)
-        mu_h, std_h = moments[:, None, 0, :r], moments[:, None, 1, :r].sqrt_()
+        mu_h, std_h = moments[:, None, 0], moments[:, None, 1].sqrt_()
         hh = _aligned_rows(moments.shape[0], samples, c.width, x)  # [h, 1, 0...], rows-outer
         h = hh[..., :r]
         torch.mul(eps, std_h, out=h)

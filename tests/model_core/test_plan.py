@@ -80,9 +80,10 @@ def test_the_plan_is_a_snapshot_of_the_parameters(wide_mlp: WideMlp) -> None:
     plan = RowwisePlan.build(model)
     x = torch.randn(2, 31)
     before = plan.predict(x, 32, _noise([9], [2]))
-    with torch.no_grad():
-        model.layers[0].mu_a.mul_(3.0)  # type: ignore[index]
-    _assert_same_bits(plan.predict(x, 32, _noise([9], [2])), before)
+    for layer, name in ((0, "mu_a"), (2, "weight_mu"), (2, "bias_mu")):  # low-rank and mean-field layers
+        with torch.no_grad():
+            getattr(model.layers[layer], name).mul_(3.0)  # type: ignore[index]
+        _assert_same_bits(plan.predict(x, 32, _noise([9], [2])), before)
     rebuilt = RowwisePlan.build(model)
     changed = rebuilt.predict(x, 32, _noise([9], [2]))
     assert not torch.equal(changed.mean, before.mean)

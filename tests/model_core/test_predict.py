@@ -100,6 +100,26 @@ def test_row_wise_bernoulli_summaries_match_the_vectorised_ones(samples: int) ->
     assert two.epistemic.item() == pytest.approx(h(0.4) - (h(0.2) + h(0.6)) / 2, abs=1e-6)
 
 
+@pytest.mark.parametrize("center", [-15.0, -8.0, 0.0, 8.0, 15.0])
+@pytest.mark.parametrize("spread", [0.05, 1.0])
+def test_row_wise_mutual_information_is_accurate_for_confident_predictions(
+    center: float, spread: float
+) -> None:
+    """Against float64: confident predictions (either sign) have a tiny MI that float32 rounding of
+    1 − p̄ or softplus(z) − z·p would swamp; the row-wise summary keeps it to ~1e-3 relative."""
+    spec = ArchitectureSpec(method=Method.LOWRANK, in_features=1, out_features=1, rank=1)
+    z = center + spread * torch.randn(128, 1, generator=torch.Generator().manual_seed(int(center) + 99))
+    z64 = z.double()
+    p, q = torch.sigmoid(z64), torch.sigmoid(-z64)
+    h = -(p * torch.log(p) + q * torch.log(q))
+    p_bar, q_bar = p.mean(), q.mean()
+    want = float(-(p_bar * torch.log(p_bar) + q_bar * torch.log(q_bar)) - h.mean())
+    got = summarize_rows(z.float().view(128, 1, 1), spec)
+    assert abs(got.epistemic.item() - want) <= max(2e-3 * want, 1e-12), (got.epistemic.item(), want)
+    assert got.aleatoric.item() == pytest.approx(float(h.mean()), rel=1e-5)
+    assert got.variance.item() == pytest.approx(float(p_bar * q_bar), rel=1e-5)
+
+
 def test_summarize_regression_by_hand() -> None:
     spec = ArchitectureSpec(
         method=Method.DETERMINISTIC,
