@@ -77,6 +77,7 @@ class InferenceService:
         #: with several workers: the drift windows merged over all of them (None: one process)
         self.share = share
         self._shared: dict[str, tuple[str, int]] = {}  # (version, scores added) last shared per model
+        self._share_error: dict[str, str] = {}  # the last sharing error logged per model
         self._sharing: asyncio.Task[None] | None = None
 
     def attached(self, name: str) -> bool:
@@ -98,6 +99,9 @@ class InferenceService:
         ref = served.manifest.drift_reference.quantiles
         self.drift[served.name] = DriftMonitor(ref, self.settings.drift_window, served.ood_threshold)
         self._versions[served.name] = served.version
+        if self.share is not None:  # a reload: this worker's window of the old version is gone
+            with contextlib.suppress(OSError):
+                self.share.discard_others(served.name, served.version)
         if served.name not in self.batchers:
             batcher = ModelBatcher(
                 served.name,
@@ -132,23 +136,41 @@ class InferenceService:
         while True:
             await asyncio.sleep(interval_s)
             for model, monitor in list(self.drift.items()):
+                # added, then state: both only change on this (the event-loop) thread, so they agree
                 if self._shared.get(model) != (self._versions[model], monitor.added):
-                    try:
-                        self._share(model, monitor.state(), monitor.added)
-                    except Exception:  # never let the task die: the next interval tries again
-                        log.exception("drift window not shared", extra={"model": model})
+                    self._share(model, monitor.state(), monitor.added)  # never raises
 
     def _share(self, model: str, state: WindowState, added: int) -> bool:
-        """Write this worker's window of ``model``; False (logged) when the folder cannot be written."""
+        """Write this worker's window of ``model``; False when the folder cannot be written (logged
+        once per distinct error, not every 100 ms)."""
         assert self.share is not None
         version = self._versions[model]
         try:
             self.share.write(model, version, state)
-        except OSError as exc:
-            log.error("drift window not shared", extra={"model": model, "error": str(exc)})
+        except Exception as exc:  # monitoring never fails a request
+            if self._share_error.get(model) != repr(exc):
+                self._share_error[model] = repr(exc)
+                log.error("drift window not shared", extra={"model": model, "error": repr(exc)})
             return False
+        self._share_error.pop(model, None)
         self._shared[model] = (version, added)
         return True
+
+    def _merged(self, model: str, state: WindowState) -> WindowState:
+        """This worker's window plus the other live workers' latest windows of the same version; a window
+        that cannot be read or merged is skipped (logged), never the request that published."""
+        assert self.share is not None
+        try:
+            others = self.share.others(model, self._versions[model])
+        except Exception:
+            log.exception("drift windows of the other workers not read", extra={"model": model})
+            return state
+        for other in others:
+            try:
+                state = state + other
+            except ValueError as exc:
+                log.error("drift window not merged", extra={"model": model, "error": str(exc)})
+        return state
 
     # -- validation ----------------------------------------------------------------------------
     def resolve_samples(self, served: ServedModel, samples: int | None) -> int:
@@ -237,11 +259,7 @@ class InferenceService:
             added = monitor.added
             state = monitor.state()
             if self.share is not None and self._share(model, state, added):
-                try:
-                    for other in self.share.others(model, self._versions[model]):
-                        state = state + other
-                except ValueError as exc:  # this worker's own window still gives gauges
-                    log.error("drift windows not merged", extra={"model": model, "error": str(exc)})
+                state = self._merged(model, state)
             stats = monitor.stats_of(state)
             self._published[model] = now
             m.child(m.ood_rate, model).set(stats.ood_rate)

@@ -62,7 +62,7 @@ class DriftShare:
         """Publish this worker's window of ``model`` at ``version`` (atomic replace)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{self._prefix(model, version)}{self.pid}{SUFFIX}"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
+        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".tmp-{self.pid}-")  # forget() finds strays
         try:
             with os.fdopen(fd, "wb") as f:
                 np.save(f, state.to_array(), allow_pickle=False)
@@ -89,15 +89,29 @@ class DriftShare:
                 continue
             try:
                 out.append(WindowState.from_array(np.load(entry.path, allow_pickle=False)))
-            except (OSError, ValueError) as exc:  # a worker's file is never half-written (os.replace)
-                log.error("unreadable drift window", extra={"file": name, "error": str(exc)})
+            except Exception as exc:  # never half-written (os.replace), but a folder can be tampered with
+                log.error("unreadable drift window", extra={"file": name, "error": repr(exc)})
         return out
 
-    def forget(self, pid: int) -> None:
-        """Remove every window a (dead) worker wrote; the supervisor calls this when one exits."""
-        suffix = f"@{pid}{SUFFIX}"
+    def discard_others(self, model: str, version: str) -> None:
+        """Remove this worker's windows of ``model`` at versions other than ``version`` (after a reload:
+        a sibling back on an old version must not merge this worker's window of it from long ago)."""
+        keep = self._prefix(model, version)
+        model_prefix = f"{quote(model, safe='')}@"
+        suffix = f"@{self.pid}{SUFFIX}"
         with contextlib.suppress(FileNotFoundError):
             for entry in os.scandir(self.folder):
-                if entry.name.endswith(suffix):
+                name = entry.name
+                if name.startswith(model_prefix) and name.endswith(suffix) and not name.startswith(keep):
+                    with contextlib.suppress(OSError):
+                        os.unlink(entry.path)
+
+    def forget(self, pid: int) -> None:
+        """Remove every window a (dead) worker wrote, and any temporary file it left mid-write; the
+        supervisor calls this when a worker exits."""
+        suffix, stray = f"@{pid}{SUFFIX}", f".tmp-{pid}-"
+        with contextlib.suppress(FileNotFoundError):
+            for entry in os.scandir(self.folder):
+                if entry.name.endswith(suffix) or entry.name.startswith(stray):
                     with contextlib.suppress(OSError):
                         os.unlink(entry.path)
