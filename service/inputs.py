@@ -111,8 +111,9 @@ def _transform(
         ) from None
 
 
-def tensor_rows(pre: Preprocessor, x: np.ndarray, field: str) -> list[dict[str, Any]]:
-    """V2 rows of raw values (NaN = missing; categorical = category index) -> named V1-style rows."""
+def tensor_rows(pre: Preprocessor, x: np.ndarray, row_path: Callable[[int], str]) -> list[dict[str, Any]]:
+    """V2 rows of raw values (NaN = missing; categorical = category index) -> named V1-style rows;
+    ``row_path`` names row ``i`` of ``x`` in the request (e.g. ``inputs.0.data.3``)."""
     rows: list[dict[str, Any]] = []
     for values in x.tolist():
         row: dict[str, Any] = {}
@@ -125,7 +126,7 @@ def tensor_rows(pre: Preprocessor, x: np.ndarray, field: str) -> list[dict[str, 
                     raise InvalidInput(
                         f"feature {spec.name!r} is categorical: send a category index 0..{len(cats) - 1}, "
                         f"got {v!r}",
-                        field=f"{field}.{len(rows)}.{spec.name}",
+                        field=f"{row_path(len(rows))}.{spec.name}",
                     )
                 row[spec.name] = cats[int(v)]
             else:
@@ -179,7 +180,7 @@ class TabularInput(InputAdapter):
         return TensorSpec("features", "FP32", [-1, len(self.pre.features)], aliases=("input__0",))
 
     def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
-        return tensor_rows(self.pre, tensor, "inputs.0.data")
+        return tensor_rows(self.pre, tensor, lambda i: f"inputs.0.data.{i}")
 
     def features(self) -> list[FeatureSpec]:
         return list(self.pre.features)
@@ -284,7 +285,12 @@ class SequenceInput(InputAdapter):
 
     def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
         n = tensor.shape[0]
-        rows = tensor_rows(self.pre, tensor.reshape(n * self.window, -1), "inputs.0.data")
+        window = (
+            self.window
+        )  # the tensor is [N, window, F]: flat row k is instance k // window, hour k % window
+        rows = tensor_rows(
+            self.pre, tensor.reshape(n * window, -1), lambda k: f"inputs.0.data.{k // window}.{k % window}"
+        )
         return [{self.key: rows[i * self.window : (i + 1) * self.window]} for i in range(n)]
 
     def features(self) -> list[FeatureSpec]:

@@ -208,6 +208,16 @@ async def test_v2_window_tensor_matches_v1(kinds_repo: Path, manifests: dict[str
         bad = {**body, "inputs": [{**body["inputs"][0], "shape": [1, 23, len(names)]}]}  # type: ignore[dict-item]
         r = await client.post(f"/v2/models/{AIR}/infer", content=orjson.dumps(bad))
         assert r.status_code == 400 and "[N, 24," in r.json()["error"]
+        # two windows, a category index out of range at the second one's hour 5: named by window and hour
+        second = [list(row) for row in rows]
+        second[5][names.index("cbwd")] = 99
+        two = {
+            "inputs": [
+                {"name": "window", "datatype": "FP64", "shape": [2, 24, len(names)], "data": rows + second}
+            ]
+        }
+        r = await client.post(f"/v2/models/{AIR}/infer", content=orjson.dumps(two))
+        assert r.status_code == 422 and r.json()["field"] == "inputs.0.data.1.5.cbwd", r.text
 
 
 async def test_text_predicts_and_guards_its_input(kinds_repo: Path) -> None:
