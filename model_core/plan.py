@@ -110,8 +110,6 @@ class RowwisePlan:
         if not noise.batch_invariant or noise.rows != x.shape[0]:
             raise ValueError("a plan needs per-request noise (NoiseSource.from_seeds) covering every row")
         max_rows = max(1, chunk_elements // (samples * self.max_width))
-        if noise.rows <= max_rows:  # one chunk: the rows as they are (what noise_chunks would give)
-            return summarize_rows(self.predictive(x, samples, noise), self.spec)
         chunks = noise_chunks(noise, max_rows)
         parts = [summarize_rows(self.predictive(x[lo:hi], samples, sub), self.spec) for lo, hi, sub in chunks]
         return parts[0] if len(parts) == 1 else Prediction.concat(parts)

@@ -216,6 +216,8 @@ def _bernoulli_rows(z: Tensor) -> Prediction:
 
 def noise_chunks(noise: NoiseSource, max_rows: int) -> list[tuple[int, int, NoiseSource]]:
     """Row ranges that keep each noise block whole (a block larger than ``max_rows`` is split alone)."""
+    if noise.generators and noise.rows <= max_rows:  # everything fits in one chunk: the source itself
+        return [(0, noise.rows, noise)]
     out: list[tuple[int, int, NoiseSource]] = []
     start, cur_gens, cur_sizes = 0, [], []  # type: ignore[var-annotated]
     pos = 0

@@ -141,10 +141,12 @@ class InferenceService:
                     self._share(model, monitor.state(), monitor.added)  # never raises
 
     def _share(self, model: str, state: WindowState, added: int) -> bool:
-        """Write this worker's window of ``model``; False when the folder cannot be written (logged
-        once per distinct error, not every 100 ms)."""
+        """Write this worker's window of ``model`` unless that state is written already; False when the
+        folder cannot be written (logged once per distinct error, not every 100 ms)."""
         assert self.share is not None
         version = self._versions[model]
+        if self._shared.get(model) == (version, added):  # unchanged since it was last written
+            return True
         try:
             self.share.write(model, version, state)
         except Exception as exc:  # monitoring never fails a request
