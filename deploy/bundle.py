@@ -5,7 +5,15 @@
 
 The weights are copied byte for byte (the manifest's sha256 covers them and is checked again on load);
 the manifest gets the serving name and version and records where the checkpoint came from, so
-``lrbnn evaluate`` on the bundled copy reproduces exactly the metrics its training run recorded.
+``lrbnn evaluate`` on the bundled copy reproduces the metrics its training run recorded.
+
+``--check-rows N --data-dir D`` also records ``training.check``: the metrics of ``lrbnn evaluate --rows
+N`` (N evenly spaced rows of each evaluated split), which ``make test`` reproduces instead of the full
+evaluation for a model too slow to evaluate whole in CI. ``--record-check DIR`` records it for a model
+already in the repository (the weights are not touched):
+
+    python deploy/bundle.py --record-check deploy/models/review-sentiment/1 --check-rows 300 \
+        --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -15,12 +23,39 @@ import json
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from model_core.checkpoint import load_checkpoint  # noqa: E402
+
+
+def record_check(target: Path, data_dir: str | None, rows: int, seed: int = 0) -> dict[str, Any]:
+    """Evaluate the bundled model on ``rows`` rows of each split and record it as ``training.check``."""
+    import argparse as _argparse
+
+    from model_core.cli.common import load_task_splits
+    from model_core.evaluation import evaluate_checkpoint
+
+    ckpt = load_checkpoint(target)
+    meta = dict(ckpt.manifest.training)
+    splits = load_task_splits(_argparse.Namespace(data_dir=data_dir, task=meta.get("task")), meta)
+    report = evaluate_checkpoint(ckpt, splits, seed=seed, rows=rows)
+    check = {
+        "command": f"lrbnn evaluate {target} --rows {rows} --seed {seed} --json",
+        "rows": rows,
+        "seed": seed,
+        "samples": report["samples"],
+        "metrics": {k: report[k] for k in ("test", "ood", "ood_near") if k in report},
+    }
+    manifest_path = target / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["training"]["check"] = check
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    load_checkpoint(target)  # the manifest still verifies
+    return check
 
 
 def bundle(source: Path, repository: Path, name: str, version: str, command: str) -> Path:
@@ -41,13 +76,34 @@ def bundle(source: Path, repository: Path, name: str, version: str, command: str
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("source", type=Path, help="a checkpoint directory (manifest.json + weights.safetensors)")
-    p.add_argument("repository", type=Path, help="the model repository root, e.g. deploy/models")
-    p.add_argument("--name", required=True)
+    p.add_argument(
+        "source", type=Path, nargs="?", help="a checkpoint directory (manifest.json + weights.safetensors)"
+    )
+    p.add_argument("repository", type=Path, nargs="?", help="the model repository root, e.g. deploy/models")
+    p.add_argument("--name")
     p.add_argument("--version", default="1")
-    p.add_argument("--command", required=True, help="the command that trained it (recorded)")
+    p.add_argument("--command", help="the command that trained it (recorded)")
+    p.add_argument(
+        "--check-rows", type=int, default=None, metavar="N", help="record training.check on N rows"
+    )
+    p.add_argument(
+        "--data-dir", default=None, help="data directory for --check-rows (default: $LRBNN_DATA_DIR)"
+    )
+    p.add_argument("--record-check", type=Path, default=None, metavar="DIR", help="an already bundled model")
     args = p.parse_args(argv)
-    print(bundle(args.source, args.repository, args.name, args.version, args.command))
+    if args.check_rows is not None and args.check_rows <= 0:
+        p.error("--check-rows must be positive")
+    if args.record_check is not None:
+        if args.check_rows is None:
+            p.error("--record-check needs --check-rows N")
+        print(json.dumps(record_check(args.record_check, args.data_dir, args.check_rows)))
+        return 0
+    if args.source is None or args.repository is None or not args.name or not args.command:
+        p.error("bundling needs SOURCE REPOSITORY --name NAME --command CMD")
+    target = bundle(args.source, args.repository, args.name, args.version, args.command)
+    if args.check_rows is not None:
+        record_check(target, args.data_dir, args.check_rows)
+    print(target)
     return 0
 
 

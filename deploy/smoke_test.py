@@ -2,7 +2,8 @@
 """Container smoke test: build the image, run it, wait for /readyz, predict, read /metrics, clean up.
 
 Why: hadolint and compose validation cannot tell whether the image actually starts and serves; this
-does, wherever a Docker engine is reachable. Where none is (CI sandboxes, this repo's dev machines) it
+does, wherever a Docker engine is reachable. Where none is (CI sandboxes, this repo's dev machines), or
+where a base image is neither present locally nor pullable (an engine without a reachable registry), it
 prints a clear "not run" line with the reason and exits 0, so the suite stays green and honest.
 The docker SDK is imported lazily: the engine-free helpers are usable and unit-tested without it.
 """
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
 import time
 import urllib.error
@@ -31,8 +33,22 @@ REQUIRED_METRICS = (
 PREDICTION_KEYS = ("mean", "variance", "epistemic", "ood_score", "ood")
 
 
-class EngineUnavailable(RuntimeError):
+class NotRunnable(RuntimeError):
+    """The smoke test cannot run on this machine; ``summary`` says why in a few words, the text the detail."""
+
+    summary = "cannot run here"
+
+
+class EngineUnavailable(NotRunnable):
     """No Docker engine can be reached (or the SDK is missing)."""
+
+    summary = "no Docker engine reachable"
+
+
+class RegistryUnavailable(NotRunnable):
+    """A base image the build needs is not present locally, and no image registry answers for it."""
+
+    summary = "no image registry reachable"
 
 
 def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
@@ -134,6 +150,64 @@ def connect() -> Any:
     return client
 
 
+_ARG = re.compile(r"^ARG\s+([A-Za-z_][A-Za-z0-9_]*)=(\S+)\s*$")
+_FROM = re.compile(r"^FROM\s+(\S+)(?:\s+AS\s+(\S+))?\s*$", re.IGNORECASE)
+
+
+def base_images(dockerfile: str, target: str) -> list[str]:
+    """The registry images a build of ``target`` pulls: every stage's ``FROM`` up to and including the
+    target (the classic builder builds all earlier stages too), with global ``ARG`` defaults expanded
+    and references to earlier stages left out."""
+    args: dict[str, str] = {}
+    stages: set[str] = set()
+    images: list[str] = []
+    for line in dockerfile.splitlines():
+        line = line.strip()
+        arg = _ARG.match(line)
+        if arg and not stages:  # only global ARGs (before the first FROM) parameterise FROM lines
+            args[arg.group(1)] = arg.group(2)
+            continue
+        frm = _FROM.match(line)
+        if frm is None:
+            continue
+        image = re.sub(r"\$\{(\w+)\}|\$(\w+)", lambda m: args.get(m.group(1) or m.group(2), ""), frm.group(1))
+        if image not in stages and image != "scratch" and image not in images:
+            images.append(image)
+        stage = (frm.group(2) or "").lower()
+        stages.add(stage or f"#{len(stages)}")
+        if stage == target.lower():
+            break
+    return images
+
+
+def ensure_base_images(client: Any, images: Iterable[str]) -> None:
+    """RegistryUnavailable unless every image is present locally or a registry answers for it.
+
+    Why a check before the build: a build whose base cannot be pulled fails deep inside the engine with
+    a DNS or TLS error; where no registry is reachable that is a fact of the machine, not a defect of
+    the image, and is reported as "not run" with the image named.
+    """
+    import docker.errors
+
+    for image in images:
+        try:
+            client.images.get(image)
+            continue
+        except docker.errors.ImageNotFound:
+            pass
+        try:
+            client.api.inspect_distribution(image)
+        except Exception as exc:  # DNS failure, TLS, timeout, 401: the registry cannot serve the pull
+            reason = f"{type(exc).__name__}: {exc}".splitlines()[0][:300]
+            raise RegistryUnavailable(f"base image {image} is not present locally ({reason})") from exc
+
+
+def preflight(args: argparse.Namespace, client: Any) -> None:
+    """NotRunnable where this machine cannot build the image (nothing to check with --no-build)."""
+    if not args.no_build:
+        ensure_base_images(client, base_images((args.context / "Dockerfile").read_text(), args.target))
+
+
 def run(args: argparse.Namespace, client: Any) -> list[str]:
     """Build, run and probe the container; returns the problems found."""
     if not args.no_build:
@@ -168,8 +242,9 @@ def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
     try:
         client = connect()
-    except EngineUnavailable as exc:
-        print(f"{STATUS_PREFIX} NOT RUN: no Docker engine reachable ({exc})")
+        preflight(args, client)
+    except NotRunnable as exc:
+        print(f"{STATUS_PREFIX} NOT RUN: {exc.summary} ({exc})")
         return 0
     try:
         problems = run(args, client)

@@ -12,6 +12,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("checkpoint", help="checkpoint directory (weights.safetensors + manifest.json)")
     p.add_argument("--samples", type=int, default=None, help="Monte Carlo samples (default: the manifest's)")
     p.add_argument("--seed", type=int, default=0, help="seed of the prediction noise")
+    p.add_argument(
+        "--rows",
+        type=int,
+        default=None,
+        metavar="N",
+        help="only N evenly spaced rows of each evaluated split (test, OOD, near-OOD): the quick check"
+        " whose metrics a manifest records under training.check (default: every row)",
+    )
     add_data_dir(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
@@ -27,7 +35,9 @@ def run(args: argparse.Namespace) -> int:
     meta = dict(ckpt.manifest.training)
     args.task = meta.get("task")
     splits = load_task_splits(args, meta)
-    report = evaluate_checkpoint(ckpt, splits, samples=args.samples, seed=args.seed)
+    if args.rows is not None and args.rows <= 0:
+        return fail(f"--rows must be positive, got {args.rows}")
+    report = evaluate_checkpoint(ckpt, splits, samples=args.samples, seed=args.seed, rows=args.rows)
     if args.json:
         print(json.dumps(report, default=float))
     else:

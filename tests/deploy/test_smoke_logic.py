@@ -131,11 +131,82 @@ def test_main_reports_failure(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> N
     assert f"{smoke.STATUS_PREFIX} FAILED" in capsys.readouterr().out
 
 
+DOCKERFILE = """\
+ARG BASE=python:3.12-slim
+ARG CUDA=nvidia/cuda:12
+FROM ${CUDA} AS cuda-builder
+ARG BASE=ignored-after-the-first-from
+FROM cuda-builder AS cuda
+FROM $BASE AS builder
+FROM ${BASE} AS cpu
+FROM scratch AS later
+"""
+
+
+def test_base_images_up_to_the_target() -> None:
+    """The classic builder builds every stage before the target: their bases are needed too."""
+    assert smoke.base_images(DOCKERFILE, "cuda") == ["nvidia/cuda:12"]
+    assert smoke.base_images(DOCKERFILE, "cpu") == ["nvidia/cuda:12", "python:3.12-slim"]
+    assert smoke.base_images(DOCKERFILE, "later") == ["nvidia/cuda:12", "python:3.12-slim"]
+
+
+def test_the_repository_dockerfile_names_its_bases() -> None:
+    text = (smoke.REPO_ROOT / "Dockerfile").read_text()
+    images = smoke.base_images(text, "cpu")
+    assert images and all("$" not in image and ":" in image for image in images), images
+
+
+class _Images:
+    def __init__(self, present: set[str]) -> None:
+        self.present = present
+
+    def get(self, name: str) -> object:
+        import docker.errors
+
+        if name not in self.present:
+            raise docker.errors.ImageNotFound(name)
+        return object()
+
+
+class _Api:
+    def inspect_distribution(self, name: str) -> dict[str, Any]:
+        raise OSError(
+            'Get "https://registry-1.docker.io/v2/": dial tcp: lookup registry-1.docker.io: no such host'
+        )
+
+
+class _Client:
+    def __init__(self, present: set[str]) -> None:
+        self.images = _Images(present)
+        self.api = _Api()
+
+
+def test_engine_without_registry_reports_not_run(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> None:
+    """An engine is up but the base image can be neither found locally nor pulled: "not run", exit 0."""
+    pytest.importorskip("docker")
+    monkeypatch.setattr(smoke, "connect", lambda: _Client(present=set()))
+    monkeypatch.setattr(smoke, "run", lambda args, client: pytest.fail("built without a base image"))
+    assert smoke.main([]) == 0
+    out = capsys.readouterr().out
+    assert f"{smoke.STATUS_PREFIX} NOT RUN: no image registry reachable (base image " in out
+    assert "no such host" in out
+
+
+def test_local_base_images_need_no_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("docker")
+    images = smoke.base_images((smoke.REPO_ROOT / "Dockerfile").read_text(), "cpu")
+    smoke.ensure_base_images(_Client(present=set(images)), images)  # no registry asked: no error
+    with pytest.raises(smoke.RegistryUnavailable, match=images[-1].replace(".", r"\.")):
+        smoke.ensure_base_images(_Client(present=set(images[:-1])), images)
+
+
 @pytest.mark.slow
 def test_container_smoke() -> None:
-    """The real build/run/predict/metrics cycle; reported as not run where no engine is reachable."""
+    """The real build/run/predict/metrics cycle; reported as not run where no engine is reachable or
+    where the base images can be neither found locally nor pulled (an engine without a registry)."""
+    args = smoke.parse_args([])
     try:
-        smoke.connect()
-    except smoke.EngineUnavailable as exc:
-        pytest.skip(f"not run: no Docker engine reachable ({exc})")
+        smoke.preflight(args, smoke.connect())
+    except smoke.NotRunnable as exc:
+        pytest.skip(f"not run: {exc.summary} ({exc})")
     assert smoke.main([]) == 0
