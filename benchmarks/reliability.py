@@ -3,6 +3,7 @@
     .venv/bin/python benchmarks/reliability.py fuzz --cases 5000        # schemathesis, every check
     .venv/bin/python benchmarks/reliability.py overload --seconds 60    # 2x saturation, then recovery
     .venv/bin/python benchmarks/reliability.py soak --seconds 1800      # 50 % of saturation
+    .venv/bin/python benchmarks/reliability.py burst                    # 10/50/200/1000 requests at once
     .venv/bin/python benchmarks/reliability.py audit                    # pip-audit of the installed set
     .venv/bin/python benchmarks/reliability.py audit-latest             # PyPI project JSON (see below)
 
@@ -367,6 +368,82 @@ def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def cmd_burst(args: argparse.Namespace) -> dict[str, Any]:
+    """Bursts of requests sent all at once to a server with every default (one patient each, S=100).
+
+    Each size is sent twice, the second time after ``--idle`` seconds without traffic (an idle server's
+    estimate must not refuse work it can drain). Expected: no refusal where the burst's compute fits in
+    the admission budget; ``drain_s`` is the wall time from the first send to the last answer.
+    """
+    env = {"LRBNN_DEVICE": "cpu", "LRBNN_LOG_LEVEL": "WARNING"}
+    if args.max_queue_wait_ms is not None:
+        env["LRBNN_MAX_QUEUE_WAIT_MS"] = str(args.max_queue_wait_ms)
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        srv = ServerProcess(Path(args.model_repository), Path(tmp) / "server.log", env=env)
+        try:
+            srv.wait_ready()
+            info = httpx.get(srv.url + "/v1/models", timeout=10).json()["models"][0]
+            row = {f["name"]: f["imputed_with"] for f in info["features"] if f["imputed_with"] is not None}
+            payload = json.dumps({"instances": [row], "parameters": {"samples": args.samples}}).encode()
+            url = f"{srv.url}/v1/models/{info['name']}:predict"
+
+            async def burst(n: int) -> dict[str, Any]:
+                limits = httpx.Limits(max_connections=n, max_keepalive_connections=n)
+                async with httpx.AsyncClient(timeout=60, limits=limits) as client:
+                    t0 = time.perf_counter()
+                    answers = await asyncio.gather(
+                        *(
+                            client.post(url, content=payload, headers={"content-type": "application/json"})
+                            for _ in range(n)
+                        ),
+                        return_exceptions=True,
+                    )
+                    drain = time.perf_counter() - t0
+                codes: dict[str, int] = {}
+                for a in answers:
+                    key = type(a).__name__ if isinstance(a, BaseException) else str(a.status_code)
+                    codes[key] = codes.get(key, 0) + 1
+                return {"codes": dict(sorted(codes.items())), "drain_s": round(drain, 3)}
+
+            async def run() -> None:
+                for n in args.sizes:
+                    first = await burst(n)
+                    await asyncio.sleep(args.idle)
+                    second = await burst(n)
+                    rows.append({"requests": n, "run1": first, "run2_after_idle": second})
+                    await asyncio.sleep(args.idle)
+
+            asyncio.run(run())
+        finally:
+            srv.stop()
+    budget_s = (args.max_queue_wait_ms if args.max_queue_wait_ms is not None else 1000.0) / 1000.0
+    verdict = {
+        f"{r['requests']} requests: no refusal (drained in {r['run1']['drain_s']} s)": all(
+            run["codes"] == {"200": r["requests"]} for run in (r["run1"], r["run2_after_idle"])
+        )
+        for r in rows
+        if r["run1"]["drain_s"] <= budget_s
+    }
+    print("| burst | run 1: 200 / 429 | run 2 (after idle): 200 / 429 | drain run 1 (s) |", file=sys.stderr)
+    print("|---|---|---|---|", file=sys.stderr)
+    for r in rows:
+        a, b = r["run1"]["codes"], r["run2_after_idle"]["codes"]
+        print(
+            f"| {r['requests']} | {a.get('200', 0)} / {a.get('429', 0)} "
+            f"| {b.get('200', 0)} / {b.get('429', 0)} | {r['run1']['drain_s']} |",
+            file=sys.stderr,
+        )
+    return {
+        "benchmark": "burst",
+        "machine": machine(),
+        "budget_s": budget_s,
+        "bursts": rows,
+        "verdict": verdict,
+        "pass": all(verdict.values()),
+    }
+
+
 def cmd_fuzz(args: argparse.Namespace) -> dict[str, Any]:
     from fuzzing import ADMIN_TOKEN, fuzz
     from pydantic import SecretStr
@@ -517,6 +594,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fraction", type=float, default=0.5)
     p.add_argument("--window", type=float, default=60, help="seconds per reported window")
     p.set_defaults(func=cmd_soak)
+    p = sub.add_parser("burst", help="bursts of concurrent one-patient requests, server defaults")
+    p.add_argument("--model-repository", default=str(DEFAULT_REPO))
+    p.add_argument("--sizes", type=int, nargs="+", default=[10, 50, 200, 1000])
+    p.add_argument("--samples", type=int, default=100)
+    p.add_argument("--idle", type=float, default=2.0, help="seconds without traffic before each run 2")
+    p.add_argument("--max-queue-wait-ms", type=float, default=None, help="default: the server's")
+    p.set_defaults(func=cmd_burst)
     p = sub.add_parser("fuzz", help="schemathesis over the OpenAPI document, in-process")
     p.add_argument("--cases", type=int, default=5000)
     p.add_argument("--seed", type=int, default=0)

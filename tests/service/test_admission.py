@@ -277,7 +277,7 @@ def test_cost_estimate_warm_up_and_ewma() -> None:
 
 
 def test_setting_default_and_off() -> None:
-    assert Settings().max_queue_wait_ms == 15.0
-    assert pytest.approx(0.015) == DEFAULT_MAX_WAIT_S
+    assert Settings().max_queue_wait_ms == 1000.0
+    assert pytest.approx(1.0) == DEFAULT_MAX_WAIT_S
     assert Settings(max_queue_wait_ms=0).max_queue_wait_ms == 0.0
     assert ModelBatcher("m", Metrics(), 1, 0.0, 1).max_wait_s == DEFAULT_MAX_WAIT_S
