@@ -11,13 +11,12 @@ import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service.api import errors, health, v1, v2
-from service.api.schemas import PredictRequest, V2InferRequest
+from service.api.openapi import OpenAPIDocument
 from service.fastpath import EdgeMiddleware, HotRoutes
 from service.inference import InferenceService
 from service.logs import configure_logging
@@ -88,32 +87,6 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await state.inference.stop()
 
 
-def _openapi_with_request_models(app: FastAPI) -> dict[str, Any]:
-    """FastAPI's schema plus the hand-parsed request bodies (parsed from raw bytes, see ``api/body``)."""
-    if app.openapi_schema:
-        return app.openapi_schema
-    from fastapi.openapi.utils import get_openapi
-
-    schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
-    components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (PredictRequest, V2InferRequest):
-        body = model.model_json_schema(ref_template="#/components/schemas/{model}")
-        components.update(body.pop("$defs", {}))
-        components[model.__name__] = body
-    # No route takes FastAPI-validated parameters (bodies are parsed by hand, path parameters are
-    # plain strings), so FastAPI's automatic 422 (HTTPValidationError) can never be answered: drop it.
-    for methods in schema.get("paths", {}).values():
-        for op in methods.values():
-            answer = op.get("responses", {}).get("422", {})
-            ref = answer.get("content", {}).get("application/json", {}).get("schema", {}).get("$ref", "")
-            if ref.endswith("/HTTPValidationError"):
-                del op["responses"]["422"]
-    for unused in ("HTTPValidationError", "ValidationError"):
-        components.pop(unused, None)
-    app.openapi_schema = schema
-    return schema
-
-
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     configure_logging(settings.log_level)
@@ -142,5 +115,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
     app.add_middleware(EdgeMiddleware, max_bytes=settings.max_body_bytes)
-    app.openapi = lambda: _openapi_with_request_models(app)  # type: ignore[method-assign]
+    # the document lists one predict/infer operation per served model, rebuilt when they change
+    app.openapi = OpenAPIDocument(app)  # type: ignore[method-assign]
     return app

@@ -234,6 +234,8 @@ class SequenceInput(InputAdapter):
                 value = row.pop(name)
                 if value is None:
                     continue
+                if type(value) is float and value.is_integer():  # 3.0 is JSON Schema's integer 3 too
+                    value = int(value)
                 if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                     raise InvalidInput(
                         f"{where}.{name} must be an integer {low}..{high}, got {value!r}",

@@ -31,6 +31,7 @@ than a crash), and a missing value is imputed with the training mode.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from numbers import Integral, Real
@@ -55,6 +56,9 @@ CLIP_IQR_MULTIPLIER = 8.0
 
 #: Scalar types accepted as numbers (numpy floats/ints are also registered as numbers.Real).
 _NUMBER_TYPES = (Real, np.integer, np.floating, np.bool_)
+#: The largest finite double: an integer beyond it is refused rather than rounded (or overflowing), so
+#: "a finite double" is exactly what a numeric feature accepts.
+_MAX_FLOAT = sys.float_info.max
 
 #: A table to fit or transform: a pandas DataFrame or any mapping of column name -> 1-D array.
 ColumnSource: TypeAlias = "pd.DataFrame | Mapping[str, Any]"
@@ -506,6 +510,10 @@ def _numeric_value(value: Any, name: str) -> float | None:
     if kind is not float and kind is not int and not isinstance(value, _NUMBER_TYPES):  # JSON's two first
         raise PreprocessingError(
             f"feature {name!r} must be a number or null, got {type(value).__name__} {value!r}", field=name
+        )
+    if kind is int and not -_MAX_FLOAT <= value <= _MAX_FLOAT:  # float() would round it, or overflow
+        raise PreprocessingError(
+            f"feature {name!r} is out of range (an integer beyond the float range)", field=name
         )
     number = float(value)
     if math.isnan(number):

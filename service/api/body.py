@@ -100,6 +100,27 @@ def parse_json(raw: bytes) -> Any:
     return payload
 
 
+def json_int(value: Any) -> int | None:
+    """``value`` as an int when it is an integer JSON number, else None (a bool is never one).
+
+    ``2.0`` counts: JSON does not tell it from ``2``, and JSON Schema's ``integer``, which the OpenAPI
+    document promises for ``samples``, ``seed`` and shape dimensions, admits it.
+    """
+    if type(value) is int:
+        return value
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return None
+
+
+def whole_number(value: Any) -> Any:
+    """A pydantic ``BeforeValidator``: an integral float becomes its int; anything else is left to the
+    strict integer check (so ``2.5``, ``true`` and ``"2"`` are still refused)."""
+    if type(value) is float and value.is_integer():
+        return int(value)
+    return value
+
+
 def validate(model: type[M], payload: Any) -> M:
     if not isinstance(payload, dict):
         kind = type(payload).__name__

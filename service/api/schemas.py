@@ -4,18 +4,22 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, StrictInt
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+
+from service.api.body import whole_number
 
 FeatureValue = float | int | bool | str | None
+#: an integer JSON number (``2`` or ``2.0``, as JSON Schema's ``integer``), never a bool or a string
+JsonInt = Annotated[StrictInt, BeforeValidator(whole_number)]
 
 
 class PredictParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    samples: StrictInt | None = Field(
+    samples: JsonInt | None = Field(
         default=None, description="Monte Carlo samples S (1..LRBNN_MAX_SAMPLES); default from the manifest"
     )
-    seed: StrictInt | None = Field(
+    seed: JsonInt | None = Field(
         default=None, description="0..2**63-1; the same request and seed always give the same answer"
     )
 
@@ -129,12 +133,18 @@ V2Number = float | int | None
 
 
 class V2TensorInput(BaseModel):
-    name: Literal["features", "input__0"]
-    datatype: Literal["FP32", "FP64"]
-    shape: list[Annotated[int, Field(ge=0)]] = Field(
-        min_length=2, max_length=2, description="[N, F]: F = the number of features"
+    """Any model's input tensor; each served model's own, exact schema is ``<model>.V2Input``."""
+
+    name: Literal["features", "window", "text", "input__0"] = Field(
+        description="features (tabular), window (sequence) or text (text); input__0 for any of them"
     )
-    data: list[V2Number | list[V2Number]] | None = Field(
+    datatype: Literal["FP32", "FP64", "BYTES"] = Field(description="FP32 or FP64 (numeric), BYTES (text)")
+    shape: list[Annotated[JsonInt, Field(ge=1)]] = Field(
+        min_length=1,
+        max_length=3,
+        description="[N, F] (tabular), [N, 24, F] (sequence) or [N] (text); N = 1..LRBNN_MAX_INSTANCES",
+    )
+    data: list[V2Number | str | list[Any]] | None = Field(
         default=None, description="row-major values (flat or one list per row); null = missing (imputed)"
     )
     parameters: dict[str, Any] | None = Field(
@@ -148,10 +158,8 @@ class V2RequestedOutput(BaseModel):
 
 
 class V2InferParameters(BaseModel):
-    samples: StrictInt | None = Field(
-        default=None, description="Monte Carlo samples S (1..LRBNN_MAX_SAMPLES)"
-    )
-    seed: StrictInt | None = Field(default=None, description="0..2**63-1")
+    samples: JsonInt | None = Field(default=None, description="Monte Carlo samples S (1..LRBNN_MAX_SAMPLES)")
+    seed: JsonInt | None = Field(default=None, description="0..2**63-1")
     binary_data_output: Any = Field(default=None, description="bool: every output as raw bytes")
 
 

@@ -16,6 +16,7 @@ extension (``Inference-Header-Content-Length``) for inputs and outputs.
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import numpy as np
@@ -24,7 +25,7 @@ from fastapi import APIRouter, Request
 from starlette.responses import Response
 
 from model_core.checkpoint import Task
-from service.api.body import parse_json
+from service.api.body import json_int, parse_json
 from service.api.deps import app_state, disconnect_waiter
 from service.api.schemas import (
     V2InferResponse,
@@ -43,6 +44,7 @@ from service.state import Endpoint
 
 router = APIRouter(tags=["v2 (Open Inference Protocol)"])
 
+MAX_FLOAT = sys.float_info.max
 DTYPES: dict[str, type[np.generic]] = {"FP32": np.float32, "FP64": np.float64}
 #: Output name -> (datatype, numpy dtype); the default set is the contract's.
 OUTPUTS: dict[str, tuple[str, type[np.generic]]] = {
@@ -189,22 +191,24 @@ def _int_param(params: dict[str, Any], key: str) -> int | None:
     value = params.get(key)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, int):
+    number = json_int(value)
+    if number is None:
         raise InvalidInput(f"parameters.{key} must be an integer, got {value!r}", field=f"parameters.{key}")
-    return value
+    return number
 
 
 def _check_shape(shape: Any, spec: TensorSpec) -> list[int]:
     want = "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
+    dims = [json_int(d) for d in shape] if isinstance(shape, list) else []
     ok = (
         isinstance(shape, list)
-        and len(shape) == len(spec.shape)
-        and all(isinstance(d, int) and not isinstance(d, bool) and d >= 0 for d in shape)
-        and all(w in (-1, d) for w, d in zip(spec.shape, shape, strict=False))
+        and len(dims) == len(spec.shape)
+        and all(d is not None and d >= 0 for d in dims)
+        and all(w in (-1, d) for w, d in zip(spec.shape, dims, strict=False))
     )
     if not ok:
         raise BadRequest(f"input {spec.name!r}: shape must be {want}, got {shape!r}", field="inputs.0.shape")
-    return list(shape)
+    return [int(d) for d in dims if d is not None]
 
 
 def _decode_bytes(blob: bytes, count: int, name: str) -> list[str]:
@@ -237,6 +241,8 @@ def _numbers(flat: list[Any], name: str) -> np.ndarray:
             values[i] = math.nan
         elif isinstance(v, (int, float)) and not isinstance(v, bool):
             try:
+                if type(v) is int and not -MAX_FLOAT <= v <= MAX_FLOAT:  # refused, never rounded
+                    raise OverflowError
                 values[i] = v
             except OverflowError:  # an integer literal beyond float range
                 raise BadRequest(
@@ -315,7 +321,7 @@ def _requested(body: dict[str, Any]) -> list[tuple[str, bool]]:
     chosen = []
     for i, out in enumerate(outputs):
         name = out.get("name") if isinstance(out, dict) else None
-        if name not in OUTPUTS:
+        if not isinstance(name, str) or name not in OUTPUTS:  # (an object is no name, nor hashable)
             raise BadRequest(f"unknown output {name!r}; known: {sorted(OUTPUTS)}", field=f"outputs.{i}.name")
         out_params = out.get("parameters") or {}
         if not isinstance(out_params, dict):

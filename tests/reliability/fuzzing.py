@@ -6,8 +6,15 @@ sends each through the in-process ASGI transport and runs every schemathesis che
 data rejection, positive data acceptance, unsupported methods, ...). Failures are collected, not
 raised, so a run reports all distinct problems and never spends minutes shrinking.
 
-Half the cases name the served model (``toy``) and, for the admin route, carry the admin token, so
-the fuzzer reaches the predict path and the reload path, not only the 404/401 answers.
+The document is read once while the models load (it must be valid then too) and again once they are
+served: each served model has its own predict and infer operations with its own request schema
+(``service/api/openapi.py``). Half the cases of the routes that keep a ``{name}`` template name a served
+model (each in turn, with its served version) and, for the admin route, carry the admin token, so the
+fuzzer reaches the metadata and reload paths, not only the 404/401 answers.
+
+By hand, against a model repository (e.g. the bundled one)::
+
+    .venv/bin/python tests/reliability/fuzzing.py --model-repository deploy/models --cases 2000
 """
 
 from __future__ import annotations
@@ -17,21 +24,22 @@ from collections import Counter
 from dataclasses import dataclass, field
 from typing import Any
 
-MODEL = "toy"
 SIMPLE_CASES = 1  # per operation without parameters or body (hypothesis finds one distinct request)
 ADMIN_TOKEN = "fuzz-admin"
 
 # Checks whose premise does not hold for this API, each with the reason:
-# - positive_data_acceptance: a schema-valid body still names features the model does not have
-#   (``instances`` is an open mapping of feature -> value), so 422 is the correct answer to most of them.
 # - use_after_free / ensure_resource_availability / object_level_authorization: stateful CRUD checks
 #   (create/delete resources, other users' objects); this API has no such resources.
 EXCLUDED_CHECKS = (
-    "positive_data_acceptance",
     "use_after_free",
     "ensure_resource_availability",
     "object_level_authorization",
 )
+#: answers that reject a schema-violating request, beyond schemathesis' defaults: more instances than
+#: the schema's ``maxItems`` (``LRBNN_MAX_INSTANCES``) are refused with the contract's 413
+NEGATIVE_REJECTIONS = ("413",)
+#: operations whose body is an Open Inference Protocol tensor (the concrete per-model infer paths)
+V2_INFER = "/infer"
 
 
 @dataclass
@@ -60,17 +68,36 @@ def wait_loaded(app: Any, timeout_s: float = 120.0) -> None:
         time.sleep(0.05)
 
 
-def fuzz(app: Any, cases: int, seed: int = 0, model: str = MODEL, version: str = "1") -> FuzzReport:
-    """Draw ``cases`` requests against ``app`` (an ASGI app from ``service.app.create_app``)."""
+def served_models(app: Any) -> list[tuple[str, str]]:
+    """(name, version) of every model the app serves."""
+    return [(m.name, m.version) for m in app.state.lrbnn.repository.models()]
+
+
+def fuzz(
+    app: Any, cases: int, seed: int = 0, model: str | None = None, version: str | None = None
+) -> FuzzReport:
+    """Draw ``cases`` requests against ``app`` (an ASGI app from ``service.app.create_app``).
+
+    ``{name}`` (and ``{version}``) are pinned to ``model`` (and ``version``) when given, else to each
+    served model in turn; the per-model operations cover every served model either way.
+    """
     import schemathesis
     from hypothesis import strategies as st
     from schemathesis.checks import CHECKS, load_all_checks
+    from schemathesis.config import SchemathesisConfig
+    from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
     from schemathesis.generation import GenerationMode
 
     load_all_checks()
     checks = [CHECKS.get_one(name) for name in CHECKS.get_all_names() if name not in EXCLUDED_CHECKS]
-    schema = schemathesis.openapi.from_asgi("/openapi.json", app)
+    rejections = [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, *NEGATIVE_REJECTIONS]
+    config = SchemathesisConfig.from_dict(
+        {"checks": {"negative_data_rejection": {"expected-statuses": rejections}}}
+    )
+    schemathesis.openapi.from_asgi("/openapi.json", app, config=config)  # starts the lifespan; still loading
     wait_loaded(app)
+    schema = schemathesis.openapi.from_asgi("/openapi.json", app, config=config)  # with the served models
+    pins = [(model, version or "1")] if model is not None else served_models(app)
     operations = [result.ok() for result in schema.get_all_operations()]  # type: ignore[union-attr]
     # Operations without parameters or body have a handful of distinct requests: a few cases each;
     # the rest of the budget is shared by the operations with something to generate.
@@ -86,13 +113,32 @@ def fuzz(app: Any, cases: int, seed: int = 0, model: str = MODEL, version: str =
         if budget[op.label] <= 0:
             continue
         strategy = st.one_of(op.as_strategy(GenerationMode.POSITIVE), op.as_strategy(GenerationMode.NEGATIVE))
-        _run_operation(strategy, budget[op.label], seed, checks, report, model, version)
+        _run_operation(strategy, budget[op.label], seed, checks, report, pins)
     report.seconds = time.perf_counter() - t0
     return report
 
 
+def shape_from_data(case: Any) -> None:
+    """A positive V2 infer case: ``shape[0]`` set to the number of rows in ``data``, as a client does.
+
+    The one fact of the request schema JSON Schema cannot state (a relation between two values; it is in
+    the schema's description); every other part of the tensor is drawn from the schema as it is.
+    """
+    meta = case.meta
+    if meta is None or not meta.generation.mode.is_positive or not case.operation.path.endswith(V2_INFER):
+        return
+    body = case.body
+    tensor = body.get("inputs", [None])[0] if isinstance(body, dict) else None
+    if (
+        isinstance(tensor, dict)
+        and isinstance(tensor.get("data"), list)
+        and isinstance(tensor.get("shape"), list)
+    ):
+        tensor["shape"][0] = len(tensor["data"])
+
+
 def _run_operation(
-    strategy: Any, cases: int, seed: int, checks: list[Any], report: FuzzReport, model: str, version: str
+    strategy: Any, cases: int, seed: int, checks: list[Any], report: FuzzReport, pins: list[tuple[str, str]]
 ) -> None:
     from hypothesis import HealthCheck, Phase, given, settings
     from hypothesis import seed as hseed
@@ -110,10 +156,11 @@ def _run_operation(
     @given(case=strategy, data=st.data())
     def run(case: Any, data: Any) -> None:
         params = case.path_parameters or {}
-        if "name" in params and data.draw(st.booleans(), label="real model"):
-            params["name"] = model
+        if "name" in params and pins and data.draw(st.booleans(), label="real model"):
+            params["name"], pinned_version = pins[report.cases % len(pins)]
             if "version" in params:
-                params["version"] = version
+                params["version"] = pinned_version
+        shape_from_data(case)
         headers: dict[str, str] = {}
         if case.operation.path.endswith("/reload") and data.draw(st.booleans(), label="admin"):
             headers["Authorization"] = f"Bearer {ADMIN_TOKEN}"
@@ -134,3 +181,39 @@ def _run_operation(
             report.failures.setdefault(key, detail)
 
     run()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """The by-hand run: fuzz an app over ``--model-repository``; prints the summary as one JSON object."""
+    import argparse
+    import json
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    sys.path.insert(0, str(root))
+    from pydantic import SecretStr
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--model-repository", default=str(root / "deploy" / "models"))
+    parser.add_argument("--cases", type=int, default=2000)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    settings = Settings(
+        model_repository=Path(args.model_repository), admin_token=SecretStr(ADMIN_TOKEN), log_level="CRITICAL"
+    )
+    app = create_app(settings)
+    report = fuzz(app, args.cases, seed=args.seed)
+    server_errors = sum(n for code, n in report.statuses.items() if code >= 500)
+    rejected = sum(1 for key in report.failures if "RejectedPositiveData" in key)
+    summary = {"models": served_models(app), **report.summary()}
+    summary |= {"server_errors": server_errors, "positive_rejected_operations": rejected}
+    print(json.dumps(summary, indent=2))
+    return 0 if not report.failures and not server_errors else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -2,8 +2,10 @@
 
 Every check schemathesis has runs on each answer (see ``fuzzing.EXCLUDED_CHECKS`` for the few whose
 premise does not hold here, with the reason): no 5xx, every status and content type documented, every
-body matching its documented schema, schema-violating requests rejected. The big run (5,000 cases) is
-``benchmarks/reliability.py fuzz --cases 5000``.
+body matching its documented schema, schema-violating requests rejected, schema-valid requests accepted
+(the per-model request schemas). The toy repository has a tabular model; the bundled repository adds a
+sequence window and a text model. The big run (5,000 cases) is
+``benchmarks/reliability.py fuzz --cases 5000`` (or ``tests/reliability/fuzzing.py``).
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from pathlib import Path
 
 import pytest
 from fuzzing import ADMIN_TOKEN, fuzz
+from reliability_helpers import ROOT
 from starlette.responses import Response
 
 CI_CASES = 300
+BUNDLED = ROOT / "deploy" / "models"
+BUNDLED_CASES = 200
 
 
 def _app(repo: Path) -> object:
@@ -35,7 +40,21 @@ def test_fuzz_the_openapi_document(repo: Path) -> None:
     assert not report.failures, "\n\n".join(f"{k}\n{v}" for k, v in report.failures.items())
     # the fuzzer reached the model, not only the 404 of unknown names
     assert report.statuses[200] > 0 and report.statuses[422] + report.statuses[400] > 0, report.statuses
-    assert report.by_operation["POST /v1/models/{name}:predict"] > 10
+    assert report.by_operation["POST /v1/models/toy:predict"] > 10
+    assert report.by_operation["POST /v2/models/toy/versions/1/infer"] > 10
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+@pytest.mark.skipif(not BUNDLED.is_dir(), reason="no bundled model repository")
+def test_fuzz_the_bundled_models() -> None:
+    """The three input kinds (tabular, sequence window, text): every schema-valid request is answered."""
+    report = fuzz(_app(BUNDLED), BUNDLED_CASES, seed=0)
+    assert not report.failures, "\n\n".join(f"{k}\n{v}" for k, v in report.failures.items())
+    assert not [code for code in report.statuses if code >= 500], report.statuses
+    for model in ("icu-mortality", "pm25-forecast", "review-sentiment"):
+        assert report.by_operation[f"POST /v1/models/{model}:predict"] > 5, report.by_operation
+        assert report.by_operation[f"POST /v2/models/{model}/infer"] > 5, report.by_operation
 
 
 @pytest.mark.timeout(120)

@@ -149,8 +149,11 @@ async def test_too_many_instances_is_413(serve_app: ServeApp) -> None:
 async def test_openapi_documents_request_and_response(serve_app: ServeApp) -> None:
     async with serve_app() as client:
         doc = (await client.get("/openapi.json")).json()
-        op = doc["paths"]["/v1/models/{name}:predict"]["post"]
-        assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith("PredictRequest")
+        op = doc["paths"]["/v1/models/toy:predict"]["post"]  # one operation per served model
+        assert op["requestBody"]["content"]["application/json"]["schema"]["$ref"].endswith(
+            "toy.PredictRequest"
+        )
+        assert "toy.Instance" in doc["components"]["schemas"]
         assert "PredictRequest" in doc["components"]["schemas"]
         assert "PredictParameters" in doc["components"]["schemas"]
         assert "PredictResponse" in doc["components"]["schemas"]
