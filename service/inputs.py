@@ -36,6 +36,7 @@ import numpy as np
 from model_core.checkpoint.manifest import InputSchema
 from model_core.data.preprocessing import FeatureSpec, PreprocessingError, Preprocessor
 from model_core.data.tokenizer import WordTokenizer
+from service.api.body import whole_number
 from service.errors import InvalidInput
 
 #: Longest text (characters) one instance may carry: 20x the longest review snippet of the training data.
@@ -234,8 +235,7 @@ class SequenceInput(InputAdapter):
                 value = row.pop(name)
                 if value is None:
                     continue
-                if type(value) is float and value.is_integer():  # 3.0 is JSON Schema's integer 3 too
-                    value = int(value)
+                value = whole_number(value)  # 3.0 is JSON Schema's integer 3 too
                 if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
                     raise InvalidInput(
                         f"{where}.{name} must be an integer {low}..{high}, got {value!r}",

@@ -100,25 +100,22 @@ def parse_json(raw: bytes) -> Any:
     return payload
 
 
-def json_int(value: Any) -> int | None:
-    """``value`` as an int when it is an integer JSON number, else None (a bool is never one).
-
-    ``2.0`` counts: JSON does not tell it from ``2``, and JSON Schema's ``integer``, which the OpenAPI
-    document promises for ``samples``, ``seed`` and shape dimensions, admits it.
-    """
-    if type(value) is int:
-        return value
-    if type(value) is float and value.is_integer():
-        return int(value)
-    return None
-
-
 def whole_number(value: Any) -> Any:
-    """A pydantic ``BeforeValidator``: an integral float becomes its int; anything else is left to the
-    strict integer check (so ``2.5``, ``true`` and ``"2"`` are still refused)."""
+    """An integral float as its int, anything else unchanged; a pydantic ``BeforeValidator`` too.
+
+    ``2.0`` counts as ``2``: JSON does not tell them apart, and JSON Schema's ``integer``, which the
+    OpenAPI document promises for ``samples``, ``seed``, shape dimensions and ``hour``/``month``, admits
+    it. ``2.5``, ``true`` and ``"2"`` are left for the strict integer checks to refuse.
+    """
     if type(value) is float and value.is_integer():
         return int(value)
     return value
+
+
+def json_int(value: Any) -> int | None:
+    """``value`` as an int when it is an integer JSON number (see :func:`whole_number`), else None."""
+    number = whole_number(value)
+    return number if type(number) is int else None
 
 
 def validate(model: type[M], payload: Any) -> M:
