@@ -417,7 +417,12 @@ def cmd_burst(args: argparse.Namespace) -> dict[str, Any]:
             asyncio.run(run())
         finally:
             srv.stop()
-    budget_s = (args.max_queue_wait_ms if args.max_queue_wait_ms is not None else 1000.0) / 1000.0
+    from service.settings import Settings
+
+    budget_ms = args.max_queue_wait_ms
+    if budget_ms is None:  # the server's own default, not a copy of it
+        budget_ms = Settings.model_fields["max_queue_wait_ms"].default
+    budget_s = budget_ms / 1000.0
     verdict = {
         f"{r['requests']} requests: no refusal (drained in {r['run1']['drain_s']} s)": all(
             run["codes"] == {"200": r["requests"]} for run in (r["run1"], r["run2_after_idle"])
