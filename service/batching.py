@@ -11,18 +11,30 @@ block, so merging never changes an answer.
 
 Back-pressure, two bounds, either one refuses with 429 and ``Retry-After``:
 
-* by time (``max_wait_s``, ``LRBNN_MAX_QUEUE_WAIT_MS``): a request is refused when its estimated
-  queueing delay exceeds the budget. The estimate is the work already ahead of it, in *cost units*
-  (``rows * samples`` plus a fixed per-request term, see ``Job.units``), times a running estimate of
-  seconds per unit (:class:`CostEstimate`, an EWMA of finished batches), plus what is left of the batch
-  now running. This is what keeps an admitted request's latency bounded when batch times vary: a
-  count bound cannot tell 8 one-row requests at S=32 from 8 64-row requests at S=1024.
-* by count (``max_queue``): at most that many requests wait per model, whatever the estimate says.
+* by estimated work (``max_wait_s``, ``LRBNN_MAX_QUEUE_WAIT_MS``, default 1 s): a request is refused when
+  the estimated time from its arrival to its answer exceeds the budget. The estimate is the work already
+  ahead of it plus one full batch of its kind (its own batch, which may take up to ``max_batch_size``
+  rows), in *cost units* (``rows * samples`` plus a fixed per-request term, see ``Job.units``), times
+  the measured seconds per unit (:class:`CostEstimate`), plus what is left of the batch now running.
+  So a burst whose work the server drains within the budget is admitted in full, whatever its count,
+  and under sustained overload the queue holds about one budget of work: a count bound cannot tell 8
+  one-row requests at S=32 from 8 64-row requests at S=1024.
+* by count (``max_queue``, default 4096): a memory safety limit, far above what the time budget admits
+  of ordinary requests, for when the estimate is wrong.
 
-A request that finds the queue empty is always admitted (it waits at most for the running batch), and
-so is every request while nothing has been measured yet (the count bound still holds). Retry-After is
-the estimated time to drain what is queued, in whole seconds (>= 1). A request that times out (504) or
-whose client went away leaves the queue at once, so an abandoned request never holds a slot nor costs
+The estimate cannot be fooled by a cold or idle server: it learns only from the compute time of
+finished batches, timed inside the compute thread (no event-loop delay, no idle time between
+batches), as the median of the last ``CostEstimate.WINDOW`` batches' seconds per unit (the minimum
+while fewer than three are measured), so neither a cold first batch nor one slow batch after a pause
+moves it. The running batch counts with what its estimate says is left; only a batch that has overrun
+its estimate by more than the whole budget (a model that really stalled) raises the rate to what it
+shows. A request that finds the queue empty is always admitted, and so is every request while
+nothing has been measured yet (the count bound still holds).
+
+``Retry-After`` is honest: the time until the queued work has drained far enough that a request like
+the refused one would be admitted (estimated wait minus budget; for the count bound, until enough
+queued requests have left), whole seconds rounded up, >= 1. A request that times out (504) or whose
+client went away leaves the queue at once, so an abandoned request never holds a slot nor costs
 compute, nor counts in the estimate.
 """
 
@@ -30,6 +42,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import math
 import time
@@ -83,37 +96,43 @@ QUIET_TURNS = 4
 
 
 class CostEstimate:
-    """Seconds per cost unit of one model, from its finished batches (cheap: O(1) per batch).
+    """Seconds per cost unit of one model, from its finished batches' compute times (O(WINDOW) each).
 
-    The first ``WARMUP`` batches give the *minimum* seen (a cold first batch is an outlier that would
-    otherwise make the service refuse for a while after start); then an EWMA with weight ``ALPHA``, so a
-    lasting change of speed (another version, a busier machine) is followed within a few batches. Failed
-    batches are not measured (a fast exception would read as a fast model). ``None`` until the first
+    The median of the last ``WINDOW`` batches' seconds per unit, the minimum while fewer than
+    ``MEDIAN_FROM`` are measured: a cold first batch, or a slow one after the server sat idle, is an
+    outlier that would otherwise make the service refuse work it can drain; a lasting change of speed
+    (another version, a busier machine) is followed once it holds for half the window. Failed batches
+    are not measured (a fast exception would read as a fast model). ``None`` until the first
     measurement: no estimate, no refusal by time.
     """
 
-    WARMUP = 4
-    ALPHA = 0.2
+    WINDOW = 9
+    MEDIAN_FROM = 3
 
     def __init__(self) -> None:
+        self.rates: deque[float] = deque(maxlen=self.WINDOW)
         self.seconds_per_unit: float | None = None
-        self.count = 0
 
     def observe(self, seconds: float, units: int) -> None:
         if units <= 0 or not math.isfinite(seconds) or seconds < 0:
             return
-        rate = seconds / units
-        self.count += 1
-        if self.seconds_per_unit is None:
-            self.seconds_per_unit = rate
-        elif self.count <= self.WARMUP:
-            self.seconds_per_unit = min(self.seconds_per_unit, rate)
+        self.rates.append(seconds / units)
+        ordered = sorted(self.rates)
+        if len(ordered) < self.MEDIAN_FROM:
+            self.seconds_per_unit = ordered[0]
         else:
-            self.seconds_per_unit += self.ALPHA * (rate - self.seconds_per_unit)
+            mid = len(ordered) // 2
+            self.seconds_per_unit = (
+                ordered[mid] if len(ordered) % 2 else 0.5 * (ordered[mid - 1] + ordered[mid])
+            )
+
+    @property
+    def count(self) -> int:
+        return len(self.rates)
 
     def reset(self) -> None:
+        self.rates.clear()
         self.seconds_per_unit = None
-        self.count = 0
 
 
 class ModelBatcher:
@@ -177,25 +196,61 @@ class ModelBatcher:
     def estimated_wait_s(self) -> float | None:
         """Seconds a request submitted now would wait before its batch starts; None before any estimate.
 
-        Work queued ahead times seconds per unit, plus what is left of the running batch. A running batch
-        that has already taken longer than its estimate raises the rate used (elapsed / its units): a
-        model that suddenly slows down, or whose first batch is still running, is seen at once.
+        Work queued ahead times seconds per unit (:meth:`_rate`), plus what is left of the running batch.
         """
+        rate = self._rate()
+        if rate is None:
+            return None
+        return self._running_left_s(rate) + self._queued_units * rate
+
+    def _rate(self) -> float | None:
+        """Seconds per unit: the measured one, unless the running batch has overrun its estimate by more
+        than the whole budget (a model that stalled or suddenly became much slower): then what that
+        batch shows (elapsed / its units). Ordinary jitter of a small batch never raises it (it would be
+        multiplied into the whole queue: the former rule, any overrun, refused bursts)."""
         rate = self.cost.seconds_per_unit
-        remaining = 0.0
         if self._running_units:
             elapsed = self.clock() - self._running_since
-            rate = max(rate or 0.0, elapsed / self._running_units)
-            remaining = max(0.0, self._running_units * rate - elapsed)
-        if not rate:
-            return None
-        return remaining + self._queued_units * rate
+            if elapsed > self._running_units * (rate or 0.0) + max(self.max_wait_s, 0.0):
+                rate = max(rate or 0.0, elapsed / self._running_units)
+        return rate
 
-    def retry_after_s(self, wait_s: float | None = None) -> int:
-        """A hint for clients: the estimated time to drain the current queue, whole seconds, >= 1."""
-        if wait_s is None:
-            wait_s = self.estimated_wait_s()
-        if wait_s is None or not math.isfinite(wait_s):
+    def _running_left_s(self, rate: float) -> float:
+        if not self._running_units:
+            return 0.0
+        return max(0.0, self._running_units * rate - (self.clock() - self._running_since))
+
+    def batch_units(self, rows: int, samples: int) -> int:
+        """The most cost units of the batch a request of ``rows`` rows at ``samples`` goes in: it takes up
+        to ``max_batch_size`` rows of compatible requests queued behind it (as many requests of its size)."""
+        rows = max(1, rows)
+        full = max(rows, self.max_batch_size)
+        return full * samples + math.ceil(full / rows) * REQUEST_UNITS
+
+    def estimated_answer_s(self, rows: int, samples: int) -> float | None:
+        """Seconds from now until a request of ``rows`` x ``samples`` submitted now is answered: the wait
+        before its batch starts plus that batch (at most full). None before any estimate."""
+        rate = self._rate()
+        if rate is None:
+            return None
+        return self._running_left_s(rate) + (self._queued_units + self.batch_units(rows, samples)) * rate
+
+    def retry_after_s(self, answer_s: float | None = None, over_count: int = 0) -> int:
+        """When a refused request would be admitted, if nothing new arrived: whole seconds, >= 1.
+
+        ``answer_s``: the refused request's estimated time to answer; the queue drains one second of
+        work per second, so after ``answer_s - budget`` it fits the budget. ``over_count``: how many
+        queued requests must leave before the count bound admits one more (the time their work takes,
+        plus what is left of the running batch)."""
+        waits = [0.0]
+        if answer_s is not None and self.max_wait_s > 0:
+            waits.append(answer_s - self.max_wait_s)
+        rate = self._rate()
+        if over_count > 0 and rate is not None:
+            ahead = sum(job.units for job in itertools.islice(self._queue, over_count))
+            waits.append(self._running_left_s(rate) + ahead * rate)
+        wait_s = max(waits)
+        if not math.isfinite(wait_s):
             return 1
         return max(1, math.ceil(wait_s))
 
@@ -209,18 +264,21 @@ class ModelBatcher:
         disconnected: Callable[[], Coroutine[Any, Any, object]] | None = None,
     ) -> Outputs:
         """Queue one request and wait for its answer (or QueueFull, InferenceTimeout, ClientDisconnected)."""
+        rows = int(x.shape[0])
         if len(self._queue) >= self.max_queue:
             raise QueueFull(
                 f"model {self.name!r}: {self.max_queue} requests already queued",
-                retry_after_s=self.retry_after_s(),
+                retry_after_s=self.retry_after_s(
+                    self.estimated_answer_s(rows, samples), over_count=len(self._queue) - self.max_queue + 1
+                ),
             )
         if self._queue and self.max_wait_s > 0:  # a request finding the queue empty is always admitted
-            wait_s = self.estimated_wait_s()
-            if wait_s is not None and wait_s > self.max_wait_s:
+            answer_s = self.estimated_answer_s(rows, samples)
+            if answer_s is not None and answer_s > self.max_wait_s:
                 raise QueueFull(
-                    f"model {self.name!r}: estimated queueing delay {wait_s * 1000:.0f} ms exceeds "
+                    f"model {self.name!r}: estimated time to answer {answer_s * 1000:.0f} ms exceeds "
                     f"the {self.max_wait_s * 1000:.0f} ms budget",
-                    retry_after_s=self.retry_after_s(wait_s),
+                    retry_after_s=self.retry_after_s(answer_s),
                 )
         loop = asyncio.get_running_loop()
         job = Job(served, x, samples, seed, loop.create_future())
@@ -294,6 +352,15 @@ class ModelBatcher:
             rows = grown
         return batch
 
+    def _compute(
+        self, served: ServedModel, x: np.ndarray, samples: int, seeds: list[int | None], sizes: list[int]
+    ) -> tuple[Outputs, float]:
+        """On the compute thread: the batch and its compute time, timed here, so that neither the wait
+        for the thread nor the event loop's delay in resuming the dispatcher counts as compute."""
+        t0 = self._running_since = self.clock()
+        out = served.runtime.predict(x, samples, seeds, sizes)
+        return out, self.clock() - t0
+
     async def _dispatch(self, batch: list[Job]) -> None:
         live = [j for j in batch if not j.future.done()]
         if not live:
@@ -306,11 +373,11 @@ class ModelBatcher:
         served = live[0].served
         self.metrics.child(self.metrics.batch_size, self.name).observe(sum(sizes))
         units = sum(j.units for j in live)
-        t0 = self._running_since = self.clock()
+        self._running_since = self.clock()  # refined by the compute thread when it starts
         self._running_units = units
         try:
-            out = await asyncio.get_running_loop().run_in_executor(
-                self._executor, served.runtime.predict, x, live[0].samples, [j.seed for j in live], sizes
+            out, seconds = await asyncio.get_running_loop().run_in_executor(
+                self._executor, self._compute, served, x, live[0].samples, [j.seed for j in live], sizes
             )
         except Exception:  # a runtime failure answers every request of the batch (503), never hangs it
             log.exception("batch failed", extra={"model": self.name, "instances": sum(sizes)})
@@ -322,7 +389,6 @@ class ModelBatcher:
             return  # not measured: how fast a model fails says nothing about how fast it computes
         finally:
             self._running_units = 0
-        seconds = self.clock() - t0
         if served is not self._measured:  # first batch, or a reloaded version: measure it afresh
             self.cost.reset()
             self._measured = served

@@ -40,7 +40,11 @@ class Settings(BaseSettings):
     backend: BackendName = BackendName.TORCH
     max_batch_size: int = Field(default=64, ge=1, description="instances merged into one sampling call")
     max_batch_delay_ms: float = Field(default=2.0, ge=0.0, description="longest wait to fill a batch")
-    max_queue: int = Field(default=256, ge=1, description="queued requests per model before 429")
+    max_queue: int = Field(default=4096, ge=1, description="queued requests per model before 429")
+    """A memory safety limit, not the admission policy: the queue is bounded by estimated work
+    (``max_queue_wait_ms``). 4096 is far above what one second of work admits of ordinary requests on a
+    CPU (a burst of 1,000 one-patient requests is about 1 s), so it refuses only where the estimate is
+    wrong; a queued one-row request holds of the order of 10 kB, large ones are few by the time bound."""
     max_queue_wait_ms: float = Field(
         default=1000.0,
         description="estimated queueing delay per model before 429; <= 0: off (count bound only)",
