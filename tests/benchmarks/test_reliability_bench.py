@@ -34,3 +34,13 @@ def test_refusals_late_in_the_phase_mean_not_recovered_until_after_them():
 
 def test_unhealthy_to_the_end():
     assert rb.recovered_after(_steady(0, 5, 0.05), slow_s=0.01) == 5.0
+
+
+def test_retry_summary_splits_retries_by_whether_the_load_still_ran():
+    retries = [(1.0, 10.0, "200"), (1.0, 59.9, "429"), (2.0, 60.5, "200"), (3.0, 61.0, "429")]
+    got = rb.retry_summary(retries, 60.0)
+    assert (got["retried"], got["admitted"], got["admitted_fraction"]) == (4, 2, 0.5)
+    assert (got["retried_during_load"], got["admitted_during_load"]) == (2, 1)
+    assert (got["retried_after_load"], got["admitted_after_load"]) == (2, 1)
+    assert got["retry_after_hints_s"] == {"1": 2, "2": 1, "3": 1}
+    assert rb.retry_summary([], 60.0)["admitted_fraction"] is None
