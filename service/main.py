@@ -13,6 +13,7 @@ import logging
 import os
 import signal
 import socket
+import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -20,7 +21,7 @@ from types import FrameType
 import uvicorn
 
 from service.app import create_app
-from service.settings import Settings
+from service.settings import Settings, UnauthenticatedExposure
 from service.state import AppState
 
 log = logging.getLogger("lrbnn.service")
@@ -104,9 +105,15 @@ def serve(
     """Run the server until a signal drains it; returns the process exit status.
 
     ``workers`` (default ``LRBNN_WORKERS``, 1) > 1 runs that many server processes on one socket under a
-    supervisor (``service/workers.py``).
+    supervisor (``service/workers.py``). A ``host`` other than loopback needs API tokens or
+    ``LRBNN_ALLOW_UNAUTHENTICATED=true``; without either it returns 2 with a one-line error.
     """
     settings = Settings() if repo is None else Settings(model_repository=Path(repo))
+    try:
+        settings.check_exposure(host)
+    except UnauthenticatedExposure as exc:  # one line, no traceback: the operator's fix is in it
+        print(f"lrbnn: error: {exc}", file=sys.stderr)
+        return 2
     count = settings.workers if workers is None else workers
     if count > 1:
         from service.logs import configure_logging

@@ -6,6 +6,7 @@ surfacing as a strange error on the first request.
 
 from __future__ import annotations
 
+import ipaddress
 from enum import Enum
 from pathlib import Path
 
@@ -73,6 +74,12 @@ class Settings(BaseSettings):
     api_tokens: SecretStr = SecretStr("")
     api_tokens_file: Path | None = None
     admin_token: SecretStr | None = None
+    allow_unauthenticated: bool = False
+    """Serve without API tokens on an address other than loopback (``LRBNN_ALLOW_UNAUTHENTICATED=true``).
+
+    Off by default: bound to all interfaces without tokens, anyone on the network could query the models
+    and read what the outcome store keeps (TorchServe turned token auth on by default for the same
+    reason). On loopback (``make serve``) the server stays open without it."""
     drift_window: int = Field(default=10_000, ge=10)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
     cors_origins: str = ""
@@ -107,3 +114,28 @@ class Settings(BaseSettings):
     def admin(self) -> str | None:
         value = self.admin_token.get_secret_value() if self.admin_token is not None else ""
         return value or None
+
+    def check_exposure(self, host: str) -> None:
+        """Raise :class:`UnauthenticatedExposure` when ``host`` is reachable from other machines and no
+        API token is configured, unless ``allow_unauthenticated`` says so explicitly."""
+        if self.allow_unauthenticated or is_loopback(host) or self.tokens():
+            return
+        raise UnauthenticatedExposure(
+            f"refusing to serve on {host!r} without authentication: set LRBNN_API_TOKENS (or "
+            "LRBNN_API_TOKENS_FILE), bind to 127.0.0.1, or set LRBNN_ALLOW_UNAUTHENTICATED=true"
+        )
+
+
+class UnauthenticatedExposure(ValueError):
+    """A non-loopback bind address without API tokens and without ``LRBNN_ALLOW_UNAUTHENTICATED``."""
+
+
+def is_loopback(host: str) -> bool:
+    """True for ``localhost`` and loopback addresses (127.0.0.0/8, ::1); any other name or address,
+    including the wildcards ``0.0.0.0`` and ``::``, may be reachable from elsewhere."""
+    if host.strip().lower() in {"localhost", "localhost."}:
+        return True
+    try:
+        return ipaddress.ip_address(host.strip().strip("[]")).is_loopback
+    except ValueError:
+        return False
