@@ -3,8 +3,11 @@ promtool). Skipped, with the reason, only when the tool binary is missing; CI in
 
 from __future__ import annotations
 
+import json
+import os
 import subprocess
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
@@ -17,17 +20,34 @@ def _run(cmd: list[str], cwd: Path = ROOT, timeout: float = 120) -> subprocess.C
     return res
 
 
-def test_hadolint_dockerfile() -> None:
-    _run([tool("hadolint"), "--failure-threshold", "info", "Dockerfile"])
+@pytest.mark.parametrize(
+    "dockerfile", ["Dockerfile", "deploy/cuda.Dockerfile", "deploy/prometheus/Dockerfile.debian"]
+)
+def test_hadolint_dockerfile(dockerfile: str) -> None:
+    _run([tool("hadolint"), "--failure-threshold", "info", dockerfile])
 
 
 def test_dockerfile_essentials() -> None:
     """Why: the properties the issue requires but hadolint does not enforce."""
     text = (ROOT / "Dockerfile").read_text()
-    assert "AS cuda" in text and "nvidia/cuda:" in text
+    cuda = (ROOT / "deploy" / "cuda.Dockerfile").read_text()
+    assert "AS cuda" in cuda and "nvidia/cuda:" in cuda and "USER 10001" in cuda
     assert "download.pytorch.org/whl/cpu" in text and "TORCH_VERSION=2.13.0" in text
-    assert "HEALTHCHECK" in text and "/livez" in text
-    assert "USER 10001" in text
+    runtime = text.split("AS runtime\n", 1)[1].split("\nFROM ", 1)[0]
+    assert "HEALTHCHECK" in runtime and "/livez" in runtime and "USER 10001" in runtime
+    froms = [line for line in text.splitlines() if line.startswith("FROM ")]
+    assert "FROM runtime AS slim" in froms and "FROM runtime AS cpu" in froms
+    # offline builds by build arguments, for the classic builder too (no frontend pull, no mounts)
+    assert "ARG PYTHON_IMAGE=python:" in text and "ARG WHEELHOUSE=deploy/wheelhouse" in text
+    assert "--no-index --find-links /wheels" in text
+    code = [line for line in text.splitlines() if not line.startswith("#")]
+    assert not text.startswith("# syntax") and not [line for line in code if "--mount" in line]
+    # only the venv and the models reach the runtime stages: no wheelhouse, no CA bundle of the host
+    for stage in ("slim", "cpu"):
+        body = text.split(f"AS {stage}\n", 1)[1].split("\nFROM ", 1)[0]
+        copies = [line for line in body.splitlines() if line.startswith("COPY")]
+        assert copies and all("/opt/venv" in c or "/models" in c for c in copies), copies
+    assert "LRBNN_BACKEND=onnx" in text.split("AS slim\n", 1)[1].split("\nFROM ", 1)[0]
     assert "COPY --chown=root:root deploy/models /models" in text
     assert "lrbnn train" not in text
     # the last stage is the default build target: it must be the CPU image
@@ -37,22 +57,78 @@ def test_dockerfile_essentials() -> None:
     assert ".venv" in ignore and "!deploy/models" in ignore
 
 
-@pytest.mark.parametrize("profiles", [[], ["gpu", "alerting"]])
-def test_compose_config(profiles: list[str]) -> None:
-    args = [a for p in profiles for a in ("--profile", p)]
-    res = _run([tool("docker-compose"), *args, "config", "--format", "json"])
-    import json
+def _compose_config(args: list[str], env_file: Path) -> dict[str, Any]:
 
-    cfg = json.loads(res.stdout)
+    cmd = [tool("docker-compose"), *args, "config", "--format", "json"]
+    env = {**os.environ, "LRBNN_ENV_FILE": str(env_file)}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode == 0, f"{' '.join(cmd)} failed ({res.returncode}):\n{res.stdout}\n{res.stderr}"
+    return dict(json.loads(res.stdout))
+
+
+@pytest.mark.parametrize(
+    ("profiles", "files"),
+    [
+        ([], []),
+        (["gpu", "alerting"], []),
+        ([], ["deploy/compose.local.yml"]),
+        (["gpu", "alerting"], ["deploy/compose.local.yml"]),
+    ],
+)
+def test_compose_config(profiles: list[str], files: list[str], tmp_path: Path) -> None:
+    env_file = tmp_path / "lrbnn.env"
+    env_file.write_text("LRBNN_API_TOKENS=t0ken\n")
+    args = [a for f in ["docker-compose.yml", *files] for a in ("-f", f)]
+    args += [a for p in profiles for a in ("--profile", p)]
+    cfg = _compose_config(args, env_file)
     services = cfg["services"]
     assert {"lrbnn", "prometheus", "grafana"} <= set(services)
     assert services["grafana"]["environment"]["GF_AUTH_ANONYMOUS_ENABLED"] == "false"
     assert "GF_SECURITY_ADMIN_PASSWORD" in services["grafana"]["environment"]
     assert services["prometheus"]["depends_on"]["lrbnn"]["condition"] == "service_healthy"
+    # the service listens on all interfaces inside the network: tokens from the env file, no opt-out
+    lrbnn = services["lrbnn"]
+    assert lrbnn["environment"]["LRBNN_API_TOKENS"] == "t0ken"
+    assert "LRBNN_ALLOW_UNAUTHENTICATED" not in lrbnn["environment"]
+    assert lrbnn["image"] == _make_vars()["IMAGE_CPU"] and lrbnn["read_only"] is True
+    if files:
+        assert services["prometheus"]["image"] == "lrbnn-prometheus:debian"
+        assert services["prometheus"]["build"]["dockerfile"] == "Dockerfile.debian"
     if "gpu" in profiles:
+        assert services["lrbnn-gpu"]["environment"]["LRBNN_API_TOKENS"] == "t0ken"
         dev = services["lrbnn-gpu"]["deploy"]["resources"]["reservations"]["devices"][0]
         assert dev["capabilities"] == ["gpu"]
         assert "alertmanager" in services
+
+
+def test_compose_refuses_a_missing_token_file(tmp_path: Path) -> None:
+    """Why: without the env file the stack would start a server that refuses to serve; compose says so."""
+
+    cmd = [tool("docker-compose"), "config", "--format", "json"]
+    env = {**os.environ, "LRBNN_ENV_FILE": str(tmp_path / "absent.env")}
+    res = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=120, env=env)
+    assert res.returncode != 0 and "absent.env" in res.stderr
+
+
+def _make_vars() -> dict[str, str]:
+    """The image tags `make image` builds, as make itself prints them."""
+    res = _run(["make", "-s", "print-image-tags"])
+    return dict(line.split("=", 1) for line in res.stdout.split())
+
+
+def test_manifests_reference_the_tags_make_image_builds() -> None:
+    tags = _make_vars()
+    assert tags["IMAGE_CPU"].endswith("-cpu") and tags["IMAGE_SLIM"].endswith("-slim")
+    cpu = yaml.safe_load((DEPLOY / "k8s" / "deployment.yaml").read_text())
+    gpu = yaml.safe_load((DEPLOY / "k8s" / "gpu" / "deployment.yaml").read_text())
+    kserve = yaml.safe_load((DEPLOY / "kserve" / "inferenceservice.yaml").read_text())
+    assert cpu["spec"]["template"]["spec"]["containers"][0]["image"] == tags["IMAGE_CPU"]
+    assert gpu["spec"]["template"]["spec"]["containers"][0]["image"] == tags["IMAGE_CUDA"]
+    assert kserve["spec"]["predictor"]["containers"][0]["image"] == tags["IMAGE_CPU"]
+    for dep in (cpu, gpu):  # tokens from a Secret, never a literal, and no opt-out
+        env = {e["name"]: e for e in dep["spec"]["template"]["spec"]["containers"][0]["env"]}
+        assert env["LRBNN_API_TOKENS"]["valueFrom"]["secretKeyRef"]["name"] == "lrbnn-api-tokens"
+        assert "LRBNN_ALLOW_UNAUTHENTICATED" not in env
 
 
 def test_kubernetes_validate_strict() -> None:
