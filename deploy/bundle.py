@@ -30,6 +30,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from model_core.checkpoint import load_checkpoint  # noqa: E402
+from model_core.novelty import NOVELTY_FILE  # noqa: E402
 
 
 def record_check(target: Path, data_dir: str | None, rows: int, seed: int = 0) -> dict[str, Any]:
@@ -48,7 +49,7 @@ def record_check(target: Path, data_dir: str | None, rows: int, seed: int = 0) -
         "rows": rows,
         "seed": seed,
         "samples": report["samples"],
-        "metrics": {k: report[k] for k in ("test", "ood", "ood_near") if k in report},
+        "metrics": {k: v for k, v in report.items() if k in ("test", "conformal") or k.startswith("ood")},
     }
     manifest_path = target / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
@@ -65,6 +66,8 @@ def bundle(source: Path, repository: Path, name: str, version: str, command: str
         raise SystemExit(f"{target} exists; remove it first or choose another --version")
     target.mkdir(parents=True)
     shutil.copy2(source / "weights.safetensors", target / "weights.safetensors")
+    if (source / NOVELTY_FILE).is_file():  # the novelty detector, its sha256 in the manifest
+        shutil.copy2(source / NOVELTY_FILE, target / NOVELTY_FILE)
     manifest = json.loads((source / "manifest.json").read_text())
     manifest["model_name"], manifest["model_version"] = name, version
     manifest["training"]["command"] = command

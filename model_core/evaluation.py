@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
 from model_core.checkpoint.io import LoadedCheckpoint
-from model_core.checkpoint.manifest import Task
+from model_core.checkpoint.manifest import Manifest, Task
+from model_core.conformal import prediction_sets
 from model_core.data.air import SequenceSplits
 from model_core.data.dataset import TabularSplits
+from model_core.data.sentiment import TextSplits
 from model_core.metrics import classification_report, ood_report, regression_report, selective_risk
+from model_core.novelty import NoveltyDetector
+from model_core.ood import combined_score, reasons
 from model_core.predict import Prediction, predict
 
 #: the splits ``evaluate_checkpoint`` predicts, and the per-row arrays that go with each
@@ -52,7 +57,12 @@ def subset_splits(splits: TabularSplits, rows: int) -> TabularSplits:
         for name, array in arrays.items():
             if len(array) == n:  # ood_fault may be empty (no faults recorded)
                 changes[name] = array[keep]
-    return dataclasses.replace(splits, **changes)
+    unclipped = dict(splits.unclipped)
+    for split in ("test", "ood"):
+        if split in unclipped and len(unclipped[split]):
+            unclipped[split] = unclipped[split][subset_rows(len(unclipped[split]), rows)]
+    shifts = {name: z[subset_rows(len(z), rows)] for name, z in splits.shifts.items() if len(z)}
+    return dataclasses.replace(splits, **changes, unclipped=unclipped, shifts=shifts)
 
 
 def _np(t: torch.Tensor) -> np.ndarray:
@@ -81,6 +91,97 @@ def evaluate_predictions(
     if ood is not None and len(ood) > 0:
         out["ood"] = ood_report(_np(test.ood_score), _np(ood.ood_score))
     return out
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One evaluated set's detector inputs: epistemic and novelty scores, implausible rows."""
+
+    epistemic: np.ndarray
+    novelty: np.ndarray | None
+    implausible: np.ndarray | None
+
+
+def _scored(
+    pred: Prediction, z: np.ndarray, splits: TabularSplits, novelty: NoveltyDetector | None
+) -> Scored:
+    odd = None if isinstance(splits, TextSplits) else splits.preprocessor.implausible_rows(z)
+    return Scored(_np(pred.ood_score), None if novelty is None else novelty.score(z), odd)
+
+
+def _decide(manifest: Manifest, s: Scored) -> np.ndarray:
+    cal = manifest.calibration
+    nov = cal.novelty
+    flag, _ = reasons(
+        s.epistemic, cal.ood_threshold, s.novelty, None if nov is None else nov.threshold, s.implausible
+    )
+    return flag
+
+
+def _combined(manifest: Manifest, s: Scored) -> np.ndarray:
+    cal = manifest.calibration
+    ref_nov = None if cal.novelty is None else np.asarray(cal.novelty.quantiles)
+    return combined_score(
+        s.epistemic, np.asarray(manifest.drift_reference.quantiles), s.novelty, ref_nov, s.implausible
+    )
+
+
+def shift_report(manifest: Manifest, test: Scored, shifted: Scored) -> dict[str, float]:
+    """OOD metrics of one shift set against the test split, per detector and for the served decision.
+
+    ``ood_auroc`` etc.: the epistemic score (as before); ``novelty_auroc``; ``combined_auroc`` (the
+    smallest calibrated p-value, :func:`model_core.ood.combined_score`); ``detect_epistemic`` /
+    ``detect_novelty``: the fraction flagged by that detector alone at its own calibration (1 − α)
+    quantile; ``flag_rate_out`` / ``flag_rate_in``: the served decision (jointly calibrated thresholds,
+    implausible values included) on the shift set and on the test split.
+    """
+    cal = manifest.calibration
+    alpha = cal.ood_alpha
+    out = dict(ood_report(test.epistemic, shifted.epistemic))
+    epi_alone = float(np.quantile(manifest.drift_reference.quantiles, 1.0 - alpha))
+    out["detect_epistemic"] = float((shifted.epistemic > epi_alone).mean())
+    out["false_alarm_epistemic"] = float((test.epistemic > epi_alone).mean())
+    if test.novelty is not None and shifted.novelty is not None and cal.novelty is not None:
+        out["novelty_auroc"] = ood_report(test.novelty, shifted.novelty)["ood_auroc"]
+        nov_alone = float(np.quantile(cal.novelty.quantiles, 1.0 - alpha))
+        out["detect_novelty"] = float((shifted.novelty > nov_alone).mean())
+        out["false_alarm_novelty"] = float((test.novelty > nov_alone).mean())
+    out["combined_auroc"] = ood_report(_combined(manifest, test), _combined(manifest, shifted))["ood_auroc"]
+    out["flag_rate_in"] = float(_decide(manifest, test).mean())
+    out["flag_rate_out"] = float(_decide(manifest, shifted).mean())
+    return out
+
+
+def conformal_report(manifest: Manifest, pred: Prediction, y: np.ndarray) -> dict[str, float]:
+    """Empirical coverage of the conformal interval / set on ``y`` (and, for regression, the width of
+    the conformal interval against the validation-scaled Gaussian interval it replaces)."""
+    conf = manifest.calibration.conformal
+    if conf is None:
+        return {}
+    mean, sd = _np(pred.mean), np.sqrt(_np(pred.variance))
+    if manifest.task is Task.REGRESSION:
+        half = conf.quantile * sd
+        cover = np.abs(y - mean) <= half
+        from statistics import NormalDist
+
+        z = NormalDist().inv_cdf(0.5 + conf.level / 2.0)
+        scaled = manifest.calibration.interval_scales.get(str(conf.level), 1.0) * z * sd
+        return {
+            "level": conf.level,
+            "conformal_coverage": float(cover.mean()),
+            "conformal_width": float((2 * half).mean()),
+            "scaled_coverage": float((np.abs(y - mean) <= scaled).mean()),
+            "scaled_width": float((2 * scaled).mean()),
+        }
+    sets = prediction_sets(mean, conf.quantile)
+    size = sets.sum(1)
+    return {
+        "level": conf.level,
+        "set_coverage": float(sets[np.arange(len(y)), np.asarray(y, dtype=np.int64)].mean()),
+        "refer_rate": float((size >= 2).mean()),
+        "empty_rate": float((size == 0).mean()),
+        "mean_set_size": float(size.mean()),
+    }
 
 
 def _auroc_by_fault(splits: SequenceSplits, test: Prediction, ood: Prediction) -> dict[str, float]:
@@ -129,24 +230,23 @@ def evaluate_checkpoint(
         interval_scale=manifest.calibration.interval_scale,
         interval_level=manifest.calibration.interval_level,
     )
+    novelty = ckpt.novelty
+    pre_clip = not isinstance(splits, TextSplits)
+    test_s = _scored(test, splits.novelty_input("test"), splits, novelty)
+    report["conformal"] = conformal_report(manifest, test, splits.y_test)
     if ood is not None:
-        report["ood"]["flag_rate_in"] = float(
-            (test.ood_score > manifest.calibration.ood_threshold).float().mean()
-        )
-        report["ood"]["flag_rate_out"] = float(
-            (ood.ood_score > manifest.calibration.ood_threshold).float().mean()
-        )
+        ood_s = _scored(ood, splits.novelty_input("ood"), splits, novelty)
+        report["ood"] = shift_report(manifest, test_s, ood_s)
         if isinstance(splits, SequenceSplits) and splits.fault_names:
             report["ood"].update(_auroc_by_fault(splits, test, ood))
     near_x = getattr(splits, "x_near_ood", None)  # text tasks: a second, near-OOD set
     if near_x is not None and len(near_x):
         near = predict(ckpt.model, torch.from_numpy(near_x), samples=s, seed=seed + 2)
-        threshold = manifest.calibration.ood_threshold
-        report["ood_near"] = {
-            **ood_report(_np(test.ood_score), _np(near.ood_score)),
-            "flag_rate_in": float((test.ood_score > threshold).float().mean()),
-            "flag_rate_out": float((near.ood_score > threshold).float().mean()),
-        }
+        report["ood_near"] = shift_report(manifest, test_s, _scored(near, near_x, splits, novelty))
+    for k, (name, z) in enumerate(sorted(splits.shifts.items())):  # constructed shift sets
+        x = splits.preprocessor.clip(z) if pre_clip else z
+        shifted = predict(ckpt.model, torch.from_numpy(x), samples=s, seed=seed + 3 + k)
+        report[f"ood_{name}"] = shift_report(manifest, test_s, _scored(shifted, z, splits, novelty))
     report.update(
         {
             "model_name": manifest.model_name,

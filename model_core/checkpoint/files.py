@@ -15,6 +15,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from model_core.checkpoint.manifest import SUPPORTED_FORMAT_VERSIONS, Manifest
+from model_core.novelty import NOVELTY_FILE, NoveltyDetector, NoveltyFeatures
 
 WEIGHTS_FILE = "weights.safetensors"
 MANIFEST_FILE = "manifest.json"
@@ -84,10 +85,40 @@ def read_manifest(directory: str | Path) -> Manifest:
 
 def verify_weights(directory: str | Path, manifest: Manifest) -> Path:
     """The weights file exists and its sha256 equals the manifest's; returns its path."""
-    weights = Path(directory) / WEIGHTS_FILE
-    if not weights.is_file():
-        raise IntegrityError(f"{weights}: weights file missing")
-    digest = sha256_file(weights)
-    if digest != manifest.sha256:
-        raise IntegrityError(f"{weights}: sha256 {digest} does not match the manifest's {manifest.sha256}")
-    return weights
+    return verify_file(Path(directory) / WEIGHTS_FILE, manifest.sha256, "weights")
+
+
+def verify_file(path: Path, expected: str, what: str) -> Path:
+    """``path`` exists and its sha256 is ``expected`` (the manifest's), else :class:`IntegrityError`."""
+    if not path.is_file():
+        raise IntegrityError(f"{path}: {what} file missing")
+    digest = sha256_file(path)
+    if digest != expected:
+        raise IntegrityError(f"{path}: sha256 {digest} does not match the manifest's {expected}")
+    return path
+
+
+def load_novelty(directory: str | Path, manifest: Manifest) -> NoveltyDetector | None:
+    """The verified novelty detector of a checkpoint (None when its manifest has none).
+
+    Checks, in order: the file exists, its sha256 is the manifest's ``calibration.novelty.sha256``, it
+    is a readable safetensors file, and its arrays have the manifest's dimension and finite values.
+    """
+    from safetensors import SafetensorError
+    from safetensors.numpy import load_file
+
+    meta = manifest.calibration.novelty
+    if meta is None:
+        return None
+    path = verify_file(Path(directory) / NOVELTY_FILE, meta.sha256, "novelty (the manifest has a detector)")
+    try:
+        tensors = load_file(str(path))
+    except (SafetensorError, OSError) as exc:
+        raise IntegrityError(f"{path}: not a readable safetensors file ({exc})") from None
+    try:
+        detector = NoveltyDetector.from_tensors(NoveltyFeatures(meta.features), tensors, meta.meta)
+    except ValueError as exc:
+        raise IntegrityError(f"{path}: {exc}") from None
+    if detector.dim != meta.dim:
+        raise IntegrityError(f"{path}: dimension {detector.dim} != the manifest's {meta.dim}")
+    return detector

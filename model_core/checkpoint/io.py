@@ -21,6 +21,7 @@ from model_core.checkpoint.files import (
     IntegrityError,
     ManifestError,
     TensorMismatchError,
+    load_novelty,
     read_manifest,
     sha256_file,
     verify_weights,
@@ -29,6 +30,7 @@ from model_core.checkpoint.files import (
 from model_core.checkpoint.manifest import FORMAT_VERSION, Manifest
 from model_core.layers.base import BayesianModule
 from model_core.models.registry import UnknownArchitectureError, build_model
+from model_core.novelty import NoveltyDetector
 
 # ``sha256_file`` and ``write_manifest`` (now in ``files``) stay importable from here, as callers do.
 __all__ = ["LoadedCheckpoint", "load_checkpoint", "save_checkpoint", "sha256_file", "write_manifest"]
@@ -39,6 +41,8 @@ class LoadedCheckpoint:
     model: BayesianModule
     manifest: Manifest
     path: Path
+    #: the verified input-novelty detector (None for a checkpoint without one)
+    novelty: NoveltyDetector | None = None
 
 
 def save_checkpoint(directory: str | Path, model: BayesianModule, manifest: Manifest | dict) -> Manifest:
@@ -91,7 +95,8 @@ def load_checkpoint(directory: str | Path, device: str | torch.device = "cpu") -
         raise ManifestError(
             f"{root}: parameter_count {manifest.parameter_count} != architecture's {model.parameter_count()}"
         )
+    novelty = load_novelty(root, manifest)
     model.load_state_dict(tensors, strict=True)
     model.to(device)
     model.eval()
-    return LoadedCheckpoint(model, manifest, root)
+    return LoadedCheckpoint(model, manifest, root, novelty)

@@ -9,14 +9,24 @@ from __future__ import annotations
 
 from enum import Enum
 from itertools import pairwise
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 from model_core.models.spec import ArchitectureSpec
 
 FORMAT_VERSION = 1
 SUPPORTED_FORMAT_VERSIONS = frozenset({1})
+
+
+def _sorted(v: list[float]) -> list[float]:
+    if any(b < a for a, b in pairwise(v)):
+        raise ValueError("quantiles must be sorted")
+    return v
+
+
+#: evenly spaced quantiles of a score (drift references, p-values): at least two, sorted
+SortedQuantiles = Annotated[list[float], Field(min_length=2), AfterValidator(_sorted)]
 
 
 class Task(str, Enum):
@@ -54,10 +64,43 @@ class OutputSchema(BaseModel):
     unit: str | None = None
 
 
+class NoveltyCalibration(BaseModel):
+    """The input-novelty detector (``model_core.novelty``): its arrays are ``novelty.safetensors``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    features: Literal["inputs", "window_summary", "token_embedding"]
+    dim: int = Field(ge=1)
+    #: flag when the novelty score exceeds this (jointly calibrated with ``ood_threshold``)
+    threshold: float = Field(allow_inf_nan=False)
+    #: evenly spaced quantiles of the calibration split's novelty scores (p-values, drift)
+    quantiles: SortedQuantiles
+    n_scores: int = Field(ge=1)
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    #: scalars of the feature map (``pad_id`` for text)
+    meta: dict[str, Any] = Field(default_factory=dict)
+
+
+class ConformalCalibration(BaseModel):
+    """Split-conformal q̂ (``model_core.conformal``): the interval or prediction set at ``level``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    level: float = Field(gt=0.0, lt=1.0)
+    score: Literal["normalized_residual", "lac"]
+    quantile: float = Field(ge=0.0, allow_inf_nan=False)
+    n: int = Field(ge=1)
+
+
 class Calibration(BaseModel):
     ood_score: OODScore
+    #: flag when the epistemic score exceeds this (with a novelty detector: jointly calibrated)
     ood_threshold: float
     ood_quantile: float = Field(default=0.95, gt=0.0, lt=1.0)
+    #: the combined OOD decision's stated false-alarm rate on in-distribution inputs
+    ood_alpha: float = Field(default=0.05, gt=0.0, lt=1.0)
+    novelty: NoveltyCalibration | None = None
+    conformal: ConformalCalibration | None = None
     default_samples: int = Field(default=100, ge=1)
     sampling_mode: SamplingMode = SamplingMode.FRESH
     cache_seed: int = 0
@@ -74,15 +117,8 @@ class DriftReference(BaseModel):
     """In-distribution validation OOD scores, stored as evenly spaced quantiles (sorted)."""
 
     score: OODScore
-    quantiles: list[float] = Field(min_length=2)
+    quantiles: SortedQuantiles
     n_scores: int = Field(ge=1)
-
-    @field_validator("quantiles")
-    @classmethod
-    def _sorted(cls, v: list[float]) -> list[float]:
-        if any(b < a for a, b in pairwise(v)):
-            raise ValueError("drift reference quantiles must be sorted")
-        return v
 
 
 class Manifest(BaseModel):

@@ -190,9 +190,10 @@ def _apply_faults(columns: dict[str, np.ndarray], fault: np.ndarray) -> dict[str
 
 
 def _transform_windows(pre: Preprocessor, columns: dict[str, np.ndarray]) -> np.ndarray:
+    """Windows of raw columns -> unclipped scaled windows (``pre.clip`` of them: the network input)."""
     n, w = columns["pm2.5"].shape
     flat = {k: v.reshape(-1) for k, v in columns.items()}
-    return pre.transform_frame(flat).reshape(n, w, pre.n_outputs)
+    return pre.transform_frame(flat, clip=False).reshape(n, w, pre.n_outputs)
 
 
 def load_air(data_dir: str | os.PathLike[str], seed: int = 0) -> SequenceSplits:
@@ -239,18 +240,21 @@ def load_air(data_dir: str | os.PathLike[str], seed: int = 0) -> SequenceSplits:
     pre = Preprocessor.fit(
         {k: v[fit_rows] for k, v in columns.items()}, AIR_FEATURES, AIR_CATEGORICAL, AIR_UNITS
     )
-    hourly = pre.transform_frame(columns)  # (hours, 15)
+    hourly = pre.transform_frame(columns, clip=False)  # (hours, 15), unclipped
     offsets = np.arange(-AIR_WINDOW, 0)
     arrays: dict[str, Any] = {}
+    unclipped: dict[str, np.ndarray] = {}
     for split, rows in parts.items():
-        arrays[f"x_{split}"] = hourly[rows[:, None] + offsets]
+        unclipped[split] = hourly[rows[:, None] + offsets]
+        arrays[f"x_{split}"] = pre.clip(unclipped[split])
         arrays[f"y_{split}"] = raw_pm[rows].astype(np.float32)
 
     test_rows = parts["test"]
     rng = np.random.default_rng(AIR_FAULT_SEED)
     fault = rng.permutation(np.arange(len(test_rows)) % len(AIR_FAULTS)).astype(np.int64)
     window_cols = {k: v[test_rows[:, None] + offsets] for k, v in columns.items()}
-    arrays["x_ood"] = _transform_windows(pre, _apply_faults(window_cols, fault))
+    unclipped["ood"] = _transform_windows(pre, _apply_faults(window_cols, fault))
+    arrays["x_ood"] = pre.clip(unclipped["ood"])
     arrays["y_ood"] = arrays["y_test"].copy()
 
     sizes = {k: len(v) for k, v in parts.items()}
@@ -290,6 +294,7 @@ def load_air(data_dir: str | os.PathLike[str], seed: int = 0) -> SequenceSplits:
         fault_names=list(AIR_FAULTS),
         ood_fault=fault,
         schema_extra=schema_extra,
+        unclipped=unclipped,
     )
 
 

@@ -57,6 +57,13 @@ class TabularSplits:
     dataset: str
     label_names: list[str] | None = None
     source_rows: dict[str, np.ndarray] = field(default_factory=dict)
+    #: per split name, the inputs scaled but not clipped (``Preprocessor.transform_frame(clip=False)``):
+    #: what the novelty detector is fitted on and scores, since clipping would hide a unit error from it.
+    #: Absent for a split (or a loader without clipping, e.g. text): the novelty input is ``x_<split>``.
+    unclipped: dict[str, np.ndarray] = field(default_factory=dict)
+    #: constructed shift sets (name -> unclipped inputs, as ``unclipped``), evaluated as ``ood_<name>``:
+    #: e.g. the ICU test patients sent with unit errors (``model_core.data.icu.unit_errors``)
+    shifts: dict[str, np.ndarray] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         """Catch shape/dtype mistakes at construction, where the loader that made them is on the stack."""
@@ -71,6 +78,10 @@ class TabularSplits:
                 raise ValueError(
                     f"y_{split} must be {np.dtype(label_dtype)} ({x.shape[0]},), got {y.dtype} {y.shape}"
                 )
+
+    def novelty_input(self, split: str) -> np.ndarray:
+        """The input the novelty detector sees for ``split``: unclipped where the loader kept it."""
+        return self.unclipped.get(split, getattr(self, f"x_{split}"))
 
     @property
     def n_features(self) -> int:

@@ -55,10 +55,14 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from model_core.data.dataset import TabularSplits
+
+if TYPE_CHECKING:
+    import pandas as pd
 from model_core.data.table import assemble_splits
 
 __all__ = [
@@ -136,6 +140,46 @@ ICU_EXCLUDED: dict[str, str] = {
 }
 
 
+#: Constructed shift sets: typical unit errors of a lab or charting system, each as (feature, conversion
+#: from the model's unit, the unit sent). Temperature in °F, creatinine and bilirubin in µmol/L (SI labs),
+#: albumin in g/L, glucose in mmol/L. Some leave the value inside the training range (glucose, bilirubin
+#: below ~3.7 mg/dL): those can only be caught by novelty, not by the plausible range.
+ICU_UNIT_ERRORS: dict[str, tuple[str, float, float, str]] = {
+    # name: (feature, factor, offset, unit sent): sent = factor * value + offset
+    "temp_fahrenheit": ("temp", 1.8, 32.0, "°F"),
+    "crea_umol": ("crea", 88.42, 0.0, "µmol/L"),
+    "bili_umol": ("bili", 17.1, 0.0, "µmol/L"),
+    "alb_g_per_l": ("alb", 10.0, 0.0, "g/L"),
+    "glucose_mmol": ("glucose", 1.0 / 18.016, 0.0, "mmol/L"),
+}
+#: seed of the mixed unit-error set's draw (one error per patient among its measured features)
+UNIT_ERROR_SEED = 20261203
+
+
+def unit_error_frames(test: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """The test patients re-sent with unit errors: one set per error (the patients with that feature
+    measured) and ``unit_errors``, every test patient with one error drawn among its measured ones."""
+    out: dict[str, pd.DataFrame] = {}
+    for name, (feature, factor, offset, _) in ICU_UNIT_ERRORS.items():
+        rows = test[test[feature].notna()].copy()
+        rows[feature] = factor * rows[feature] + offset
+        out[f"units_{name}"] = rows
+    rng = np.random.default_rng(UNIT_ERROR_SEED)
+    names = list(ICU_UNIT_ERRORS)
+    measured = test[[ICU_UNIT_ERRORS[n][0] for n in names]].notna().to_numpy()  # (n, errors)
+    mixed = test[measured.any(axis=1)].copy()  # a patient with none of them measured cannot be re-sent
+    measured = measured[measured.any(axis=1)]
+    # one error per patient, uniform among its measured features: the argmax of masked uniform draws
+    pick = np.where(measured, rng.random(measured.shape), -1.0).argmax(axis=1)
+    for k, name in enumerate(names):
+        feature, factor, offset, _ = ICU_UNIT_ERRORS[name]
+        rows = pick == k
+        col = mixed.columns.get_loc(feature)
+        mixed.iloc[rows, col] = factor * mixed.iloc[rows, col] + offset
+    out["unit_errors"] = mixed
+    return out
+
+
 def load_icu(data_dir: str | os.PathLike[str], seed: int = 0) -> TabularSplits:
     """Load ``<data_dir>/support2/support2.csv`` as the ICU-mortality task (see module docstring).
 
@@ -169,7 +213,7 @@ def load_icu(data_dir: str | os.PathLike[str], seed: int = 0) -> TabularSplits:
         f"label with seed {seed}. Clipping (8*IQR), median/mode imputation and MinMax scaling are fitted "
         "on the training split only."
     )
-    return assemble_splits(
+    splits = assemble_splits(
         frame,
         features=ICU_FEATURES,
         categorical=ICU_CATEGORICAL,
@@ -183,3 +227,9 @@ def load_icu(data_dir: str | os.PathLike[str], seed: int = 0) -> TabularSplits:
         label_names=["survived", "died"],
         units=ICU_UNITS,
     )
+    test = frame.loc[splits.source_rows["test"], ICU_FEATURES]
+    splits.shifts = {
+        name: splits.preprocessor.transform_frame(rows, clip=False)
+        for name, rows in unit_error_frames(test).items()
+    }
+    return splits

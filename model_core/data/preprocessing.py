@@ -149,15 +149,16 @@ class FeatureSpec(BaseModel):
         """Width of this feature in the model input."""
         return 1 if self.kind == "numeric" else len(self.categories or ())
 
-    def scale(self, values: np.ndarray) -> np.ndarray:
+    def scale(self, values: np.ndarray, clip: bool = True) -> np.ndarray:
         """Clip and MinMax-scale already-imputed numeric values (float64 in, float64 out).
 
         A constant training column (max == min) maps to 0 rather than dividing by zero: it carried no
-        information during training, so it must not inject any at serving time either.
+        information during training, so it must not inject any at serving time either. ``clip=False``
+        scales without clipping: what the novelty detector sees, so that a unit error is not hidden.
         """
         assert self.clip_low is not None and self.clip_high is not None
         assert self.min is not None and self.max is not None
-        clipped = np.clip(values, self.clip_low, self.clip_high)
+        clipped = np.clip(values, self.clip_low, self.clip_high) if clip else values
         span = self.max - self.min
         if span <= 0.0:
             return np.zeros_like(clipped)
@@ -292,7 +293,7 @@ class Preprocessor(BaseModel):
     # ------------------------------------------------------------------ serving path
 
     def transform(
-        self, rows: Sequence[Mapping[str, Any]], flagged: list[list[str]] | None = None
+        self, rows: Sequence[Mapping[str, Any]], flagged: list[list[str]] | None = None, clip: bool = True
     ) -> tuple[np.ndarray, list[list[str]]]:
         """Transform request rows into a float32 matrix ``(len(rows), n_outputs)``.
 
@@ -300,6 +301,8 @@ class Preprocessor(BaseModel):
         feature order; the server reports those so a caller knows which inputs the answer assumed.
         ``flagged``, when given, receives per row (in the same pass) the given numeric values outside
         their plausible range (as :meth:`implausible`) and the categories never seen in training.
+        ``clip=False``: scaled but not clipped (the novelty detector's view); :meth:`clip` of that
+        matrix is bitwise the clipped one (scaling is monotone, so clipping commutes with it).
         """
         n_rows = len(rows)
         out = np.zeros((n_rows, self._width), dtype=np.float64)
@@ -347,15 +350,51 @@ class Preprocessor(BaseModel):
         # transform_frame), all columns at once: clip, subtract the minimum, divide by the span.
         if self._numeric is not None:
             cols, low, high, mins, span = self._numeric.arrays()
-            block = np.clip(out[:, cols], low, high)
+            block = np.clip(out[:, cols], low, high) if clip else out[:, cols]
             safe = np.where(span > 0.0, span, 1.0)
             out[:, cols] = np.where(span > 0.0, (block - mins) / safe, 0.0)
         else:
             for spec in self.features:
                 if spec.kind == "numeric":
                     offset = self._offsets[spec.name]
-                    out[:, offset] = spec.scale(out[:, offset])
+                    out[:, offset] = spec.scale(out[:, offset], clip)
         return out.astype(np.float32), imputed
+
+    def clip(self, z: np.ndarray) -> np.ndarray:
+        """The network's input from an unclipped matrix (``transform(..., clip=False)``): each numeric
+        column clipped to its scaled clipping bounds, along the last axis (so windows work too).
+
+        Bitwise equal to ``transform(..., clip=True)``: ``(v - min) / span`` rounds monotonically in
+        ``v``, so clipping before or after scaling selects the same bound (tested).
+        """
+        if self._numeric is None:
+            return z
+        cols, low, high, mins, span = self._numeric.arrays()
+        safe = np.where(span > 0.0, span, 1.0)
+        lo = np.where(span > 0.0, (low - mins) / safe, 0.0).astype(z.dtype)
+        hi = np.where(span > 0.0, (high - mins) / safe, 0.0).astype(z.dtype)
+        out = z.copy()
+        out[..., cols] = np.clip(z[..., cols], lo, hi)
+        return out
+
+    def implausible_rows(self, z: np.ndarray) -> np.ndarray:
+        """(n,) whether any numeric value of an unclipped matrix or window batch (columns on the last
+        axis; ``transform_frame(clip=False)``) lies outside its plausible range, on the scaled axis.
+
+        The evaluation's form of :meth:`implausible` (which the server runs on raw request values).
+        """
+        out = np.zeros(z.shape[0], dtype=bool)
+        for spec, offset in self._plan:
+            if spec.kind != "numeric" or spec.plausible_low is None or spec.plausible_high is None:
+                continue
+            assert spec.min is not None and spec.max is not None
+            span = spec.max - spec.min
+            if span <= 0.0:
+                continue
+            col = z[..., offset].reshape(z.shape[0], -1).astype(np.float64)
+            low, high = (spec.plausible_low - spec.min) / span, (spec.plausible_high - spec.min) / span
+            out |= ((col < low) | (col > high)).any(axis=1)
+        return out
 
     def implausible(self, row: Mapping[str, Any]) -> list[str]:
         """Numeric features of a request row that lie outside their plausible range.
@@ -378,7 +417,7 @@ class Preprocessor(BaseModel):
 
     # ------------------------------------------------------------------ training / evaluation path
 
-    def transform_frame(self, data: ColumnSource) -> np.ndarray:
+    def transform_frame(self, data: ColumnSource, clip: bool = True) -> np.ndarray:
         """Vectorised transform of a whole table (DataFrame or dict of columns) to float32.
 
         Same semantics as :meth:`transform`, except that NaN/None/pd.NA in a column mean "missing" (that
@@ -399,7 +438,7 @@ class Preprocessor(BaseModel):
                 values = _numeric_column(raw, spec.name)
                 assert isinstance(spec.impute, (int, float))
                 values = np.where(np.isnan(values), float(spec.impute), values)
-                columns.append(spec.scale(values)[:, None])
+                columns.append(spec.scale(values, clip)[:, None])
             else:
                 assert spec.categories is not None and isinstance(spec.impute, str)
                 labels = _category_column(raw, spec.name)

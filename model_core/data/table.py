@@ -186,8 +186,10 @@ def assemble_splits(
     columns = frame[list(features)]
     preprocessor = Preprocessor.fit(columns.iloc[positions["train"]], features, set(categorical), units)
     arrays: dict[str, Any] = {}
+    unclipped: dict[str, np.ndarray] = {}
     for split, rows in positions.items():
-        arrays[f"x_{split}"] = preprocessor.transform_frame(columns.iloc[rows])
+        unclipped[split] = preprocessor.transform_frame(columns.iloc[rows], clip=False)
+        arrays[f"x_{split}"] = preprocessor.clip(unclipped[split])
         arrays[f"y_{split}"] = y[rows]
     index = frame.index.to_numpy()
     sizes = ", ".join(f"{split} {len(rows)}" for split, rows in positions.items())
@@ -201,4 +203,5 @@ def assemble_splits(
         dataset=dataset,
         label_names=label_names,
         source_rows={split: index[rows].astype(np.int64) for split, rows in positions.items()},
+        unclipped=unclipped,
     )

@@ -10,7 +10,14 @@ import torch
 
 from model_core.reproduce.paper import paper_dataset
 from model_core.reproduce.runner import TaskResults, results_to_json
-from model_core.reproduce.tables import markdown_table, spectrum_table, summary_rows, sweep_table
+from model_core.reproduce.tables import (
+    conformal_table,
+    markdown_table,
+    spectrum_table,
+    summary_rows,
+    sweep_table,
+    trust_table,
+)
 
 
 def write_report(all_results: list[TaskResults], out: Path) -> tuple[Path, Path]:
@@ -26,6 +33,14 @@ def write_report(all_results: list[TaskResults], out: Path) -> tuple[Path, Path]
     for r in all_results:
         parts.append(f"## {r.config.task} (paper: {paper_dataset(r.config.task)})\n")
         parts.append(markdown_table(r))
+        trust = trust_table(r)
+        if trust:
+            parts.append(
+                f"\n### OOD decision ({r.config.task}): each detector and the combined flag\n\n" + trust
+            )
+        conformal = conformal_table(r)
+        if conformal:
+            parts.append(f"\n### Conformal coverage on test ({r.config.task})\n\n" + conformal)
         if r.sweep:
             parts.append(f"\n### Rank sweep ({r.config.task}, low-rank)\n\n" + sweep_table(r))
         if r.spectrum:

@@ -126,3 +126,53 @@ def spectrum_table(results: TaskResults) -> str:
             f"{row['tail_energy']:.3f} | {row['tail_fraction']:.3f} | {row['effective_rank_99']} |"
         )
     return "\n".join(lines) + "\n"
+
+
+#: The OOD decision's columns (``model_core.evaluation.shift_report``): threshold-free AUROC of each
+#: detector and of the combined p-value, then detection rates at the stated false-alarm level.
+TRUST_COLUMNS: tuple[tuple[str, str], ...] = (
+    ("ood_auroc", "AUROC epistemic"),
+    ("novelty_auroc", "AUROC novelty"),
+    ("combined_auroc", "AUROC combined"),
+    ("detect_epistemic", "detected: epistemic alone"),
+    ("detect_novelty", "detected: novelty alone"),
+    ("flag_rate_out", "detected: combined decision"),
+    ("flag_rate_in", "false alarms on test (combined)"),
+)
+
+
+def _shift_sections(results: TaskResults) -> list[str]:
+    """The evaluated shift sets (``ood``, ``ood_near``, ``ood_<constructed>``), in a stable order."""
+    names = {k for r in results.runs for k, v in r.metrics.items() if k.startswith("ood") and v}
+    return sorted(names, key=lambda k: (k != "ood", k != "ood_near", k))
+
+
+def trust_table(results: TaskResults) -> str:
+    """One row per (shift set, method): how each detector and the served OOD decision do on it."""
+    sections = _shift_sections(results)
+    if not sections:
+        return ""
+    header = ["shift set", "method", *(label for _, label in TRUST_COLUMNS)]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for section in sections:
+        for method, runs in aggregate(results.runs).items():
+            cells = [section, method]
+            for key, _ in TRUST_COLUMNS:
+                cells.append(_fmt([v for r in runs if (v := r.metric(f"{section}.{key}")) is not None]))
+            lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def conformal_table(results: TaskResults) -> str:
+    """Coverage of the split-conformal interval or prediction set on the test split, per method."""
+    keys = sorted({k for r in results.runs for k in r.metrics.get("conformal", {}) if k != "level"})
+    if not keys:
+        return ""
+    header = ["method", "level", *keys]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for method, runs in aggregate(results.runs).items():
+        level = runs[0].metric("conformal.level")
+        cells = [method, "—" if level is None else f"{level:.2f}"]
+        cells += [_fmt([v for r in runs if (v := r.metric(f"conformal.{k}")) is not None]) for k in keys]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from model_core.calibration import calibrate
+from model_core.calibration import ConformalInputs, NoveltyScores, calibrate
 from model_core.checkpoint.io import load_checkpoint, save_checkpoint, write_manifest
 from model_core.checkpoint.manifest import FORMAT_VERSION, InputSchema, Manifest, OutputSchema, Task
 from model_core.data.air import SequenceSplits
@@ -27,6 +27,7 @@ from model_core.models.mlp import BayesMLP
 from model_core.models.registry import build_model
 from model_core.models.spec import ArchitectureSpec, Likelihood, Method
 from model_core.models.transformer import BayesTransformer, lrsvd_init, transformer_spec
+from model_core.novelty import NoveltyDetector, fit_novelty
 from model_core.predict import Prediction, predict
 from model_core.training.distributed import current as current_dist
 from model_core.training.trainer import TrainConfig, TrainResult, fit, seed_everything
@@ -71,6 +72,65 @@ class TrainOptions:
     ranks: tuple[int | None, ...] | None = None
     #: text tasks: transformer size overrides (keys of ``model_core.models.transformer.DEFAULT_TRANSFORMER``)
     transformer: dict[str, int] | None = None
+
+
+#: Fraction of the validation split held out of training (early stopping included) for calibration:
+#: the OOD thresholds, the novelty reference and the conformal q̂ are fitted on it alone.
+CALIBRATION_FRACTION = 0.5
+
+
+@dataclass(frozen=True)
+class CalibrationSplit:
+    """Validation rows that training never saw: the network input, the novelty input, the labels."""
+
+    x: np.ndarray
+    z: np.ndarray
+    y: np.ndarray
+    positions: np.ndarray  # into the validation split
+
+
+def split_calibration(
+    splits: TabularSplits, seed: int, fraction: float = CALIBRATION_FRACTION
+) -> tuple[TabularSplits, CalibrationSplit]:
+    """The splits with validation reduced to the early-stopping rows, and the calibration rows.
+
+    A seeded permutation of the validation split (the same ``seed`` as training): early stopping reads
+    the validation NLL after every epoch, i.e. it selects the model on those rows, so the conformal and
+    OOD calibration must use rows it never read for the guarantees to hold.
+    """
+    import dataclasses
+
+    n = len(splits.y_val)
+    order = np.random.default_rng([seed, 0xCA1]).permutation(n)
+    n_cal = round(fraction * n)
+    if n_cal < 2 or n - n_cal < 2:
+        raise ValueError(f"the validation split ({n} rows) is too small to hold out a calibration split")
+    cal, keep = np.sort(order[:n_cal]), np.sort(order[n_cal:])
+    z_val = splits.novelty_input("val")
+    unclipped = dict(splits.unclipped)
+    if "val" in unclipped:
+        unclipped["val"] = unclipped["val"][keep]
+    fit = dataclasses.replace(splits, x_val=splits.x_val[keep], y_val=splits.y_val[keep], unclipped=unclipped)
+    return fit, CalibrationSplit(splits.x_val[cal], z_val[cal], splits.y_val[cal], cal)
+
+
+def _implausible(splits: TabularSplits, z: np.ndarray) -> np.ndarray | None:
+    """Rows with a value outside its plausible range (tabular and sequence inputs; text has none)."""
+    if isinstance(splits, TextSplits):
+        return None
+    return splits.preprocessor.implausible_rows(z)
+
+
+def _fit_novelty(model: BayesianModule, splits: TabularSplits) -> NoveltyDetector:
+    kind = (
+        "text"
+        if isinstance(splits, TextSplits)
+        else "sequence"
+        if isinstance(splits, SequenceSplits)
+        else "tabular"
+    )
+    pad = int(splits.tokenizer.to_dict()["pad_id"]) if isinstance(splits, TextSplits) else 0
+    return fit_novelty(kind, splits.novelty_input("train"), model=model, pad_id=pad)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:
@@ -194,25 +254,40 @@ def train_checkpoint(
 ) -> Manifest | None:
     """Train, calibrate on the validation split, and write a verified checkpoint to ``out``.
 
-    Under ``torchrun`` every rank trains; only rank 0 calibrates and writes (others return ``None``).
+    Training (early stopping included) uses the validation rows :func:`split_calibration` keeps; the
+    OOD thresholds, the novelty reference and the conformal q̂ are fitted on the held-out rest. Under
+    ``torchrun`` every rank trains; only rank 0 calibrates and writes (others return ``None``).
     """
-    model, result = train_model(splits, opts)
+    fit_splits, cal = split_calibration(splits, opts.seed)
+    model, result = train_model(fit_splits, opts)
     if not current_dist().is_main:
         return None
     spec: ArchitectureSpec = model.spec  # type: ignore[assignment]
     task = Task.REGRESSION if splits.task == "regression" else Task.BINARY
-    val = predict(model.cpu(), _tensor(splits.x_val), samples=opts.samples, seed=opts.seed)
+    model = model.cpu()
+    val = predict(model, _tensor(cal.x), samples=opts.samples, seed=opts.seed)
     scales: dict[str, float] = {}
+    y_cal = cal.y.astype(np.float64)
     if task is Task.REGRESSION:
-        y_val = splits.y_val.astype(np.float64)
         for level in INTERVAL_LEVELS:
-            scales[str(level)] = interval_scale(val.mean.numpy(), val.variance.numpy(), y_val, level=level)
+            scales[str(level)] = interval_scale(val.mean.numpy(), val.variance.numpy(), y_cal, level=level)
+    novelty = _fit_novelty(model, fit_splits)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    from model_core.checkpoint.files import sha256_file
+
+    nov_path = novelty.save(out)
     calib, drift = calibrate(
         val.ood_score.numpy(),
         task,
         opts.samples,
         interval_scale=scales.get(str(INTERVAL_LEVEL), 1.0),
         interval_scales=scales,
+        novelty=NoveltyScores(
+            novelty.score(cal.z), novelty.features.value, novelty.dim, sha256_file(nov_path), novelty.meta
+        ),
+        implausible=_implausible(splits, cal.z),
+        conformal=ConformalInputs(y_cal, val.mean.numpy(), val.variance.numpy()),
     )
     if splits.task == "regression":
         output = OutputSchema(target=splits.target_name)
@@ -227,7 +302,12 @@ def train_checkpoint(
         "best_epoch": result.best_epoch,
         "best_val_nll": None if math.isinf(result.best_val_nll) else result.best_val_nll,
         "train_seconds": round(result.seconds, 2),
-        "split_sizes": splits.sizes,
+        "split_sizes": {**splits.sizes, "val": len(fit_splits.y_val), "calibration": len(cal.y)},
+        "calibration_split": (
+            f"{len(cal.y)} of the {len(splits.y_val)} validation rows (seeded permutation, seed "
+            f"{opts.seed}), never read by training or early stopping: OOD thresholds, novelty reference, "
+            "conformal quantile"
+        ),
         "options": {
             k: (v.value if hasattr(v, "value") else v) for k, v in vars(opts).items() if k != "progress"
         },
@@ -252,7 +332,9 @@ def train_checkpoint(
     # Record the held-out metrics exactly as ``lrbnn evaluate`` computes them (same samples and seeds).
     report = evaluate_checkpoint(load_checkpoint(out), splits, keep=keep)
     saved.training["metrics"] = {
-        k: report[k] for k in ("test", "ood", "ood_near", "selective", "samples") if k in report
+        k: v
+        for k, v in report.items()
+        if k in ("test", "selective", "samples", "conformal") or k.startswith("ood")
     }
     write_manifest(out, saved)
     return saved

@@ -61,13 +61,25 @@ def test_round_trip_gives_identical_predictions(ckpt: Path) -> None:
     assert not any(p.suffix == ".pt" or p.suffix == ".pkl" for p in ckpt.iterdir())
 
 
-def test_threshold_is_the_95th_percentile_of_validation_scores(ckpt: Path, toy_csv: Path) -> None:
+def test_thresholds_are_jointly_calibrated_on_the_calibration_split(ckpt: Path, toy_csv: Path) -> None:
+    """The manifest's epistemic and novelty thresholds are exactly ``joint_thresholds`` of the held-out
+    calibration rows' scores (same seed and S as training), and the combined rule flags <= 5 % there."""
+    from model_core.ood import joint_thresholds, reasons
+    from model_core.training.pipeline import split_calibration
+
     loaded = load_checkpoint(ckpt)
+    assert loaded.novelty is not None
+    calib = loaded.manifest.calibration
     splits = load_csv(toy_csv, "label")
-    val = predict(loaded.model, torch.from_numpy(splits.x_val), samples=16, seed=0)  # same seed as training
-    assert loaded.manifest.calibration.ood_threshold == pytest.approx(
-        float(torch.quantile(val.ood_score.double(), 0.95)), rel=1e-5
-    )
+    _, cal = split_calibration(splits, seed=0)
+    val = predict(loaded.model, torch.from_numpy(cal.x), samples=16, seed=0)  # same seed and S as training
+    epistemic, novelty = val.ood_score.numpy(), loaded.novelty.score(cal.z)
+    odd = splits.preprocessor.implausible_rows(cal.z)
+    joint = joint_thresholds(epistemic, novelty, odd, alpha=calib.ood_alpha)
+    assert calib.ood_threshold == pytest.approx(joint.epistemic, rel=1e-5)
+    assert calib.novelty is not None and calib.novelty.threshold == pytest.approx(joint.novelty, rel=1e-9)
+    flag, _ = reasons(epistemic, calib.ood_threshold, novelty, calib.novelty.threshold, odd)
+    assert flag.mean() <= calib.ood_alpha + 1e-12
 
 
 def test_changed_byte_is_refused(ckpt: Path, tmp_path: Path) -> None:

@@ -63,12 +63,21 @@ def test_quick_reproduction_writes_tables_plots_and_finite_metrics(data_dir: Pat
     assert [r["rank"] for r in icu["rank_sweep"]] == list(TASKS["icu"].rank_sweep[:2])
     assert icu["spectrum"] and all(0.0 <= row["tail_fraction"] <= 1.0 for row in icu["spectrum"])
     md = (out / "results.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| ")]
+    lines = md.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith("| "))
+    end = next((i for i in range(start, len(lines)) if not lines[i].startswith("|")), len(lines))
+    table = [line for line in lines[start:end] if line.startswith("| ")]  # the main table only
     header = table[0].split("|")
     rows = [line for line in table if line.split("|")[1].strip() in methods]
     assert len(rows) == len(Method)
     assert all(len(r.split("|")) == len(header) for r in rows)  # every row has every column
     assert "paper ood_auroc" in md
+    # the OOD-decision table: every method on the Coma set and on each constructed unit-error set
+    trust = [line.split("|") for line in lines if line.startswith(("| ood |", "| ood_unit"))]
+    assert {(cells[1].strip(), cells[2].strip()) for cells in trust} >= {
+        (section, m) for section in ("ood", "ood_unit_errors") for m in methods
+    }
+    assert "Conformal coverage on test (icu)" in md and "set_coverage" in md
     for fig in ("reliability", "ood_hist", "selective", "spectrum", "rank_sweep"):
         assert (out / "icu" / "figures" / f"icu_{fig}.png").stat().st_size > 1000
 
@@ -89,7 +98,11 @@ def test_report_only_rebuilds_tables_from_partial_results(tmp_path: Path) -> Non
                 13220,
                 1.0,
                 3,
-                {"test": {"auroc": auroc}, "ood": {"score_ratio": float("nan")}},
+                {
+                    "test": {"auroc": auroc},
+                    "ood": {"score_ratio": float("nan"), "combined_auroc": auroc + 0.1},
+                    "conformal": {"level": 0.9, "set_coverage": 0.9 + seed / 100},
+                },
             )
         )
     _checkpoint_results(results, out)
@@ -98,6 +111,10 @@ def test_report_only_rebuilds_tables_from_partial_results(tmp_path: Path) -> Non
     row = next(line for line in md.splitlines() if line.startswith("| lowrank |"))
     assert "0.720 ± 0.028" in row  # mean and sample std of 0.70 and 0.74
     assert "nan" not in row
+    trust = next(line for line in md.splitlines() if line.startswith("| ood | lowrank |"))
+    assert trust.split("|")[5].strip() == "0.820 ± 0.028"  # AUROC combined, the fifth column
+    conformal = [line for line in md.splitlines() if line.startswith("| lowrank | 0.90 |")]
+    assert len(conformal) == 1 and "0.905 ± 0.007" in conformal[0]
 
 
 def _partial(root: Path, seeds: list[int], methods: list[str]) -> Path:
