@@ -8,7 +8,9 @@ deterministic model, and the difference is this pass. Process CPU time (``time.p
 thread, best of ``--repeats`` timed loops (the machine's speed varies from minute to minute; the best
 loop is the least disturbed), every variant measured in the same run, interleaved. Per-request noise
 (``NoiseSource.from_seeds``, one block per row), as the server draws it. Prints a table and one JSON
-object. On a checkout without ``model_core.plan`` (before session 4) only ``predict`` is measured.
+object. ``trust outputs``: what issue #14 adds per request (clip + implausible rule, novelty score,
+joint OOD decision with reasons, conformal set or interval), to compare with the S = 128 pass.
+On a checkout without ``model_core.plan`` (before session 4) only ``predict`` is measured.
 """
 
 from __future__ import annotations
@@ -52,7 +54,40 @@ def best_us(fn: Callable[[], object], loops: int, repeats: int) -> float:
     return best * 1e6
 
 
-def variants(model: Any, x: torch.Tensor, samples: int) -> dict[str, Callable[[], object]]:
+def trust_outputs(ckpt: Any, x: torch.Tensor, samples: int) -> Callable[[], object]:
+    """What issue #14 adds to a request beyond the pass: clipping the unclipped input and the
+    implausible-row rule (encode), the novelty score, the joint decision with its reasons, and the
+    conformal set or interval (numpy, on the batch)."""
+    import numpy as np
+
+    from model_core.conformal import prediction_sets
+    from model_core.data.preprocessing import Preprocessor
+    from model_core.ood import reasons
+
+    manifest = ckpt.manifest
+    calib = manifest.calibration
+    pre = Preprocessor.from_dict(manifest.input_schema.preprocessing)
+    z = x.numpy().astype(np.float32)
+    rows = int(x.shape[0])
+    pred = predict(ckpt.model, x, samples, noise=NoiseSource.from_seeds(list(range(rows)), [1] * rows))
+    epistemic, mean, var = pred.ood_score.numpy(), pred.mean.numpy(), pred.variance.numpy()
+    q = calib.conformal.quantile if calib.conformal is not None else 1.0
+    threshold = calib.novelty.threshold if calib.novelty is not None else None
+
+    def run() -> object:
+        pre.clip(z)
+        odd = pre.implausible_rows(z)
+        novelty = ckpt.novelty.score(z) if ckpt.novelty is not None else None
+        decision = reasons(epistemic, calib.ood_threshold, novelty, threshold, odd)
+        if manifest.task.value == "regression":
+            return decision, mean - q * np.sqrt(var), mean + q * np.sqrt(var)
+        return decision, prediction_sets(mean, q)
+
+    return run
+
+
+def variants(ckpt: Any, x: torch.Tensor, samples: int) -> dict[str, Callable[[], object]]:
+    model = ckpt.model
     rows = int(x.shape[0])
 
     def noise() -> NoiseSource:
@@ -68,6 +103,7 @@ def variants(model: Any, x: torch.Tensor, samples: int) -> dict[str, Callable[[]
         outputs = predict_outputs(model, x, samples, noise())
     out["summary (row-wise)"] = lambda: summarize_rows(outputs, model.spec)
     out["summary (vectorised)"] = lambda: summarize(outputs, model.spec)
+    out["trust outputs"] = trust_outputs(ckpt, x, samples)
     return out
 
 
@@ -90,7 +126,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json-out", type=Path)
     args = p.parse_args(argv)
     torch.set_num_threads(1)
-    model = load_checkpoint(args.checkpoint, device="cpu").model
+    ckpt = load_checkpoint(args.checkpoint, device="cpu")
+    model = ckpt.model
     n_in = int(model.spec.in_features)
     gen = torch.Generator().manual_seed(0)
     results: list[dict[str, Any]] = []
@@ -99,7 +136,7 @@ def main(argv: list[str] | None = None) -> int:
         x = torch.randn(rows, n_in, generator=gen)
         for samples in args.samples:
             loops = max(20, args.loops // rows)
-            for name, fn in variants(model, x, samples).items():
+            for name, fn in variants(ckpt, x, samples).items():
                 us = best_us(fn, loops, args.repeats)
                 results.append(
                     {"rows": rows, "samples": samples, "variant": name, "us_per_call": round(us, 1)}

@@ -19,11 +19,13 @@ from typing import Any
 import numpy as np
 
 from model_core.checkpoint.manifest import Calibration, Task
+from model_core.conformal import prediction_sets
+from model_core.ood import reasons
 from service.batching import ModelBatcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.monitoring.drift import DriftMonitor, WindowState
 from service.monitoring.drift_share import DriftShare
-from service.monitoring.metrics import DRIFT_STATISTICS, Metrics
+from service.monitoring.metrics import DRIFT_STATISTICS, Metrics, reason_label
 from service.repository import ServedModel
 from service.runtime.base import Outputs
 from service.settings import Settings
@@ -40,15 +42,19 @@ INTERVAL_LEVEL = 0.9
 
 
 def calibrated_interval(calib: Calibration, outputs: Outputs) -> Outputs:
-    """The central 90 % interval, its width scaled by the factor fitted on validation data at that level.
+    """The central 90 % interval: split-conformal where the manifest has it, mean ± q̂ · sqrt(variance)
+    (finite-sample coverage under exchangeability, ``model_core.conformal``).
 
-    mean ± c · z · sqrt(variance): the Gaussian moment match of the predictive, widened or narrowed so that
-    it covered 90 % of the validation targets (``calibration.interval_scales["0.9"]``, from
-    ``model_core.metrics.interval_scale``); c = 1 (the model's own interval) for a manifest without it.
+    A checkpoint calibrated before conformal calibration existed keeps its old interval: the Gaussian
+    moment match widened by the factor fitted on validation data (``calibration.interval_scales["0.9"]``;
+    c = 1 without it), which has no finite-sample guarantee.
     """
-    z = NormalDist().inv_cdf(0.5 + INTERVAL_LEVEL / 2.0)
-    scale = calib.interval_scales.get(str(INTERVAL_LEVEL), 1.0)
-    half = scale * z * np.sqrt(np.asarray(outputs["variance"], dtype=np.float64))
+    sd = np.sqrt(np.asarray(outputs["variance"], dtype=np.float64))
+    if calib.conformal is not None:
+        half = calib.conformal.quantile * sd
+    else:
+        z = NormalDist().inv_cdf(0.5 + INTERVAL_LEVEL / 2.0)
+        half = calib.interval_scales.get(str(INTERVAL_LEVEL), 1.0) * z * sd
     mean = np.asarray(outputs["mean"], dtype=np.float64)
     return {
         "interval_low": (mean - half).astype(np.float32),
@@ -61,9 +67,44 @@ class InferenceResult:
     served: ServedModel
     samples: int
     outputs: Outputs
+    #: the combined decision: any of the epistemic score, the novelty score, an implausible value
     ood: np.ndarray
     imputed: list[list[str]]
     flagged: list[list[str]]
+    #: per instance, the detectors that fired (``model_core.ood.OODReason`` values, in that order)
+    ood_reasons: list[list[str]]
+    #: classification with conformal calibration: per instance, the labels of its conformal set
+    prediction_sets: list[list[str]] | None = None
+
+
+def decide(
+    served: ServedModel, outputs: Outputs, z: np.ndarray, implausible: np.ndarray | None
+) -> tuple[Outputs, np.ndarray, list[list[str]]]:
+    """The novelty score (added to the outputs as ``novelty_score``) and the one OOD decision with its
+    reasons, by the thresholds the checkpoint calibrated jointly (``model_core.ood``)."""
+    calib = served.manifest.calibration
+    novelty = None
+    if served.novelty is not None and calib.novelty is not None:
+        novelty = served.novelty.score(z)
+        outputs = {**outputs, "novelty_score": novelty.astype(np.float32)}
+    flag, why = reasons(
+        outputs["ood_score"],
+        calib.ood_threshold,
+        novelty,
+        None if calib.novelty is None else calib.novelty.threshold,
+        implausible,
+    )
+    return outputs, flag, why
+
+
+def label_sets(served: ServedModel, outputs: Outputs) -> list[list[str]] | None:
+    """Each instance's conformal prediction set as label names (two labels: refer), or None."""
+    conformal = served.manifest.calibration.conformal
+    labels = served.manifest.output_schema.labels
+    if conformal is None or served.manifest.task is Task.REGRESSION or not labels:
+        return None
+    members = prediction_sets(np.asarray(outputs["mean"], dtype=np.float64), conformal.quantile)
+    return [[labels[k] for k in np.flatnonzero(row)] for row in members]
 
 
 class InferenceService:
@@ -220,25 +261,31 @@ class InferenceService:
         )
         if served.manifest.task is Task.REGRESSION:
             outputs = {**outputs, **calibrated_interval(served.manifest.calibration, outputs)}
-        ood = outputs["ood_score"] > served.ood_threshold
-        self.record(served, outputs, ood)
-        return InferenceResult(served, s, outputs, ood, enc.imputed, enc.flagged)
+        outputs, ood, why = decide(served, outputs, enc.z, enc.implausible)
+        self.record(served, outputs, ood, why)
+        return InferenceResult(
+            served, s, outputs, ood, enc.imputed, enc.flagged, why, label_sets(served, outputs)
+        )
 
-    def record(self, served: ServedModel, outputs: Outputs, ood: np.ndarray) -> None:
+    def record(self, served: ServedModel, outputs: Outputs, ood: np.ndarray, why: list[list[str]]) -> None:
         """Uncertainty histograms, counters and the drift window: O(batch), never O(window)."""
         m, name = self.metrics, served.name
         n = int(ood.shape[0])
         m.child(m.predictions, name).inc(n)
-        m.child(m.ood_predictions, name).inc(int(ood.sum()))
+        for combo in (reason_label(r) for r in why if r):
+            m.child(m.ood_predictions, name, combo).inc()
         for hist, key in (
             (m.predictive_variance, "variance"),
             (m.epistemic, "epistemic"),
             (m.ood_score, "ood_score"),
+            (m.novelty_score, "novelty_score"),
         ):
+            if key not in outputs:
+                continue
             child = m.child(hist, name)
             for v in np.asarray(outputs[key], dtype=np.float64).reshape(n, -1).sum(axis=1).tolist():
                 child.observe(v)
-        self.drift[name].add(outputs["ood_score"])
+        self.drift[name].add(outputs["ood_score"], ood)
         now = time.monotonic()
         if now - self._published.get(name, -math.inf) >= DRIFT_PUBLISH_INTERVAL_S:
             self.publish_drift(name, now)

@@ -55,11 +55,19 @@ class InputKind(str, Enum):
 
 @dataclass(frozen=True)
 class Encoded:
-    """The model input for a list of instances, with per-instance imputed and flagged names."""
+    """The model input for a list of instances, with per-instance imputed and flagged names.
+
+    ``z`` is what the novelty detector scores: the scaled input before clipping (clipping hides a unit
+    error from the network and would hide it from the detector too), or the token ids of a text.
+    ``implausible`` marks the instances with a numeric value outside its plausible range, computed on
+    ``z`` exactly as at calibration (``Preprocessor.implausible_rows``); None for text.
+    """
 
     x: np.ndarray
     imputed: list[list[str]]
     flagged: list[list[str]]
+    z: np.ndarray
+    implausible: np.ndarray | None
 
 
 @dataclass(frozen=True)
@@ -98,10 +106,11 @@ def _transform(
     flagged: list[list[str]],
     row_path: Callable[[int], str] = _instance_path,
 ) -> tuple[np.ndarray, list[list[str]]]:
-    """``pre.transform`` with errors naming the request field; ``row_path`` maps a row index to its path
-    in the request (a tabular row is an instance; a sequence row is one hour of an instance)."""
+    """``pre.transform`` (unclipped: the caller clips with ``pre.clip``) with errors naming the request
+    field; ``row_path`` maps a row index to its path in the request (a tabular row is an instance; a
+    sequence row is one hour of an instance)."""
     try:
-        return pre.transform(rows, flagged)
+        return pre.transform(rows, flagged, clip=False)
     except PreprocessingError as exc:
         raise _invalid(exc, row_path) from None
     except OverflowError:  # an integer literal beyond float range (JSON allows any size)
@@ -171,8 +180,8 @@ class TabularInput(InputAdapter):
 
     def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
         flagged: list[list[str]] = []
-        x, imputed = _transform(self.pre, instances, flagged)
-        return Encoded(x, imputed, flagged)
+        z, imputed = _transform(self.pre, instances, flagged)
+        return Encoded(self.pre.clip(z), imputed, flagged, z, self.pre.implausible_rows(z))
 
     def warmup_instances(self) -> list[dict[str, Any]]:
         return [{}]
@@ -262,7 +271,7 @@ class SequenceInput(InputAdapter):
                 flat.append(row)
         flagged_flat: list[list[str]] = []
         window, key = self.window, self.key
-        x, imputed_flat = _transform(
+        z_flat, imputed_flat = _transform(
             self.pre, flat, flagged_flat, lambda k: f"instances.{k // window}.{key}.{k % window}"
         )
         imputed: list[list[str]] = []
@@ -277,7 +286,8 @@ class SequenceInput(InputAdapter):
                 flags_i += [f"hours[{t}].{n}" for n in flagged_flat[k]]
             imputed.append(names_i)
             flagged.append(flags_i)
-        return Encoded(x.reshape(len(instances), self.window, -1), imputed, flagged)
+        z = z_flat.reshape(len(instances), self.window, -1)
+        return Encoded(self.pre.clip(z), imputed, flagged, z, self.pre.implausible_rows(z))
 
     def warmup_instances(self) -> list[dict[str, Any]]:
         return [{self.key: [{} for _ in range(self.window)]}]
@@ -337,7 +347,7 @@ class TextInput(InputAdapter):
         texts = [self._text(instance, i) for i, instance in enumerate(instances)]
         ids, _ = self.tokenizer.encode(texts)
         flagged = [["text"] if not t.strip() else [] for t in texts]  # an empty text says nothing
-        return Encoded(ids, [[] for _ in texts], flagged)
+        return Encoded(ids, [[] for _ in texts], flagged, ids, None)
 
     def warmup_instances(self) -> list[dict[str, Any]]:
         return [{self.key: ""}]

@@ -17,6 +17,8 @@ from pathlib import Path
 import numpy as np
 
 from model_core.checkpoint import CheckpointError, Manifest, SamplingMode, read_manifest
+from model_core.checkpoint.files import load_novelty
+from model_core.novelty import NoveltyDetector
 from service.errors import ModelNotFound, ReloadFailed
 from service.inputs import InputAdapter, build_adapter
 from service.runtime.base import Runtime, RuntimeLoadError
@@ -43,6 +45,8 @@ class ServedModel:
     runtime: Runtime
     sampling_mode: SamplingMode
     default_samples: int
+    #: the verified input-novelty detector (None for a checkpoint calibrated without one)
+    novelty: NoveltyDetector | None = None
     loaded_at: float = field(default_factory=time.time)
 
     @property
@@ -124,6 +128,7 @@ class ModelRepository:
             manifest = read_manifest(path)
             mode = mode or manifest.calibration.sampling_mode
             manifest, runtime = RUNTIME_BUILDERS[self.settings.backend](path, self.settings, mode)
+            novelty = load_novelty(path, manifest)  # numpy only: the same for every backend
         except (CheckpointError, RuntimeLoadError, OSError, RuntimeError) as exc:
             raise ModelLoadError(str(exc)) from exc
         if manifest.model_name != name or manifest.model_version != version:
@@ -149,6 +154,7 @@ class ModelRepository:
             runtime=runtime,
             sampling_mode=getattr(runtime, "sampling_mode", mode),
             default_samples=default,
+            novelty=novelty,
         )
         self.warm_up(served)
         return served

@@ -191,6 +191,23 @@ class _ScalePlan:
     __hash__ = None  # type: ignore[assignment]
 
 
+@dataclass(frozen=True, eq=False)
+class _Bounds:
+    """Columns and lower/upper bounds on the scaled axis, as arrays (equal when their values are)."""
+
+    cols: np.ndarray
+    low: np.ndarray
+    high: np.ndarray
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _Bounds):
+            return NotImplemented
+        pairs = ((self.cols, other.cols), (self.low, other.low), (self.high, other.high))
+        return all(np.array_equal(a, b) for a, b in pairs)
+
+    __hash__ = None  # type: ignore[assignment]
+
+
 class Preprocessor(BaseModel):
     """An ordered list of fitted :class:`FeatureSpec`, i.e. the whole raw-input -> model-input mapping."""
 
@@ -204,6 +221,10 @@ class Preprocessor(BaseModel):
     _plan: list[tuple[FeatureSpec, int]] = PrivateAttr(default_factory=list)
     _numeric: _ScalePlan | None = PrivateAttr(default=None)
     _width: int = PrivateAttr(default=0)
+    #: (columns, low, high) of the numeric features with a plausible range, on the scaled axis
+    _plausible: _Bounds | None = PrivateAttr(default=None)
+    #: (columns, low, high): the clipping bounds on the scaled axis (``clip``)
+    _scaled_clip: _Bounds | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Preprocessor:
@@ -231,6 +252,27 @@ class Preprocessor(BaseModel):
             mins = np.array([s.min for s, _ in numeric], dtype=np.float64)
             span = np.array([s.max - s.min for s, _ in numeric], dtype=np.float64)  # type: ignore[operator]
             self._numeric = _ScalePlan(cols, low, high, mins, span)
+            safe = np.where(span > 0.0, span, 1.0)
+            self._scaled_clip = _Bounds(
+                cols,
+                np.where(span > 0.0, (low - mins) / safe, 0.0),
+                np.where(span > 0.0, (high - mins) / safe, 0.0),
+            )
+        ranged = [
+            (s, o)
+            for s, o in numeric
+            if s.plausible_low is not None
+            and s.plausible_high is not None
+            and s.min is not None
+            and s.max is not None
+            and s.max > s.min
+        ]
+        if ranged:
+            self._plausible = _Bounds(
+                np.array([o for _, o in ranged], dtype=np.intp),
+                np.array([(s.plausible_low - s.min) / (s.max - s.min) for s, _ in ranged]),  # type: ignore[operator]
+                np.array([(s.plausible_high - s.min) / (s.max - s.min) for s, _ in ranged]),  # type: ignore[operator]
+            )
 
     # ------------------------------------------------------------------ fitting
 
@@ -367,14 +409,11 @@ class Preprocessor(BaseModel):
         Bitwise equal to ``transform(..., clip=True)``: ``(v - min) / span`` rounds monotonically in
         ``v``, so clipping before or after scaling selects the same bound (tested).
         """
-        if self._numeric is None:
+        if self._scaled_clip is None:
             return z
-        cols, low, high, mins, span = self._numeric.arrays()
-        safe = np.where(span > 0.0, span, 1.0)
-        lo = np.where(span > 0.0, (low - mins) / safe, 0.0).astype(z.dtype)
-        hi = np.where(span > 0.0, (high - mins) / safe, 0.0).astype(z.dtype)
+        cols, lo, hi = self._scaled_clip.cols, self._scaled_clip.low, self._scaled_clip.high
         out = z.copy()
-        out[..., cols] = np.clip(z[..., cols], lo, hi)
+        out[..., cols] = np.clip(z[..., cols], lo.astype(z.dtype), hi.astype(z.dtype))
         return out
 
     def implausible_rows(self, z: np.ndarray) -> np.ndarray:
@@ -383,18 +422,12 @@ class Preprocessor(BaseModel):
 
         The evaluation's form of :meth:`implausible` (which the server runs on raw request values).
         """
-        out = np.zeros(z.shape[0], dtype=bool)
-        for spec, offset in self._plan:
-            if spec.kind != "numeric" or spec.plausible_low is None or spec.plausible_high is None:
-                continue
-            assert spec.min is not None and spec.max is not None
-            span = spec.max - spec.min
-            if span <= 0.0:
-                continue
-            col = z[..., offset].reshape(z.shape[0], -1).astype(np.float64)
-            low, high = (spec.plausible_low - spec.min) / span, (spec.plausible_high - spec.min) / span
-            out |= ((col < low) | (col > high)).any(axis=1)
-        return out
+        if self._plausible is None:
+            return np.zeros(z.shape[0], dtype=bool)
+        b = self._plausible  # precomputed: one vectorised comparison per request
+        cols, low, high = b.cols, b.low, b.high  # precomputed: one vectorised comparison per request
+        block = z[..., cols].astype(np.float64).reshape(z.shape[0], -1, len(cols))
+        return np.asarray(((block < low) | (block > high)).any(axis=(1, 2)), dtype=bool)
 
     def implausible(self, row: Mapping[str, Any]) -> list[str]:
         """Numeric features of a request row that lie outside their plausible range.

@@ -36,7 +36,7 @@ Schema = dict[str, Any]
 #: literal; a float literal parses to infinity), within it every number is accepted.
 MAX_DOUBLE = int(sys.float_info.max)
 #: V2 output tensors a request may ask for (``service.api.v2.OUTPUTS``; repeated here to avoid a cycle).
-V2_OUTPUTS = ("mean", "variance", "epistemic", "aleatoric", "ood_score", "ood")
+V2_OUTPUTS = ("mean", "variance", "epistemic", "aleatoric", "ood_score", "novelty_score", "ood")
 
 
 @dataclass(frozen=True)
@@ -285,7 +285,7 @@ def v2_infer_request(tensor_ref: str, default_samples: int, limits: Limits) -> S
             "inputs": {"type": "array", "items": {"$ref": tensor_ref}, "minItems": 1, "maxItems": 1},
             "outputs": {
                 "type": ["array", "null"],
-                "description": "default: mean, variance, epistemic, ood_score, ood",
+                "description": "default: mean, variance, epistemic, ood_score, novelty_score, ood",
                 "items": {
                     "type": "object",
                     "properties": {

@@ -43,14 +43,29 @@ class InstancePrediction(BaseModel):
     variance: float = Field(description="total predictive variance")
     epistemic: float = Field(description="mutual information (classification) or variance of sampled means")
     aleatoric: float
-    ood_score: float
-    ood: bool = Field(description="ood_score > the checkpoint's calibrated threshold")
+    ood_score: float = Field(description="the epistemic score (the `epistemic` detector's)")
+    novelty_score: float | None = Field(
+        description="input novelty: shrinkage Mahalanobis distance of the unclipped preprocessed input "
+        "from the training inputs (null for a checkpoint without a novelty detector)"
+    )
+    ood: bool = Field(
+        description="true when any detector fires (epistemic score, novelty score, implausible value); "
+        "thresholds calibrated jointly to the checkpoint's false-alarm rate (calibration.ood_alpha)"
+    )
+    ood_reasons: list[Literal["epistemic", "novelty", "implausible"]] = Field(
+        description="the detectors that fired, in this order (empty when ood is false)"
+    )
     imputed: list[str] = Field(description="features that were missing and imputed")
     flagged: list[str] = Field(description="features outside their plausible range (likely unit errors)")
     interval: list[float] | None = Field(
         default=None,
-        description="regression: central 90 % interval, its width recalibrated on validation data "
-        '(calibration.interval_scales["0.9"])',
+        description="regression: central 90 % split-conformal interval, mean ± q̂·sd (finite-sample "
+        "marginal coverage under exchangeability; calibration.conformal)",
+    )
+    prediction_set: list[str] | None = Field(
+        default=None,
+        description="classification: the labels of the 90 % conformal prediction set (calibration."
+        "conformal); two labels: the model cannot decide at this level (refer)",
     )
 
 
@@ -91,7 +106,12 @@ class ModelInfo(BaseModel):
     sampling_mode: str
     default_samples: int
     ood_score: str
-    ood_threshold: float
+    ood_threshold: float = Field(description="the epistemic score's threshold (jointly calibrated)")
+    ood_alpha: float = Field(description="the combined OOD decision's stated false-alarm rate")
+    novelty_threshold: float | None = Field(description="the novelty score's threshold (null: no detector)")
+    conformal: dict[str, Any] | None = Field(
+        description="the conformal calibration: level, score, quantile q̂ and calibration size n"
+    )
     sha256: str
     device: str
     output: dict[str, Any]
@@ -153,7 +173,7 @@ class V2TensorInput(BaseModel):
 
 
 class V2RequestedOutput(BaseModel):
-    name: Literal["mean", "variance", "epistemic", "aleatoric", "ood_score", "ood"]
+    name: Literal["mean", "variance", "epistemic", "aleatoric", "ood_score", "novelty_score", "ood"]
     parameters: dict[str, Any] | None = Field(default=None, description="`binary_data`: bool")
 
 

@@ -48,6 +48,8 @@ def _predictions(result: InferenceResult) -> list[dict[str, Any]]:
     regression = result.served.manifest.task is Task.REGRESSION
     cols = {k: v.tolist() for k, v in out.items()}
     ood = result.ood.tolist()
+    novelty = cols.get("novelty_score")
+    sets = result.prediction_sets
     preds = []
     for i in range(len(ood)):
         p: dict[str, Any] = {
@@ -56,12 +58,16 @@ def _predictions(result: InferenceResult) -> list[dict[str, Any]]:
             "epistemic": cols["epistemic"][i],
             "aleatoric": cols["aleatoric"][i],
             "ood_score": cols["ood_score"][i],
+            "novelty_score": None if novelty is None else novelty[i],
             "ood": ood[i],
+            "ood_reasons": result.ood_reasons[i],
             "imputed": result.imputed[i],
             "flagged": result.flagged[i],
         }
         if regression and "interval_low" in cols:
             p["interval"] = [cols["interval_low"][i], cols["interval_high"][i]]
+        if sets is not None:
+            p["prediction_set"] = sets[i]
         preds.append(p)
     return preds
 
@@ -127,6 +133,9 @@ def model_info(served: ServedModel, versions: list[str]) -> ModelInfo:
         default_samples=served.default_samples,
         ood_score=m.calibration.ood_score.value,
         ood_threshold=m.calibration.ood_threshold,
+        ood_alpha=m.calibration.ood_alpha,
+        novelty_threshold=None if m.calibration.novelty is None else m.calibration.novelty.threshold,
+        conformal=None if m.calibration.conformal is None else m.calibration.conformal.model_dump(),
         sha256=m.sha256,
         device=served.runtime.device,
         output=m.output_schema.model_dump(exclude_none=True),

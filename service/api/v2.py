@@ -7,7 +7,8 @@ feature order, raw units (preprocessed by the server exactly like V1). A categor
 index of the category in the metadata's ``categories`` list; null (JSON) or NaN (binary data) marks a
 missing value, which is imputed. BYTES elements are UTF-8 strings (JSON) or, as binary data, each a
 4-byte little-endian length followed by its bytes. Outputs: ``mean``, ``variance``, ``epistemic``,
-``ood_score`` (FP32) and ``ood`` (BOOL), plus ``aleatoric`` on request.
+``ood_score``, ``novelty_score`` (FP32; NaN for a checkpoint without a novelty detector) and ``ood``
+(BOOL, the combined decision), plus ``aleatoric`` on request.
 
 Bodies are parsed from raw bytes (tritonclient sends no ``Content-Type``), including the binary tensor
 extension (``Inference-Header-Content-Length``) for inputs and outputs.
@@ -53,9 +54,10 @@ OUTPUTS: dict[str, tuple[str, type[np.generic]]] = {
     "epistemic": ("FP32", np.float32),
     "aleatoric": ("FP32", np.float32),
     "ood_score": ("FP32", np.float32),
+    "novelty_score": ("FP32", np.float32),
     "ood": ("BOOL", np.bool_),
 }
-DEFAULT_OUTPUTS = ("mean", "variance", "epistemic", "ood_score", "ood")
+DEFAULT_OUTPUTS = ("mean", "variance", "epistemic", "ood_score", "novelty_score", "ood")
 HEADER_LENGTH = "inference-header-content-length"
 SERVER_NAME = "lrbnn"
 SERVER_VERSION = "0.1.0"
@@ -332,7 +334,11 @@ def _requested(body: dict[str, Any]) -> list[tuple[str, bool]]:
 
 
 def _array(result: InferenceResult, name: str) -> np.ndarray:
-    return result.ood if name == "ood" else result.outputs[name]
+    if name == "ood":
+        return result.ood
+    if name == "novelty_score" and name not in result.outputs:  # a checkpoint without a detector
+        return np.full(result.ood.shape, np.nan, dtype=np.float32)
+    return result.outputs[name]
 
 
 def _encode(result: InferenceResult, body: dict[str, Any], requested: list[tuple[str, bool]]) -> Response:

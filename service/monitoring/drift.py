@@ -98,12 +98,18 @@ class DriftMonitor:
         #: scores added so far: whether the window changed since a state was last taken
         self.added = 0
 
-    def add(self, scores: np.ndarray) -> None:
-        """Add a batch of scores, evicting the oldest: O(b log n)."""
-        s = np.asarray(scores, dtype=np.float64).ravel()[-self.window :]
+    def add(self, scores: np.ndarray, flagged: np.ndarray | None = None) -> None:
+        """Add a batch of scores, evicting the oldest: O(b log n). ``flagged``: the served OOD decision
+        of each (the OOD rate's numerator); default, the score above this monitor's threshold."""
+        s = np.asarray(scores, dtype=np.float64).ravel()
+        f = s > self.threshold if flagged is None else np.asarray(flagged, dtype=bool).ravel()
+        if f.shape != s.shape:
+            raise ValueError(f"{f.size} OOD decisions for {s.size} scores")
+        s, f = s[-self.window :], f[-self.window :]
         with self._lock:
-            for value, k in zip(s.tolist(), np.searchsorted(self.q, s, side="left").tolist(), strict=True):
-                self._push(value, int(k))
+            ks = np.searchsorted(self.q, s, side="left").tolist()
+            for value, k, odd in zip(s.tolist(), ks, f.tolist(), strict=True):
+                self._push(value, int(k), bool(odd))
             self.added += int(s.size)
 
     def stats(self) -> DriftStats:
@@ -122,14 +128,13 @@ class DriftMonitor:
         self.add(scores)
         return self.stats()
 
-    def _push(self, value: float, k: int) -> None:
+    def _push(self, value: float, k: int, flagged: bool) -> None:
         i = self._pos
         if self._filled == self.window:
             self._evict(i)
         else:
             self._filled += 1
         self._bins[i], self._scores[i] = k, value
-        flagged = value > self.threshold
         self._ood[i] = flagged
         self._ood_sum += int(flagged)
         self._counts[k] += 1

@@ -21,6 +21,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disa
 from prometheus_client.exposition import CONTENT_TYPE_LATEST, generate_latest
 from prometheus_client.multiprocess import MultiProcessCollector
 
+from model_core.ood import OODReason
 from service.errors import Reason
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
@@ -30,6 +31,23 @@ BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
 #: Mutual information is at most ln 2 ≈ 0.69 for a binary model; predictive std is unbounded.
 UNCERTAINTY_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 DRIFT_STATISTICS = ("psi", "ks", "wasserstein")
+#: Mahalanobis distances: in-distribution inputs of d features sit near sqrt(d) (5.6 for ICU's 31), a
+#: unit error at tens to thousands
+NOVELTY_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.5, 15.0, 20.0, 30.0, 50.0, 100.0, 1000.0)
+
+
+def reason_label(reasons: list[str]) -> str:
+    """The ``reason`` label of an OOD prediction: the detectors that fired, in ``OODReason`` order,
+    joined with '+'. Exactly one increment per OOD prediction, so ``sum by (model)`` counts OOD
+    predictions, and the label set is bounded (the 7 non-empty combinations of 3 detectors)."""
+    return "+".join(reasons)
+
+
+#: every ``reason`` label value, created (at zero) when a model is registered
+REASON_LABELS = tuple(
+    reason_label([r.value for i, r in enumerate(OODReason) if mask >> i & 1])
+    for mask in range(1, 2 ** len(OODReason))
+)
 
 # ``*_created`` series double the scrape size and no dashboard uses them.
 disable_created_metrics()
@@ -65,7 +83,10 @@ class Metrics:
         )
         self.predictions = Counter("lrbnn_predictions", "Instances predicted.", ["model"], registry=r)
         self.ood_predictions = Counter(
-            "lrbnn_ood_predictions", "Instances flagged out-of-distribution.", ["model"], registry=r
+            "lrbnn_ood_predictions",
+            "Instances flagged out-of-distribution, by the detectors that fired (joined with '+').",
+            ["model", "reason"],
+            registry=r,
         )
         self.rejected = Counter(
             "lrbnn_requests_rejected", "Requests refused, by reason.", ["model", "reason"], registry=r
@@ -86,6 +107,13 @@ class Metrics:
         )
         self.ood_score = Histogram(
             "lrbnn_ood_score", "OOD score per instance.", ["model"], buckets=UNCERTAINTY_BUCKETS, registry=r
+        )
+        self.novelty_score = Histogram(
+            "lrbnn_novelty_score",
+            "Input novelty (shrinkage Mahalanobis distance) per instance.",
+            ["model"],
+            buckets=NOVELTY_BUCKETS,
+            registry=r,
         )
         self.ood_rate = Gauge(
             "lrbnn_ood_rate",
@@ -132,8 +160,9 @@ class Metrics:
         labels = (model, version, sha256, method, rank, device)
         self.model_info.labels(*labels).set(1)
         self._info_labels[model] = labels
-        for metric in (self.predictions, self.ood_predictions):
-            metric.labels(model)
+        self.predictions.labels(model)
+        for combo in REASON_LABELS:
+            self.ood_predictions.labels(model, combo)
         self.inflight.labels(model)
         self.ood_rate.labels(model)
         for stat in DRIFT_STATISTICS:

@@ -90,7 +90,7 @@ async def v1(client: httpx.AsyncClient, name: str, instances: list[Any], seed: i
     return await client.post(f"/v1/models/{name}:predict", json=body)
 
 
-async def test_sequence_window_predicts_with_a_recalibrated_interval(
+async def test_sequence_window_predicts_with_a_conformal_interval(
     kinds_repo: Path, manifests: dict[str, dict[str, Any]]
 ) -> None:
     calib = manifests[AIR]["calibration"]
@@ -101,12 +101,17 @@ async def test_sequence_window_predicts_with_a_recalibrated_interval(
         assert p["imputed"] == [] and p["flagged"] == []
         low, high = p["interval"]
         assert low < p["mean"] < high
-        z = 1.6448536269514722  # the contract's central 90 % interval
-        assert set(calib["interval_scales"]) == {"0.9", "0.95"}
-        assert calib["interval_scales"]["0.95"] == calib["interval_scale"]
-        want = 2 * calib["interval_scales"]["0.9"] * z * math.sqrt(p["variance"])
+        conformal = calib["conformal"]  # the contract's central 90 %, split-conformal: mean ± q̂·sd
+        assert conformal["level"] == 0.9 and conformal["score"] == "normalized_residual"
+        want = 2 * conformal["quantile"] * math.sqrt(p["variance"])
         assert high - low == pytest.approx(want, rel=1e-4)
         assert p["ood_score"] == pytest.approx(math.sqrt(p["variance"]), rel=1e-4)
+        # the window summary's novelty score, and no prediction set for a regression
+        assert p["novelty_score"] > 0 and "prediction_set" not in p
+        # a sensor stuck at one PM2.5 value for the whole day: the novelty detector sees no spread
+        stuck = [{**h, "pm2.5": 999.0} for h in hours()]
+        q = (await v1(client, AIR, [{"hours": stuck}])).json()["predictions"][0]
+        assert q["novelty_score"] > calib["novelty"]["threshold"] and "novelty" in q["ood_reasons"]
 
 
 def encoded_hours() -> list[dict[str, Any]]:
@@ -226,6 +231,9 @@ async def test_text_predicts_and_guards_its_input(kinds_repo: Path) -> None:
         assert r.status_code == 200, r.text
         good, empty = r.json()["predictions"]
         assert 0.0 <= good["mean"] <= 1.0 and good["flagged"] == [] and empty["flagged"] == ["text"]
+        # a text has no plausible ranges: its reasons can only be the two scores
+        assert good["novelty_score"] >= 0 and "implausible" not in good["ood_reasons"]
+        assert len(good["prediction_set"]) >= 1
         for instance, field in [
             ({"text": "x" * 10_001}, "instances.0.text"),
             ({"text": 42}, "instances.0.text"),

@@ -28,16 +28,22 @@ async def test_predict_answers_contract_fields(serve_app: ServeApp) -> None:
                 "epistemic",
                 "aleatoric",
                 "ood_score",
+                "novelty_score",
                 "ood",
+                "ood_reasons",
+                "prediction_set",
                 "imputed",
                 "flagged",
             }
             assert 0.0 <= p["mean"] <= 1.0 and p["variance"] >= 0 and p["epistemic"] >= 0
             assert math.isclose(p["epistemic"], p["ood_score"])
-            assert isinstance(p["ood"], bool)
+            assert isinstance(p["ood"], bool) and p["ood"] == bool(p["ood_reasons"])
+            assert p["novelty_score"] >= 0 and set(p["prediction_set"]) <= {"0", "1"}
         assert first["imputed"] == [] and first["flagged"] == []
         assert second["imputed"] == ["heart_rate", "creatinine", "sex"]
         assert second["flagged"] == ["age"]
+        # age 500 is outside its plausible range: OOD whatever the scores say, and the reason says why
+        assert second["ood"] is True and "implausible" in second["ood_reasons"]
         assert r.headers["x-request-id"]
 
 
