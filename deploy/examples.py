@@ -35,6 +35,10 @@ REVIEW = "A gripping, beautifully acted film that never lets go."
 HEADLINE = "Chancellor unveils emergency budget as inflation hits 40-year high"
 
 
+#: issue #14's example: a patient whose chart sent temp in °F and creatinine in µmol/L
+UNIT_ERRORS = {"age": 71.5, "sex": "male", "temp": 102.2, "crea": 212, "bun": 48}
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -60,6 +64,15 @@ def examples(base: str) -> list[tuple[str, list[str], tuple[str, ...]]]:
                 *post,
                 f"{v1}/icu-mortality:predict",
                 *body({"instances": [ICU], "parameters": {"samples": 200, "seed": 7}}),
+            ],
+            (),
+        ),
+        (
+            "a patient sent with temperature in °F and creatinine in µmol/L: flagged, and why",
+            [
+                *post,
+                f"{v1}/icu-mortality:predict",
+                *body({"instances": [UNIT_ERRORS], "parameters": {"samples": 200, "seed": 7}}),
             ],
             (),
         ),
