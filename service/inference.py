@@ -35,6 +35,14 @@ log = logging.getLogger("lrbnn.service.inference")
 MAX_SEED = 2**63 - 1
 #: requests set a model's drift gauges at most this often (``/metrics`` sets them on every scrape)
 DRIFT_PUBLISH_INTERVAL_S = 0.1
+#: The key of a model's novelty-score window in ``InferenceService.drift`` (beside the epistemic
+#: window under the model's name): the same ring buffer, statistics and multi-worker sharing, against
+#: ``calibration.novelty.quantiles``. A unit separator cannot occur in a model directory's name.
+NOVELTY_WINDOW = "\x1fnovelty"
+
+
+def novelty_key(model: str) -> str:
+    return model + NOVELTY_WINDOW
 
 
 #: The contract's regression interval: central 90 %.
@@ -140,9 +148,19 @@ class InferenceService:
         ref = served.manifest.drift_reference.quantiles
         self.drift[served.name] = DriftMonitor(ref, self.settings.drift_window, served.ood_threshold)
         self._versions[served.name] = served.version
+        novelty, key = served.manifest.calibration.novelty, novelty_key(served.name)
+        if novelty is not None and served.novelty is not None:
+            self.drift[key] = DriftMonitor(novelty.quantiles, self.settings.drift_window, novelty.threshold)
+            self._versions[key] = served.version
+            for stat in DRIFT_STATISTICS:
+                self.metrics.child(self.metrics.novelty_drift, served.name, stat)
+        else:  # a reload to a version without a detector: no stale window
+            self.drift.pop(key, None)
+            self._versions.pop(key, None)
         if self.share is not None:  # a reload: this worker's window of the old version is gone
             with contextlib.suppress(OSError):
                 self.share.discard_others(served.name, served.version)
+                self.share.discard_others(key, served.version)
         if served.name not in self.batchers:
             batcher = ModelBatcher(
                 served.name,
@@ -286,6 +304,8 @@ class InferenceService:
             for v in np.asarray(outputs[key], dtype=np.float64).reshape(n, -1).sum(axis=1).tolist():
                 child.observe(v)
         self.drift[name].add(outputs["ood_score"], ood)
+        if "novelty_score" in outputs and novelty_key(name) in self.drift:
+            self.drift[novelty_key(name)].add(outputs["novelty_score"])
         now = time.monotonic()
         if now - self._published.get(name, -math.inf) >= DRIFT_PUBLISH_INTERVAL_S:
             self.publish_drift(name, now)
@@ -301,16 +321,22 @@ class InferenceService:
         """
         m = self.metrics
         now = time.monotonic() if now is None else now
-        for model in [name] if name is not None else list(self.drift):
-            monitor = self.drift.get(model)
+        keys = [name, novelty_key(name)] if name is not None else list(self.drift)
+        for key in keys:
+            monitor = self.drift.get(key)
             if monitor is None:
                 continue
             added = monitor.added
             state = monitor.state()
-            if self.share is not None and self._share(model, state, added):
-                state = self._merged(model, state)
+            if self.share is not None and self._share(key, state, added):
+                state = self._merged(key, state)
             stats = monitor.stats_of(state)
-            self._published[model] = now
-            m.child(m.ood_rate, model).set(stats.ood_rate)
+            if key.endswith(NOVELTY_WINDOW):  # the novelty score's window: its own gauge
+                model = key[: -len(NOVELTY_WINDOW)]
+                for stat in DRIFT_STATISTICS:
+                    m.child(m.novelty_drift, model, stat).set(getattr(stats, stat))
+                continue
+            self._published[key] = now
+            m.child(m.ood_rate, key).set(stats.ood_rate)
             for stat in DRIFT_STATISTICS:
-                m.child(m.drift, model, stat).set(getattr(stats, stat))
+                m.child(m.drift, key, stat).set(getattr(stats, stat))

@@ -129,6 +129,13 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.novelty_drift = Gauge(
+            "lrbnn_novelty_drift",
+            "Drift of the windowed novelty scores from the checkpoint's calibration.novelty.quantiles.",
+            ["model", "statistic"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.inflight = Gauge(
             "lrbnn_inflight_requests",
             "Requests being served.",

@@ -170,3 +170,23 @@ async def test_a_checkpoint_without_novelty_or_conformal_still_serves(
     assert p["novelty_score"] is None and "prediction_set" not in p
     assert p["ood"] is True and p["ood_reasons"] == [r for r in p["ood_reasons"] if r != "novelty"]
     assert "implausible" in p["ood_reasons"]
+
+
+async def test_novelty_drift_gauge_follows_the_window(serve_app: ServeApp, repo: Path) -> None:
+    """Inputs like the training data keep the novelty window near its reference; a stream of novel
+    inputs moves the KS statistic towards 1 (every windowed score above the reference's quantiles)."""
+    async with serve_app(drift_window=50) as client:
+        (info,) = (await client.get("/v1/models")).json()["models"]
+        corner = {
+            f["name"]: f["plausible_low"] + 0.97 * (f["plausible_high"] - f["plausible_low"])
+            for f in info["features"]
+            if f["kind"] == "numeric"
+        }
+        await client.post(PREDICT, json={"instances": [corner] * 50, "parameters": {"seed": 6}})
+        text = (await client.get("/metrics")).text
+    stats = {
+        m.group(1): float(m.group(2))
+        for m in re.finditer(r'^lrbnn_novelty_drift\{model="toy",statistic="([a-z]+)"\} (\S+)$', text, re.M)
+    }
+    assert set(stats) == {"psi", "ks", "wasserstein"}
+    assert stats["ks"] > 0.9 and stats["psi"] > 1.0
