@@ -38,7 +38,8 @@ class JointThresholds:
     #: each detector's tail level t on the calibration split
     level: float
     alpha: float
-    #: the combined rule's false-alarm rate on the calibration split (<= alpha)
+    #: the combined rule's false-alarm rate on the calibration split (<= alpha, unless the implausible
+    #: rows alone exceed alpha: then level 0, the most conservative answer, and this rate > alpha)
     calibration_rate: float
 
 

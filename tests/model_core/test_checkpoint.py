@@ -14,29 +14,12 @@ from model_core.checkpoint import (
 )
 from model_core.checkpoint.io import sha256_file
 from model_core.data import load_csv
-from model_core.models import Method
 from model_core.predict import predict
-from model_core.training.pipeline import TrainOptions, train_checkpoint
 
 
-@pytest.fixture(scope="module")
-def ckpt(toy_csv: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    splits = load_csv(toy_csv, "label")
-    out = tmp_path_factory.mktemp("ckpt") / "toy" / "1"
-    train_checkpoint(
-        splits,
-        TrainOptions(
-            method=Method.LOWRANK,
-            rank=2,
-            hidden=(8, 8),
-            epochs=3,
-            progress=False,
-            samples=16,
-            model_name="toy",
-        ),
-        out,
-    )
-    return out
+@pytest.fixture
+def ckpt(small_checkpoint: Path) -> Path:
+    return small_checkpoint
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -1,0 +1,381 @@
+"""Input novelty (``model_core.novelty``): the distance, its feature maps, persistence and verification.
+
+The detector is a Ledoit-Wolf Mahalanobis distance; it is checked against scikit-learn's own
+``LedoitWolf().mahalanobis`` (which returns the squared distance), against its geometry (zero at the
+training mean, linear along a ray) and for robustness (a 1e300 input). The checkpoint half checks that
+``load_novelty`` refuses, with an :class:`IntegrityError` naming the reason, every way the file can be
+wrong: missing, bytes changed (sha256), and a file whose sha256 was re-recorded in the manifest but whose
+arrays are unreadable, of the wrong dimension or non-finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.numpy import load_file, save_file
+
+from model_core.checkpoint import IntegrityError, load_checkpoint
+from model_core.checkpoint.files import load_novelty, read_manifest, sha256_file
+from model_core.data import load_csv
+from model_core.data.dataset import TabularSplits
+from model_core.layers.base import BayesianModule
+from model_core.models import Method, build_model
+from model_core.models.transformer import transformer_spec
+from model_core.novelty import (
+    INPUT_CAP,
+    NOVELTY_FILE,
+    NoveltyDetector,
+    NoveltyFeatures,
+    fit_novelty,
+)
+from model_core.predict import predict
+from model_core.training.pipeline import split_calibration
+
+
+def _gaussian(rng: np.random.Generator, n: int = 600, d: int = 5) -> np.ndarray:
+    a = rng.normal(size=(d, d))
+    return rng.normal(size=(n, d)) @ a + np.arange(d, dtype=np.float64) * 3.0
+
+
+def test_score_matches_sklearn_ledoit_wolf_mahalanobis() -> None:
+    """score(Y) == sqrt(LedoitWolf().fit(X).mahalanobis(Y)) to 1e-9 relative (same estimator, same
+    quadratic form; only the summation order differs), for points near and far from the data."""
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(20)
+    x = _gaussian(rng)
+    det = fit_novelty("tabular", x)
+    assert det.features is NoveltyFeatures.INPUTS and det.dim == x.shape[1]
+    y = np.concatenate([_gaussian(rng, 50), x[:5] * 10.0, rng.normal(size=(5, 5)) * 1e3])
+    expected = np.sqrt(LedoitWolf().fit(x).mahalanobis(y))
+    np.testing.assert_allclose(det.score(y), expected, rtol=1e-9)
+    assert det.score(y).dtype == np.float64 and det.score(y).shape == (len(y),)
+
+
+def test_score_is_zero_at_the_training_mean_and_grows_linearly_along_a_ray() -> None:
+    """The training mean scores 0 (|score| < 1e-6: the centre of the fitted Gaussian), and along a ray
+    mean + s·u the score is s times the score at s = 1 (a norm), so strictly increasing in s."""
+    rng = np.random.default_rng(21)
+    x = _gaussian(rng)
+    det = fit_novelty("tabular", x)
+    centre = x.mean(0, keepdims=True)
+    assert det.score(centre)[0] < 1e-6
+    for _ in range(5):
+        u = rng.normal(size=x.shape[1])
+        s = np.array([0.5, 1.0, 2.0, 4.0, 16.0])
+        scores = det.score(centre + s[:, None] * u)
+        assert (np.diff(scores) > 0).all()
+        np.testing.assert_allclose(scores, s * scores[1], rtol=1e-7)
+    # a typical training point scores around sqrt(d); a far one much more
+    typical = float(np.median(det.score(x)))
+    assert 0.5 * math.sqrt(x.shape[1]) < typical < 2 * math.sqrt(x.shape[1])
+
+
+def test_huge_input_gives_a_large_finite_score() -> None:
+    """1e300 (a finite double a client may send) and -1e300 give a finite score above every training
+    score and at least the score of the input capped at INPUT_CAP (what the cap does), not inf or NaN."""
+    rng = np.random.default_rng(22)
+    x = _gaussian(rng)
+    det = fit_novelty("tabular", x)
+    row = x[:1].copy()
+    for value in (1e300, -1e300, np.finfo(np.float64).max):
+        bad = row.copy()
+        bad[0, 2] = value
+        s = det.score(bad)[0]
+        assert math.isfinite(s)
+        assert s > det.score(x).max() * 100
+        capped = row.copy()
+        capped[0, 2] = math.copysign(INPUT_CAP, value)
+        assert s == pytest.approx(det.score(capped)[0], rel=1e-12)
+    both = row.copy()
+    both[0, :2] = (1e300, -1e300)
+    assert math.isfinite(det.score(both)[0])
+
+
+def test_window_summary_features_and_shape() -> None:
+    """Sequences: (n, window, width) -> features mean/std/min/max per input (dim 4·width); the score
+    equals LedoitWolf's Mahalanobis distance on those summaries; a 2-D input is refused."""
+    from sklearn.covariance import LedoitWolf
+
+    rng = np.random.default_rng(23)
+    n, window, width = 300, 12, 3
+    w = rng.normal(size=(n, window, width)).cumsum(1)
+    det = fit_novelty("sequence", w)
+    assert det.features is NoveltyFeatures.WINDOW_SUMMARY and det.dim == 4 * width
+    test = rng.normal(size=(7, window, width)).cumsum(1)
+    test[0, :, 1] = test[0, 0, 1]  # a stuck sensor: no spread
+    summ = lambda a: np.concatenate([a.mean(1), a.std(1), a.min(1), a.max(1)], axis=1)  # noqa: E731
+    expected = np.sqrt(LedoitWolf().fit(summ(w)).mahalanobis(summ(test)))
+    got = det.score(test)
+    assert got.shape == (7,)
+    np.testing.assert_allclose(got, expected, rtol=1e-9)
+    with pytest.raises(ValueError, match="window"):
+        det.score(w[:, 0, :])
+
+
+@pytest.fixture(scope="module")
+def text_model() -> BayesianModule:
+    torch.manual_seed(0)
+    spec = transformer_spec(
+        Method.LOWRANK, vocab_size=60, max_len=10, rank=4, d_model=32, n_layers=1, n_heads=2, d_ff=32
+    )
+    return build_model(spec)
+
+
+def test_token_embedding_shape_and_padding_ignored(text_model: BayesianModule) -> None:
+    """Text: the feature is the mean projected embedding of a text's non-pad tokens (dim 16 = the kept
+    principal directions); appending or prepending pad ids does not change the score, a text of pads
+    only is finite, and an out-of-vocabulary id does not crash. Without the model, fitting is refused."""
+    rng = np.random.default_rng(24)
+    ids = rng.integers(1, 60, size=(200, 10))
+    ids[:, 7:] = 0  # padding
+    det = fit_novelty("text", ids, model=text_model, pad_id=0)
+    assert det.features is NoveltyFeatures.TOKEN_EMBEDDING
+    assert det.dim == 16 and det.extra["embedding"].shape == (60, 16)
+    short = ids[:20, :7]
+    padded_right = np.concatenate([short, np.zeros((20, 5), dtype=short.dtype)], axis=1)
+    padded_left = np.concatenate([np.zeros((20, 3), dtype=short.dtype), short], axis=1)
+    base = det.score(short)
+    assert base.shape == (20,)
+    np.testing.assert_allclose(det.score(padded_right), base, rtol=1e-12)
+    np.testing.assert_allclose(det.score(padded_left), base, rtol=1e-12)
+    # the feature really is the mean of the non-pad rows of the table
+    table = det.extra["embedding"].astype(np.float64)
+    f = table[short].mean(1)
+    diff = f - det.loc
+    np.testing.assert_allclose(base, np.sqrt(np.einsum("nd,de,ne->n", diff, det.precision, diff)), rtol=1e-9)
+    assert np.isfinite(det.score(np.zeros((2, 10), dtype=np.int64))).all()
+    assert np.isfinite(det.score(np.array([[5, 10_000, -3, 0]]))).all()
+    with pytest.raises(ValueError, match="model"):
+        fit_novelty("text", ids)
+    with pytest.raises(ValueError, match="token ids"):
+        det.score(ids[0])
+
+
+def _roundtrip(det: NoveltyDetector, directory: Path) -> NoveltyDetector:
+    path = det.save(directory)
+    assert path == directory / NOVELTY_FILE
+    return NoveltyDetector.from_tensors(det.features, load_file(str(path)), det.meta)
+
+
+def test_save_from_tensors_round_trip_gives_identical_scores(
+    tmp_path: Path, text_model: BayesianModule
+) -> None:
+    """For all three feature maps, save -> load_file -> from_tensors scores bitwise like the original."""
+    rng = np.random.default_rng(25)
+    x = _gaussian(rng)
+    w = rng.normal(size=(100, 8, 2))
+    ids = rng.integers(0, 60, size=(100, 10))
+    cases = [
+        (fit_novelty("tabular", x), x[:30] * 2),
+        (fit_novelty("sequence", w), w[:30] + 1),
+        (fit_novelty("text", ids, model=text_model, pad_id=0), ids[:30]),
+    ]
+    for i, (det, probe) in enumerate(cases):
+        d = tmp_path / str(i)
+        d.mkdir()
+        back = _roundtrip(det, d)
+        assert back.features is det.features and back.dim == det.dim and back.meta == det.meta
+        np.testing.assert_array_equal(back.score(probe), det.score(probe))
+        assert not (d / (NOVELTY_FILE.replace(".safetensors", ".tmp"))).exists()
+
+
+def test_from_tensors_refuses_bad_arrays() -> None:
+    """Missing arrays, mismatched shapes, a text detector without its table, and NaN are ValueErrors."""
+    loc, prec = np.zeros(3), np.eye(3)
+    f = NoveltyFeatures.INPUTS
+    with pytest.raises(ValueError, match="lack"):
+        NoveltyDetector.from_tensors(f, {"loc": loc}, {})
+    with pytest.raises(ValueError, match="do not match"):
+        NoveltyDetector.from_tensors(f, {"loc": loc, "precision": np.eye(4)}, {})
+    with pytest.raises(ValueError, match="do not match"):
+        NoveltyDetector.from_tensors(f, {"loc": np.zeros((3, 1)), "precision": prec}, {})
+    with pytest.raises(ValueError, match="embedding"):
+        NoveltyDetector.from_tensors(NoveltyFeatures.TOKEN_EMBEDDING, {"loc": loc, "precision": prec}, {})
+    with pytest.raises(ValueError, match="embedding"):
+        NoveltyDetector.from_tensors(
+            NoveltyFeatures.TOKEN_EMBEDDING,
+            {"loc": loc, "precision": prec, "embedding": np.zeros((5, 4))},
+            {},
+        )
+    bad = prec.copy()
+    bad[1, 1] = np.nan
+    with pytest.raises(ValueError, match="non-finite"):
+        NoveltyDetector.from_tensors(f, {"loc": loc, "precision": bad}, {})
+    with pytest.raises(ValueError, match="non-finite"):
+        NoveltyDetector.from_tensors(f, {"loc": np.array([0.0, np.inf, 0.0]), "precision": prec}, {})
+
+
+# ---------------------------------------------------------------------------------------- checkpoints
+
+SEED = 0  # the small checkpoint's (``conftest.SMALL_SEED``, ``SMALL_SAMPLES``)
+SAMPLES = 16
+
+
+@pytest.fixture
+def toy(small_checkpoint: Path, toy_csv: Path) -> tuple[Path, TabularSplits]:
+    """The shared small checkpoint (``tests/model_core/conftest.py``) and the splits it was trained on."""
+    return small_checkpoint, load_csv(toy_csv, "label")
+
+
+def _copy(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def _set_novelty_sha(directory: Path, sha: str) -> None:
+    path = directory / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["calibration"]["novelty"]["sha256"] = sha
+    path.write_text(json.dumps(raw))
+
+
+def _refused(directory: Path, match: str) -> None:
+    """Both entry points refuse the checkpoint with an IntegrityError matching ``match``."""
+    with pytest.raises(IntegrityError, match=match):
+        load_novelty(directory, read_manifest(directory))
+    with pytest.raises(IntegrityError, match=match):
+        load_checkpoint(directory)
+
+
+def test_checkpoint_novelty_equals_a_freshly_loaded_detector(toy: tuple[Path, TabularSplits]) -> None:
+    """load_checkpoint(dir).novelty scores the test inputs exactly like a detector rebuilt from the file
+    and the manifest's fields; the manifest records its kind, dimension, file sha256 and the size of the
+    calibration split (half the validation split, held out of training)."""
+    ckpt, splits = toy
+    loaded = load_checkpoint(ckpt)
+    det = loaded.novelty
+    assert det is not None
+    meta = loaded.manifest.calibration.novelty
+    assert meta is not None
+    assert meta.features == "inputs" and meta.dim == det.dim == splits.n_features
+    assert meta.sha256 == sha256_file(ckpt / NOVELTY_FILE)
+    fresh = NoveltyDetector.from_tensors(
+        NoveltyFeatures(meta.features), load_file(str(ckpt / NOVELTY_FILE)), meta.meta
+    )
+    z = splits.novelty_input("test")
+    np.testing.assert_array_equal(det.score(z), fresh.score(z))
+    n_val = len(splits.y_val)
+    assert meta.n_scores == round(0.5 * n_val)
+    conformal = loaded.manifest.calibration.conformal
+    assert conformal is not None and conformal.n == meta.n_scores and conformal.score == "lac"
+
+
+def test_checkpoint_thresholds_flag_at_most_alpha_of_the_calibration_split(
+    toy: tuple[Path, TabularSplits],
+) -> None:
+    """Recomputing the calibration split's scores (same seeded split, same S and seed as training) and
+    applying the manifest's two thresholds and the implausible rule flags <= ood_alpha of those rows and
+    more than ood_alpha - 2/n (the step bound of ``joint_thresholds``)."""
+    ckpt, splits = toy
+    loaded = load_checkpoint(ckpt)
+    cal_meta = loaded.manifest.calibration
+    assert cal_meta.novelty is not None and loaded.novelty is not None
+    _, cal = split_calibration(splits, SEED)
+    pred = predict(loaded.model, torch.as_tensor(cal.x), samples=SAMPLES, seed=SEED)
+    epistemic = pred.ood_score.numpy().astype(np.float64)
+    novelty = loaded.novelty.score(cal.z)
+    odd = splits.preprocessor.implausible_rows(cal.z)
+    flagged = (epistemic > cal_meta.ood_threshold) | (novelty > cal_meta.novelty.threshold) | odd
+    n = len(cal.y)
+    assert float(flagged.mean()) <= cal_meta.ood_alpha + 1e-12
+    assert float(flagged.mean()) > cal_meta.ood_alpha - 2.0 / n
+
+
+def test_tampered_novelty_file_is_refused(toy: tuple[Path, TabularSplits], tmp_path: Path) -> None:
+    """One byte of novelty.safetensors flipped: IntegrityError naming the sha256 mismatch."""
+    d = _copy(toy[0], tmp_path / "c")
+    path = d / NOVELTY_FILE
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0x01
+    path.write_bytes(bytes(data))
+    _refused(d, "sha256")
+
+
+def test_missing_novelty_file_is_refused(toy: tuple[Path, TabularSplits], tmp_path: Path) -> None:
+    """The manifest names a detector but its file is gone: IntegrityError saying the file is missing."""
+    d = _copy(toy[0], tmp_path / "c")
+    (d / NOVELTY_FILE).unlink()
+    _refused(d, "missing")
+
+
+def _dim(directory: Path) -> int:
+    novelty = read_manifest(directory).calibration.novelty
+    assert novelty is not None
+    return novelty.dim
+
+
+def _write_with_sha(d: Path, tensors: dict[str, np.ndarray]) -> None:
+    save_file(tensors, str(d / NOVELTY_FILE), metadata={"features": "inputs"})
+    _set_novelty_sha(d, sha256_file(d / NOVELTY_FILE))
+
+
+def test_novelty_file_of_the_wrong_dimension_is_refused(
+    toy: tuple[Path, TabularSplits], tmp_path: Path
+) -> None:
+    """A valid detector file whose sha256 is re-recorded in the manifest but whose dimension differs from
+    the manifest's ``dim``: IntegrityError naming the dimension (the sha check alone would pass it)."""
+    d = _copy(toy[0], tmp_path / "c")
+    dim = _dim(d)
+    _write_with_sha(d, {"loc": np.zeros(dim + 1), "precision": np.eye(dim + 1)})
+    _refused(d, "dimension")
+
+
+def test_novelty_file_with_nan_is_refused(toy: tuple[Path, TabularSplits], tmp_path: Path) -> None:
+    """Right dimension and re-recorded sha256, but a NaN in the precision: IntegrityError (non-finite)."""
+    d = _copy(toy[0], tmp_path / "c")
+    dim = _dim(d)
+    prec = np.eye(dim)
+    prec[0, 0] = np.nan
+    _write_with_sha(d, {"loc": np.zeros(dim), "precision": prec})
+    _refused(d, "non-finite")
+
+
+def test_novelty_file_with_mismatched_arrays_or_garbage_is_refused(
+    toy: tuple[Path, TabularSplits], tmp_path: Path
+) -> None:
+    """Re-recorded sha256 but loc/precision shapes that disagree, an array missing, or bytes that are
+    not safetensors at all: each an IntegrityError."""
+    base = toy[0]
+    dim = _dim(base)
+    d = _copy(base, tmp_path / "a")
+    _write_with_sha(d, {"loc": np.zeros(dim), "precision": np.eye(dim + 1)})
+    _refused(d, "do not match")
+    d = _copy(base, tmp_path / "b")
+    _write_with_sha(d, {"loc": np.zeros(dim)})
+    _refused(d, "lack")
+    d = _copy(base, tmp_path / "c")
+    (d / NOVELTY_FILE).write_bytes(b"not a safetensors file at all")
+    _set_novelty_sha(d, sha256_file(d / NOVELTY_FILE))
+    _refused(d, "safetensors")
+
+
+def test_valid_replacement_with_recorded_sha_loads(toy: tuple[Path, TabularSplits], tmp_path: Path) -> None:
+    """Control for the refusal tests: the same rewrite path with a *valid* detector of the right
+    dimension loads, and scores with the new arrays (so the refusals above are due to the defects)."""
+    d = _copy(toy[0], tmp_path / "c")
+    dim = _dim(d)
+    _write_with_sha(d, {"loc": np.zeros(dim), "precision": np.eye(dim)})
+    det = load_checkpoint(d).novelty
+    assert det is not None
+    z = np.random.default_rng(26).normal(size=(4, dim))
+    np.testing.assert_allclose(det.score(z), np.linalg.norm(z, axis=1), rtol=1e-12)
+
+
+def test_manifest_without_novelty_loads_none(toy: tuple[Path, TabularSplits], tmp_path: Path) -> None:
+    """A checkpoint whose manifest has no ``calibration.novelty`` (older format) loads with novelty None,
+    even with no detector file present."""
+    d = _copy(toy[0], tmp_path / "c")
+    path = d / "manifest.json"
+    raw = json.loads(path.read_text())
+    raw["calibration"]["novelty"] = None
+    path.write_text(json.dumps(raw))
+    (d / NOVELTY_FILE).unlink()
+    assert load_novelty(d, read_manifest(d)) is None
+    assert load_checkpoint(d).novelty is None
