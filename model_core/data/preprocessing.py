@@ -394,13 +394,16 @@ class Preprocessor(BaseModel):
             cols, low, high, mins, span = self._numeric.arrays()
             block = np.clip(out[:, cols], low, high) if clip else out[:, cols]
             safe = np.where(span > 0.0, span, 1.0)
-            out[:, cols] = np.where(span > 0.0, (block - mins) / safe, 0.0)
+            with np.errstate(over="ignore"):  # unclipped: a value near the float limit scales to ±inf,
+                # which clip() bounds, the novelty score caps (INPUT_CAP) and the plausible rule flags
+                out[:, cols] = np.where(span > 0.0, (block - mins) / safe, 0.0)
         else:
             for spec in self.features:
                 if spec.kind == "numeric":
                     offset = self._offsets[spec.name]
                     out[:, offset] = spec.scale(out[:, offset], clip)
-        return out.astype(np.float32), imputed
+        with np.errstate(over="ignore"):  # unclipped: beyond float32's range is ±inf (bounded downstream)
+            return out.astype(np.float32), imputed
 
     def clip(self, z: np.ndarray) -> np.ndarray:
         """The network's input from an unclipped matrix (``transform(..., clip=False)``): each numeric
