@@ -175,7 +175,13 @@ def _check_method(model: BayesianModule) -> ArchitectureSpec:
     spec = getattr(model, "spec", None)
     if not isinstance(spec, ArchitectureSpec):
         raise ExportError("the model has no architecture spec; only registry-built models can be exported")
-    if spec.method not in SUPPORTED_METHODS or not isinstance(model, (BayesMLP, Ensemble)):
+    if not isinstance(model, (BayesMLP, Ensemble)):
+        raise ExportError(
+            f"a {spec.kind!r} model ({type(model).__name__}) cannot be exported to ONNX: only MLPs "
+            "(tabular models) and ensembles of them are; serve sequence and text models with the torch "
+            "backend"
+        )
+    if spec.method not in SUPPORTED_METHODS:
         supported = ", ".join(m.value for m in SUPPORTED_METHODS)
         raise ExportError(f"method {spec.method.value!r} cannot be exported to ONNX (supported: {supported})")
     return spec

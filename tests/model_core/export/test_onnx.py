@@ -246,6 +246,16 @@ def test_unsupported_model_is_a_clear_error(tmp_path: Path) -> None:
     assert not (tmp_path / "layer.onnx").exists()
 
 
+def test_a_sequence_or_text_model_is_refused_by_kind_not_by_method(tmp_path: Path) -> None:
+    """The bundled forecast is a low-rank model (a supported method): the refusal must name its kind."""
+    from model_core.models.registry import build_model
+    from model_core.models.transformer import transformer_spec
+
+    model = build_model(transformer_spec(Method.LOWRANK, vocab_size=50, max_len=8, rank=2))
+    with pytest.raises(ExportError, match=r"'transformer' model .* only MLPs"):
+        export_model(model, tmp_path / "text.onnx")
+
+
 def test_ensemble_noise_is_per_member(checkpoint: Callable[[str], Path]) -> None:
     """A Bayesian ensemble's members each draw ceil(S / M) samples; the layout records M as groups."""
     _, layout = build_graph(load_checkpoint(checkpoint("lowrank-ens")).model)
