@@ -84,7 +84,7 @@ COPY service ./service
 # hadolint ignore=DL3013
 RUN pip-from "" "numpy>=1.26" "pydantic>=2.6" "fastapi>=0.110" "uvicorn>=0.29" "pydantic-settings>=2.2" \
         "prometheus-client>=0.20" "orjson>=3.9" "onnxruntime>=1.17" "uvloop>=0.19,<0.22" "httptools>=0.6" \
-        "safetensors>=0.4" \
+        "safetensors>=0.4" "scikit-learn>=1.4" "sqlalchemy>=2.0" "alembic>=1.13" "psycopg[binary]>=3.1" \
     && pip-from "" --no-deps . \
     && python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 

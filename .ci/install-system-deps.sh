@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system tools the tests need, idempotently: promtool + prometheus (deploy tests), wrk
 # (the load generator of benchmarks/serve_load.py, whose wrk client is tested against a local server),
+# postgresql (the store's PostgreSQL test),
 # and docker.io + mmdebstrap (the container tests: deploy/smoke_test.py builds a local Debian base where
 # no image registry answers). Starts dockerd when none runs. Nothing is installed when every tool is
 # already on PATH; where the engine cannot start (no root, no cgroups) the container tests report
@@ -11,6 +12,9 @@ command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
 command -v docker >/dev/null 2>&1 || missing+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
+# PostgreSQL for the prediction store's end-to-end test (tests/integration/test_store_process.py starts
+# a throw-away cluster on loopback; Debian puts initdb under /usr/lib/postgresql/<version>/bin)
+command -v initdb >/dev/null 2>&1 || ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 SUDO=""
 if [ "$(id -u)" -ne 0 ]; then SUDO="sudo"; fi
 if [ "${#missing[@]}" -gt 0 ]; then

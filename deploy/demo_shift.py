@@ -116,6 +116,21 @@ def _request(url: str, body: dict | None, token: str | None, timeout: float) -> 
         return json.loads(resp.read() or b"{}")
 
 
+def calibrated_outcome(prediction: dict[str, Any], rng: random.Random) -> int:
+    """A simulated outcome drawn from the model's own probability: realized matches estimated."""
+    return int(rng.random() < float(prediction["mean"]))
+
+
+def reversed_outcome(prediction: dict[str, Any], rng: random.Random) -> int:
+    """A simulated outcome drawn from 1 - the model's probability: the model is wrong about these
+    patients (what a unit error or a new population does), so realized performance collapses while
+    the label-free estimate, which trusts the probabilities, does not."""
+    return int(rng.random() >= float(prediction["mean"]))
+
+
+Outcome = Callable[[dict[str, Any], random.Random], Any]
+
+
 def drive(
     url: str,
     model: str,
@@ -128,14 +143,17 @@ def drive(
     token: str | None = None,
     seed: int = 0,
     max_requests: int = MAX_REQUESTS_PER_PHASE,
+    outcome: Outcome | None = None,
 ) -> dict[str, int]:
-    """Send `rate` requests/s of `batch` instances for `seconds` (at most `max_requests`).
+    """Send `rate` requests/s of `batch` instances for `seconds` (at most `max_requests`); with
+    `outcome`, report an outcome for every answered prediction right away (POST .../feedback).
 
-    Returns counts of ok / failed requests and of OOD-flagged predictions.
+    Returns counts of ok / failed requests, of OOD-flagged predictions and of accepted outcomes.
     """
     rng = random.Random(seed)
     endpoint = f"{url.rstrip('/')}/v1/models/{model}:predict"
-    stats = {"requests": 0, "ok": 0, "failed": 0, "predictions": 0, "ood": 0}
+    feedback = f"{url.rstrip('/')}/v1/models/{model}/feedback"
+    stats = {"requests": 0, "ok": 0, "failed": 0, "predictions": 0, "ood": 0, "outcomes": 0}
     deadline = time.monotonic() + seconds
     interval = 1.0 / rate if rate > 0 else 0.0
     next_at = time.monotonic()
@@ -152,6 +170,10 @@ def drive(
             stats["ok"] += 1
             stats["predictions"] += len(preds)
             stats["ood"] += sum(1 for p in preds if p.get("ood"))
+            if outcome is not None and preds:
+                reported = [{"prediction_id": p["prediction_id"], "value": outcome(p, rng)} for p in preds]
+                answer = _request(feedback, {"outcomes": reported}, token, timeout=30.0)
+                stats["outcomes"] += len(answer.get("accepted", []))
         except (urllib.error.URLError, OSError, ValueError) as exc:
             stats["failed"] += 1
             if stats["failed"] <= 3:
@@ -173,6 +195,12 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
     p.add_argument("--manifest", default=None, help="read features from this manifest.json instead")
     p.add_argument("--phases", default="in,shift", help="comma list of phases: in, shift")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--outcomes",
+        action="store_true",
+        help="also report simulated outcomes (binary models): drawn from the model's probability in the"
+        " in phase, from 1 - it in the shift phase, so realized performance falls under shift",
+    )
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.seconds <= 0 or args.seconds > 3600:
         p.error("--seconds must be in (0, 3600]")
@@ -205,6 +233,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             samples=args.samples,
             token=args.token,
             seed=args.seed + i,
+            outcome=(calibrated_outcome if phase == "in" else reversed_outcome) if args.outcomes else None,
         )
         frac = stats["ood"] / stats["predictions"] if stats["predictions"] else 0.0
         counts = " ".join(f"{k}={v}" for k, v in stats.items())

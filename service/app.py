@@ -22,26 +22,52 @@ from service.inference import InferenceService
 from service.logs import configure_logging
 from service.monitoring.drift_share import DriftShare
 from service.monitoring.metrics import Metrics
+from service.monitoring.performance import PerformancePublisher
 from service.repository import ModelRepository
 from service.security import TokenSet
 from service.settings import Settings
 from service.state import AppState
+from service.store.db import PredictionStore, StoreResult
 from service.sync import ReloadBroadcast
 
 log = logging.getLogger("lrbnn.service")
+#: how long start-up waits for the store's first connection attempt (it never waits for a working
+#: store: predictions are served and queued while the writer retries)
+STORE_OPEN_WAIT_S = 10.0
+
+
+def build_store(settings: Settings, metrics: Metrics) -> PredictionStore | None:
+    """The prediction store of this process (not yet open), or None when ``LRBNN_STORE_URL=none``."""
+    if not settings.store_enabled:
+        return None
+
+    def counted(model: str, result: StoreResult, n: int) -> None:
+        metrics.child(metrics.store_predictions, model, result.value).inc(n)
+
+    return PredictionStore(
+        settings.resolved_store_url(),
+        queue_limit=settings.store_queue,
+        retention_s=settings.store_retention_days * 86400.0,
+        counted=counted,
+    )
 
 
 def build_state(settings: Settings) -> AppState:
     metrics = Metrics()
     admin = settings.admin()
+    store = build_store(settings, metrics)
     return AppState(
         settings=settings,
         repository=ModelRepository(settings),
         metrics=metrics,
-        inference=InferenceService(settings, metrics, DriftShare.from_env()),
+        inference=InferenceService(settings, metrics, DriftShare.from_env(), store),
         tokens=TokenSet(settings.tokens()),
         admin_tokens=TokenSet([admin] if admin else []),
         sync=ReloadBroadcast.from_env(),
+        store=store,
+        performance=None
+        if store is None
+        else PerformancePublisher(store, metrics, settings.performance_window),
     )
 
 
@@ -50,6 +76,8 @@ async def load_models(state: AppState) -> None:
     inference path, then turn ``/readyz`` green."""
     if not state.preloaded:
         await asyncio.to_thread(state.repository.load_all)
+    if state.store is not None:  # ready with the store open, or with its first failure logged
+        await asyncio.to_thread(state.store.wait_ready, STORE_OPEN_WAIT_S)
     for served in state.repository.models():
         state.inference.attach(served)
     if state.sync is not None:  # one of several workers: follow the reloads the others publish
@@ -70,6 +98,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Loading runs in the background so the socket opens at once: ``/livez`` answers 200 and
     ``/readyz`` 503 during a slow start, instead of connection refused (which restarts pods)."""
     state: AppState = app.state.lrbnn
+    if state.store is not None:  # connects and migrates in its own thread; predictions queue meanwhile
+        state.store.open()
     loading = asyncio.create_task(load_models(state), name="load-models")
     state.loading = loading
     try:
@@ -85,6 +115,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
             with contextlib.suppress(asyncio.CancelledError):
                 await state.following
         await state.inference.stop()
+        if state.store is not None:  # what the batchers answered last is written before exit
+            await asyncio.to_thread(state.store.close)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

@@ -147,6 +147,9 @@ def tensor_rows(pre: Preprocessor, x: np.ndarray, row_path: Callable[[int], str]
 
 class InputAdapter(ABC):
     kind: InputKind
+    #: whether the prediction store may keep ``Encoded.z`` (scaled numbers and category codes); never a
+    #: text's token ids, from which the free text could be read back
+    stores_features: bool = True
 
     @abstractmethod
     def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
@@ -320,6 +323,7 @@ class SequenceInput(InputAdapter):
 
 class TextInput(InputAdapter):
     kind = InputKind.TEXT
+    stores_features = False
     key = "text"
 
     def __init__(self, schema: InputSchema) -> None:

@@ -54,6 +54,10 @@ class ServedModel:
         return [spec.name for spec in self.inputs.features()]
 
     @property
+    def stores_features(self) -> bool:
+        return self.inputs.stores_features
+
+    @property
     def ood_threshold(self) -> float:
         return self.manifest.calibration.ood_threshold
 

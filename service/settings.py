@@ -92,6 +92,36 @@ class Settings(BaseSettings):
     server may use. Each worker holds every model and its own batching queue and drift window; metrics
     are aggregated and hot reloads followed across workers (``service/workers.py``)."""
 
+    state_dir: Path = Path("state")
+    """Where the embedded prediction store lives (``predictions.sqlite``), relative to the working
+    directory unless absolute; created on start. The container sets ``/tmp/lrbnn-state`` (mount a volume
+    there to keep the store across containers)."""
+    store_url: str = Field(
+        default="", description="SQLAlchemy URL; '' = SQLite under state_dir; 'none' = off"
+    )
+    """The prediction store (``service/store``): ``""`` an SQLite file under ``state_dir`` (several workers
+    on one host share it), any SQLAlchemy URL for scale-out (``postgresql+psycopg://user:pw@host/db``),
+    or ``none`` to store nothing (predictions then carry ids, but feedback answers 503)."""
+    store_retention_days: float = Field(default=90.0, gt=0.0)
+    """Predictions (and their outcomes) older than this are deleted, at start and every hour."""
+    store_features: bool = True
+    """Store each prediction's preprocessed feature vector (scaled numbers and category codes, never
+    raw identifiers; never for text models). Off: outputs and outcomes only."""
+    store_queue: int = Field(default=100_000, ge=1, description="instances waiting to be stored before drop")
+    performance_window: int = Field(
+        default=1000, ge=10, description="latest outcomes / predictions per gauge"
+    )
+
+    @property
+    def store_enabled(self) -> bool:
+        return self.store_url.strip().lower() != "none"
+
+    def resolved_store_url(self) -> str:
+        from service.store.db import default_url
+
+        url = self.store_url.strip()
+        return url if url else default_url(self.state_dir)
+
     @field_validator("sampling_mode", "default_samples", "api_tokens_file", mode="before")
     @classmethod
     def _empty_is_unset(cls, value: object) -> object:

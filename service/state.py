@@ -19,9 +19,11 @@ from starlette.requests import ClientDisconnect, Request
 from service.errors import ClientDisconnected, Draining, ModelNotFound, ModelNotReady, Reason, ServiceError
 from service.inference import InferenceService
 from service.monitoring.metrics import Metrics
+from service.monitoring.performance import PerformancePublisher
 from service.repository import ModelRepository, ServedModel
 from service.security import TokenSet
 from service.settings import Settings
+from service.store.db import PredictionStore
 from service.sync import ReloadBroadcast
 
 
@@ -30,6 +32,7 @@ class Endpoint(str, Enum):
 
     V1_PREDICT = "v1_predict"
     V2_INFER = "v2_infer"
+    V1_FEEDBACK = "v1_feedback"
 
 
 @dataclass
@@ -46,6 +49,9 @@ class AppState:
     loading: asyncio.Task[None] | None = None
     #: hot reloads shared with sibling worker processes (``LRBNN_WORKERS`` > 1), else None
     sync: ReloadBroadcast | None = None
+    #: the prediction store (None: LRBNN_STORE_URL=none) and the gauges computed from it
+    store: PredictionStore | None = None
+    performance: PerformancePublisher | None = None
     following: asyncio.Task[None] | None = None
     draining: bool = False
     inflight: int = 0

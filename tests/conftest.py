@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,6 +13,10 @@ import torch
 
 from model_core.layers import BayesianModule
 from model_core.models import ArchitectureSpec, Likelihood, Method, build_model
+
+# Every server a test starts (in process or as a subprocess) keeps its prediction store here, never in
+# the working tree; a test of the store itself passes its own state_dir.
+os.environ.setdefault("LRBNN_STATE_DIR", tempfile.mkdtemp(prefix="lrbnn-test-state-"))
 
 
 def make_toy_csv(path: Path, n: int = 600, seed: int = 0) -> Path:

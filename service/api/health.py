@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
+import time
+
 import orjson
 from fastapi import APIRouter, Request
 from starlette.responses import PlainTextResponse, Response
@@ -11,6 +15,7 @@ from service.api.schemas import Liveness, Readiness
 from service.monitoring.metrics import CONTENT_TYPE_LATEST
 
 router = APIRouter(tags=["health"])
+log = logging.getLogger("lrbnn.service")
 
 
 @router.get("/livez", summary="200 while the process runs", responses={200: {"model": Liveness}})
@@ -52,4 +57,12 @@ async def readyz(request: Request) -> Response:
 async def metrics(request: Request) -> Response:
     state = app_state(request)
     state.inference.publish_drift()  # the drift gauges as the windows are now
+    if state.performance is not None and state.loaded:  # two indexed queries per model, off the loop
+        models = [
+            (m.name, m.manifest.task, m.manifest.output_schema.labels) for m in state.repository.models()
+        ]
+        try:
+            await asyncio.to_thread(state.performance.publish, models, time.monotonic())
+        except Exception:  # the store went away: the scrape still answers, with the last values
+            log.exception("performance gauges not updated")
     return Response(state.metrics.render(), media_type=CONTENT_TYPE_LATEST)

@@ -39,7 +39,7 @@ from service.api.request_schemas import (
     v2_infer_request,
     v2_tensor,
 )
-from service.api.schemas import PredictRequest, V2InferRequest
+from service.api.schemas import FeedbackRequest, PredictRequest, V2InferRequest
 from service.repository import ServedModel
 
 #: the route templates whose body depends on the model -> the protocol of that body
@@ -60,7 +60,7 @@ def base_document(app: FastAPI) -> dict[str, Any]:
     ``api/body``), without FastAPI's 422 ``HTTPValidationError``, which no route can answer."""
     schema = get_openapi(title=app.title, version=app.version, description=app.description, routes=app.routes)
     components = schema.setdefault("components", {}).setdefault("schemas", {})
-    for model in (PredictRequest, V2InferRequest):
+    for model in (PredictRequest, V2InferRequest, FeedbackRequest):
         body = model.model_json_schema(ref_template=REF + "{model}")
         components.update(body.pop("$defs", {}))
         components[model.__name__] = body
@@ -111,6 +111,8 @@ def build_document(base: dict[str, Any], served: Sequence[ServedModel], limits: 
     components = doc.setdefault("components", {}).setdefault("schemas", {})
     for model in served:
         components.update(model_components(model, limits))
+    if "FeedbackRequest" in components:  # bounded as the server bounds it (413 beyond)
+        components["FeedbackRequest"]["properties"]["outcomes"]["maxItems"] = limits.max_instances
     if not served:
         doc["info"]["description"] = doc["info"].get("description", "") + NOTHING_SERVED
     taken = {op.get("operationId") for ops in doc["paths"].values() for op in ops.values()}

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, StrictInt
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    StrictStr,
+)
 
 from service.api.body import whole_number
 
@@ -54,6 +63,10 @@ class InstancePrediction(BaseModel):
     )
     ood_reasons: list[Literal["epistemic", "novelty", "implausible"]] = Field(
         description="the detectors that fired, in this order (empty when ood is false)"
+    )
+    prediction_id: str = Field(
+        description="unique and unguessable (128 random bits, hex); send it back with the outcome to "
+        "POST /v1/models/{name}/feedback"
     )
     imputed: list[str] = Field(description="features that were missing and imputed")
     flagged: list[str] = Field(description="features outside their plausible range (likely unit errors)")
@@ -146,6 +159,56 @@ class ReloadResponse(BaseModel):
     sha256: str
 
 
+MAX_LABEL_CHARS = 200
+
+
+def _scalar(value: Any) -> Any:
+    """One error naming ``value`` itself (not a member of the union) for anything but a JSON scalar."""
+    if isinstance(value, bool | int | float) or (isinstance(value, str) and len(value) <= MAX_LABEL_CHARS):
+        return value
+    raise ValueError(
+        f"must be a number, a label (a string of at most {MAX_LABEL_CHARS} characters) or a boolean"
+    )
+
+
+OutcomeValue = Annotated[
+    StrictBool | StrictInt | StrictFloat | Annotated[StrictStr, Field(max_length=MAX_LABEL_CHARS)],
+    BeforeValidator(_scalar),
+]
+
+
+class Outcome(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    prediction_id: str = Field(min_length=1, max_length=64, description="as answered with the prediction")
+    value: OutcomeValue = Field(
+        description="regression: the observed value (a number); classification: a label of the model or "
+        "its class index (binary: also true = the positive label). A value of the right JSON type but "
+        "wrong for the model (an unknown label, an index out of range) is answered as `invalid`"
+    )
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    outcomes: list[Outcome] = Field(min_length=1, description="at most LRBNN_MAX_INSTANCES per request")
+
+
+class InvalidOutcome(BaseModel):
+    prediction_id: str
+    error: str
+
+
+class FeedbackResponse(BaseModel):
+    model_config = ConfigDict(protected_namespaces=())
+
+    model_name: str
+    accepted: list[str] = Field(description="stored and committed (durable) before this answer")
+    unknown: list[str] = Field(description="no stored prediction of this model has the id")
+    duplicate: list[str] = Field(description="the prediction has an outcome already; the first one stands")
+    invalid: list[InvalidOutcome] = Field(description="a value of the wrong type for the model's task")
+
+
 # -- V2 (Open Inference Protocol) and probes: documentation of the wire format ------------------------
 # The V2 handlers parse raw bytes (tritonclient sends no Content-Type) and check every field by hand;
 # these models document exactly what they accept, so the OpenAPI document is the real contract there too.
@@ -173,7 +236,9 @@ class V2TensorInput(BaseModel):
 
 
 class V2RequestedOutput(BaseModel):
-    name: Literal["mean", "variance", "epistemic", "aleatoric", "ood_score", "novelty_score", "ood"]
+    name: Literal[
+        "mean", "variance", "epistemic", "aleatoric", "ood_score", "novelty_score", "ood", "prediction_id"
+    ]
     parameters: dict[str, Any] | None = Field(default=None, description="`binary_data`: bool")
 
 
@@ -194,7 +259,7 @@ class V2TensorOutput(BaseModel):
     name: str
     datatype: str
     shape: list[int]
-    data: list[float | bool] | None = None
+    data: list[float | bool | str] | None = None
     parameters: dict[str, Any] | None = None
 
 

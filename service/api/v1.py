@@ -15,6 +15,8 @@ from service.api.deps import app_state, disconnect_waiter
 from service.api.schemas import (
     ErrorResponse,
     FeatureInfo,
+    FeedbackRequest,
+    FeedbackResponse,
     ModelInfo,
     ModelsResponse,
     PredictRequest,
@@ -24,6 +26,7 @@ from service.api.schemas import (
 )
 from service.errors import Forbidden
 from service.inference import InferenceResult
+from service.outcomes import feedback as record_feedback
 from service.repository import ServedModel
 from service.state import Endpoint
 
@@ -61,6 +64,7 @@ def _predictions(result: InferenceResult) -> list[dict[str, Any]]:
             "novelty_score": None if novelty is None else novelty[i],
             "ood": ood[i],
             "ood_reasons": result.ood_reasons[i],
+            "prediction_id": result.prediction_ids[i],
             "imputed": result.imputed[i],
             "flagged": result.flagged[i],
         }
@@ -104,6 +108,29 @@ async def predict(name: str, request: Request) -> Response:
                 "predictions": _predictions(result),
             }
         )
+
+
+@router.post(
+    "/v1/models/{name}/feedback",
+    response_model=FeedbackResponse,
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": {"$ref": "#/components/schemas/FeedbackRequest"}}},
+        }
+    },
+    summary="Report outcomes of earlier predictions (durable once answered; idempotent)",
+)
+async def feedback(name: str, request: Request) -> Response:
+    state = app_state(request)
+    async with state.track(request, name, Endpoint.V1_FEEDBACK) as served:
+        body = validate(FeedbackRequest, parse_json(await request.body()))
+        state.inference.check_count(len(body.outcomes), "outcomes")
+        request.state.instances = len(body.outcomes)
+        items = [(o.prediction_id, o.value) for o in body.outcomes]
+        result = await record_feedback(state.store, served.manifest, served.name, items, state.metrics)
+        return json_response(result.payload(served.name))
 
 
 def model_info(served: ServedModel, versions: list[str]) -> ModelInfo:

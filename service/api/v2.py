@@ -56,8 +56,9 @@ OUTPUTS: dict[str, tuple[str, type[np.generic]]] = {
     "ood_score": ("FP32", np.float32),
     "novelty_score": ("FP32", np.float32),
     "ood": ("BOOL", np.bool_),
+    "prediction_id": ("BYTES", np.object_),
 }
-DEFAULT_OUTPUTS = ("mean", "variance", "epistemic", "ood_score", "novelty_score", "ood")
+DEFAULT_OUTPUTS = ("mean", "variance", "epistemic", "ood_score", "novelty_score", "ood", "prediction_id")
 HEADER_LENGTH = "inference-header-content-length"
 SERVER_NAME = "lrbnn"
 SERVER_VERSION = "0.1.0"
@@ -354,8 +355,19 @@ def _encode(result: InferenceResult, body: dict[str, Any], requested: list[tuple
     blobs: list[bytes] = []
     for name, binary in requested:
         datatype, dtype = OUTPUTS[name]
+        if datatype == "BYTES":  # prediction_id: JSON strings, or length-prefixed bytes (OIP)
+            ids = result.prediction_ids
+            entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [len(ids)]}
+            if binary:
+                blob = b"".join(len(v).to_bytes(4, "little") + v.encode() for v in ids)
+                entry["parameters"] = {"binary_data_size": len(blob)}
+                blobs.append(blob)
+            else:
+                entry["data"] = ids
+            header["outputs"].append(entry)
+            continue
         arr = np.ascontiguousarray(_array(result, name), dtype=dtype)
-        entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
+        entry = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if binary:
             blob = arr.tobytes()
             entry["parameters"] = {"binary_data_size": len(blob)}

@@ -15,6 +15,7 @@ worker, each worker computing them over every worker's window merged: ``drift_sh
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
@@ -33,6 +34,21 @@ UNCERTAINTY_BUCKETS = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 
 DRIFT_STATISTICS = ("psi", "ks", "wasserstein")
 #: Mahalanobis distances: in-distribution inputs of d features sit near sqrt(d) (5.6 for ICU's 31), a
 #: unit error at tens to thousands
+#: prediction -> outcome: a forecast's truth an hour later, a discharge days to weeks later
+DELAY_BUCKETS = (
+    1.0,
+    60.0,
+    600.0,
+    3600.0,
+    6 * 3600.0,
+    86400.0,
+    2 * 86400.0,
+    4 * 86400.0,
+    7 * 86400.0,
+    14 * 86400.0,
+    30 * 86400.0,
+    90 * 86400.0,
+)
 NOVELTY_BUCKETS = (1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0, 8.0, 10.0, 12.5, 15.0, 20.0, 30.0, 50.0, 100.0, 1000.0)
 
 
@@ -136,6 +152,36 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.outcomes = Counter(
+            "lrbnn_outcomes", "Outcomes accepted (joined to their predictions).", ["model"], registry=r
+        )
+        self.outcome_delay = Histogram(
+            "lrbnn_outcome_delay_seconds",
+            "Time from a prediction to its accepted outcome.",
+            ["model"],
+            buckets=DELAY_BUCKETS,
+            registry=r,
+        )
+        self.realized = Gauge(
+            "lrbnn_realized_performance",
+            "Performance on the latest joined outcomes (LRBNN_PERFORMANCE_WINDOW); NaN where undefined.",
+            ["model", "metric"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.estimated = Gauge(
+            "lrbnn_estimated_performance",
+            "Label-free (CBPE) estimate over the latest predictions, assuming calibrated probabilities.",
+            ["model", "metric"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
+        self.store_predictions = Counter(
+            "lrbnn_store_predictions",
+            "Predicted instances by what the store did with them (stored, queue_full, error).",
+            ["model", "result"],
+            registry=r,
+        )
         self.inflight = Gauge(
             "lrbnn_inflight_requests",
             "Requests being served.",
@@ -155,7 +201,16 @@ class Metrics:
         self._info_labels: dict[str, tuple[str, ...]] = {}
 
     def register_model(
-        self, model: str, version: str, sha256: str, method: str, rank: str, device: str
+        self,
+        model: str,
+        version: str,
+        sha256: str,
+        method: str,
+        rank: str,
+        device: str,
+        realized: Sequence[str] = (),
+        estimated: Sequence[str] = (),
+        store_results: Sequence[str] = (),
     ) -> None:
         """Create the model's series (zeros) and point ``lrbnn_model_info`` at this version."""
         old = self._info_labels.pop(model, None)
@@ -176,6 +231,14 @@ class Metrics:
             self.drift.labels(model, stat)
         for reason in Reason:
             self.rejected.labels(model, reason.value)
+        self.outcomes.labels(model)
+        self.outcome_delay.labels(model)
+        for metric in realized:  # NaN until outcomes arrive: "no data", not a perfect 0
+            self.realized.labels(model, metric).set(float("nan"))
+        for metric in estimated:
+            self.estimated.labels(model, metric).set(float("nan"))
+        for result in store_results:
+            self.store_predictions.labels(model, result)
 
     def child(self, metric: Any, *labels: str) -> Any:
         """``metric.labels(*labels)``, memoised: prometheus-client's ``labels`` validates and locks on

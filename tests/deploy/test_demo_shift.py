@@ -88,7 +88,7 @@ def test_drive_is_bounded_and_counts() -> None:
     finally:
         srv.shutdown()
         srv.server_close()
-    assert stats == {"requests": 7, "ok": 7, "failed": 0, "predictions": 28, "ood": 7}
+    assert stats == {"requests": 7, "ok": 7, "failed": 0, "predictions": 28, "ood": 7, "outcomes": 0}
     assert _Predict.bodies[0]["parameters"]["samples"] == 8
 
 

@@ -86,7 +86,13 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
         pytest.skip(f"bundled model missing: {manifest}")
     tmp = tmp_path_factory.mktemp("e2e")
     svc_port, prom_port = _free_port(), _free_port()
-    env = dict(os.environ, LRBNN_DRIFT_WINDOW="200", LRBNN_DEVICE="cpu", LRBNN_API_TOKENS="")
+    env = dict(
+        os.environ,
+        LRBNN_DRIFT_WINDOW="200",
+        LRBNN_DEVICE="cpu",
+        LRBNN_API_TOKENS="",
+        LRBNN_STATE_DIR=str(tmp / "state"),  # a store of its own: only this test's outcomes
+    )
     env.pop("LRBNN_API_TOKENS")
     svc_log = tmp / "service.log"
     svc = subprocess.Popen(
@@ -159,9 +165,13 @@ def _query(prom: str, expr: str) -> dict[str, Any]:
 
 
 def _drift_alert_state(prom: str) -> str | None:
+    return _alert_state(prom, "LrbnnUncertaintyDrift")
+
+
+def _alert_state(prom: str, name: str) -> str | None:
     _, doc = _get(f"{prom}/api/v1/alerts")
     for a in doc["data"]["alerts"]:
-        if a["labels"].get("alertname") == "LrbnnUncertaintyDrift" and a["labels"].get("model") == MODEL:
+        if a["labels"].get("alertname") == name and a["labels"].get("model") == MODEL:
             return str(a["state"])
     return None
 
@@ -171,13 +181,30 @@ def test_dashboards_and_rules_against_real_prometheus(stack: dict[str, str]) -> 
     features = demo.features_from_manifest(json.loads(Path(stack["manifest"]).read_text()))
     prom = stack["prometheus"]
 
-    ind = demo.drive(stack["service"], MODEL, lambda r: demo.in_distribution(features, r), 20, 4, seed=1)
+    ind = demo.drive(
+        stack["service"],
+        MODEL,
+        lambda r: demo.in_distribution(features, r),
+        20,
+        4,
+        seed=1,
+        outcome=demo.calibrated_outcome,
+    )
     assert ind["ok"] > 10 and ind["failed"] == 0, ind
+    assert ind["outcomes"] == ind["predictions"], ind
     time.sleep(3)  # a scrape and a rule evaluation after the phase
     state_in = _drift_alert_state(prom)
 
-    sh = demo.drive(stack["service"], MODEL, lambda r: demo.shifted(features, r), 30, 4, seed=2)
-    assert sh["ok"] > 10 and sh["failed"] == 0, sh
+    sh = demo.drive(
+        stack["service"],
+        MODEL,
+        lambda r: demo.shifted(features, r),
+        30,
+        4,
+        seed=2,
+        outcome=demo.reversed_outcome,
+    )
+    assert sh["ok"] > 10 and sh["failed"] == 0 and sh["outcomes"] == sh["predictions"], sh
     assert sh["ood"] / sh["predictions"] > ind["ood"] / ind["predictions"], (ind, sh)
 
     # The drift alert goes pending/firing on the shifted traffic.
@@ -190,6 +217,16 @@ def test_dashboards_and_rules_against_real_prometheus(stack: dict[str, str]) -> 
     assert state in ("pending", "firing"), (
         f"drift alert state {state} (after in-distribution: {state_in}); {psi}"
     )
+    # The outcomes of the shifted patients contradict the model: realized calibration and coverage
+    # alerts go pending/firing (the realized window is mostly the shifted phase's outcomes).
+    for alert in ("LrbnnRealizedCalibrationPoor", "LrbnnCoverageBelowNominal"):
+        deadline = time.monotonic() + 20
+        got = _alert_state(prom, alert)
+        while got not in ("pending", "firing") and time.monotonic() < deadline:
+            time.sleep(1)
+            got = _alert_state(prom, alert)
+        realized = _query(prom, f'lrbnn_realized_performance{{model="{MODEL}"}}')["result"]
+        assert got in ("pending", "firing"), f"{alert}: {got}; {realized}"
 
     # Every expression evaluates; the core ones return data.
     exprs = dashboard_exprs(rate_interval="30s", model=MODEL) + rule_exprs()
@@ -203,6 +240,10 @@ def test_dashboards_and_rules_against_real_prometheus(stack: dict[str, str]) -> 
         "drift": 'lrbnn_uncertainty_drift{model="icu-mortality",statistic="psi"}',
         "OOD rate": "max(lrbnn_ood_rate",
         "recorded request rate": "sum by (model) (rate(lrbnn_request_duration_seconds_count[5m]))",
+        "realized accuracy": 'max(lrbnn_realized_performance{model="icu-mortality",metric="accuracy"})',
+        "estimated accuracy": 'max(lrbnn_estimated_performance{model="icu-mortality",metric="accuracy"})',
+        "coverage": 'lrbnn_realized_performance{model="icu-mortality",metric=~"set_coverage|',
+        "outcomes arriving": 'sum(rate(lrbnn_outcomes_total{model="icu-mortality"}',
     }
     empty_exprs = {e for _, e in empty}
     for name, needle in core.items():

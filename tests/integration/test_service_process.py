@@ -127,10 +127,12 @@ def test_v2_with_tritonclient(server: Server) -> None:
         inp.set_data_from_numpy(x, binary_data=binary)
         outs = [
             httpclient.InferRequestedOutput(n, binary_data=binary)
-            for n in ("mean", "variance", "epistemic", "ood_score", "ood")
+            for n in ("mean", "variance", "epistemic", "ood_score", "ood", "prediction_id")
         ]
         res = client.infer("toy", [inp], outputs=outs, parameters={"seed": 3, "samples": 32})
         mean, ood = res.as_numpy("mean"), res.as_numpy("ood")
+        ids = [v.decode() if isinstance(v, bytes) else str(v) for v in res.as_numpy("prediction_id")]
+        assert len(ids) == len(set(ids)) == 2 and all(len(i) == 32 and int(i, 16) >= 0 for i in ids)
         assert mean.shape == (2,) and mean.dtype == np.float32 and ((mean > 0) & (mean < 1)).all()
         assert ood.dtype == np.bool_
     # the same call without requested outputs uses the contract's default set

@@ -71,6 +71,8 @@ async def test_every_non_public_route_needs_a_token(serve_app: ServeApp) -> None
         for method, template in guarded:
             path = template.replace("{name}", toy.MODEL).replace("{version}", "1")
             body = infer if "/v2/" in path else {"instances": [toy.instance()]}
+            if path.endswith("/feedback"):
+                body = {"outcomes": [{"prediction_id": "0" * 32, "value": 1}]}
             kwargs = {"json": body} if method == "POST" and "reload" not in path else {}
             user_ok = path not in {t.replace("{name}", toy.MODEL) for t in ADMIN_ROUTES}
             for header, want in (

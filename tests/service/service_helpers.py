@@ -57,3 +57,20 @@ def metric_value(text: str, name: str, **labels: str) -> float | None:
             if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
                 return float(sample.value)
     return None
+
+
+def without_ids(obj: Any) -> Any:
+    """An answer (V1 or V2 JSON) without its prediction ids, which differ on every answer by design: for
+    comparing the answers themselves (seeded reproducibility, batching identity)."""
+    if isinstance(obj, dict):
+        return {k: without_ids(v) for k, v in obj.items() if k != "prediction_id"}
+    if isinstance(obj, list):
+        return [without_ids(v) for v in obj if not (isinstance(v, dict) and v.get("name") == "prediction_id")]
+    return obj
+
+
+def redact_ids(content: bytes) -> bytes:
+    """Raw answer bytes with every prediction id (32 hex digits) replaced by a placeholder of equal length."""
+    import re
+
+    return re.sub(rb"\b[0-9a-f]{32}\b", b"#" * 32, content)

@@ -7,7 +7,7 @@ import math
 import orjson
 import pytest
 import toy
-from service_helpers import ServeApp, metric_value
+from service_helpers import ServeApp, metric_value, without_ids
 
 pytestmark = pytest.mark.anyio
 PREDICT = "/v1/models/toy:predict"
@@ -31,6 +31,7 @@ async def test_predict_answers_contract_fields(serve_app: ServeApp) -> None:
                 "novelty_score",
                 "ood",
                 "ood_reasons",
+                "prediction_id",
                 "prediction_set",
                 "imputed",
                 "flagged",
@@ -51,7 +52,8 @@ async def test_same_seed_same_answer_and_default_samples(serve_app: ServeApp) ->
     async with serve_app() as client:
         body = {"instances": [toy.instance()], "parameters": {"seed": 11}}
         a, b = (await client.post(PREDICT, json=body)).json(), (await client.post(PREDICT, json=body)).json()
-        assert a == b
+        assert without_ids(a) == without_ids(b)
+        assert a["predictions"][0]["prediction_id"] != b["predictions"][0]["prediction_id"]
         assert a["samples"] == 32  # the toy manifest's calibration.default_samples
 
 

@@ -44,7 +44,16 @@ async def test_infer_without_content_type_matches_v1(serve_app: ServeApp) -> Non
         assert "content-type" not in r.request.headers
         assert r.status_code == 200, r.text
         out = {o["name"]: o for o in r.json()["outputs"]}
-        assert set(out) == {"mean", "variance", "epistemic", "ood_score", "novelty_score", "ood"}
+        assert set(out) == {
+            "mean",
+            "variance",
+            "epistemic",
+            "ood_score",
+            "novelty_score",
+            "ood",
+            "prediction_id",
+        }
+        assert out["prediction_id"]["datatype"] == "BYTES" and len(set(out["prediction_id"]["data"])) == 2
         assert out["mean"]["shape"] == [2] and out["ood"]["datatype"] == "BOOL"
         v1 = await client.post(
             "/v1/models/toy:predict",

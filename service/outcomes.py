@@ -1,0 +1,141 @@
+"""Outcomes reported after the fact (``POST /v1/models/{name}/feedback``): checked, joined, stored durably.
+
+Each outcome gets one status: ``accepted`` (stored and committed before the answer), ``unknown`` (no
+stored prediction of this model has that id: never made, made by another model, purged by retention, or
+made while the store could not keep it), ``duplicate`` (the prediction has an outcome already: the first
+one stands, so repeating a request changes nothing) or ``invalid`` (a value of the wrong type for the
+model's task, with the reason). A malformed body is a 400/422 naming the field, as everywhere else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from model_core.checkpoint.manifest import Manifest, Task
+from service.errors import ServiceError
+from service.monitoring.metrics import Metrics
+from service.store.db import OutcomeStatus, PredictionStore
+
+#: how long a feedback request waits for this process's queued predictions to be written, so that an
+#: outcome sent right after its prediction finds it (the writer flushes every 50 ms)
+FLUSH_WAIT_S = 2.0
+
+
+class StoreUnavailable(ServiceError):
+    """The prediction store is off or cannot be reached: feedback cannot be taken now (503)."""
+
+    status = 503
+
+
+def outcome_value(manifest: Manifest, value: Any) -> float:
+    """The stored form of one outcome: the observed value (regression) or the class index.
+
+    Classification takes a label name of the manifest, or its index (an integer; ``true``/``false`` for
+    the positive / other class of a binary model). Raises ``ValueError`` naming what is wrong.
+    """
+    labels = manifest.output_schema.labels or []
+    if manifest.task is Task.REGRESSION:
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"a regression outcome is a number, got {type(value).__name__}")
+        if not math.isfinite(value):
+            raise ValueError("a regression outcome must be finite")
+        return float(value)
+    classes = len(labels) if labels else (2 if manifest.task is Task.BINARY else 0)
+    if isinstance(value, bool):
+        if manifest.task is not Task.BINARY:
+            raise ValueError("true/false is an outcome of a binary model only; send a label")
+        return 1.0 if value else 0.0
+    if isinstance(value, str):
+        if value not in labels:
+            raise ValueError(f"unknown label {value!r}; labels: {labels}")
+        return float(labels.index(value))
+    if isinstance(value, int):
+        if not 0 <= value < classes:
+            raise ValueError(f"a class index is between 0 and {classes - 1}, got {value}")
+        return float(value)
+    if isinstance(value, float) and value.is_integer() and 0 <= value < classes:
+        return value
+    raise ValueError(f"a classification outcome is a label or a class index, got {value!r}")
+
+
+@dataclass
+class FeedbackResult:
+    accepted: list[str] = field(default_factory=list)
+    unknown: list[str] = field(default_factory=list)
+    duplicate: list[str] = field(default_factory=list)
+    invalid: list[dict[str, str]] = field(default_factory=list)
+
+    def payload(self, model: str) -> dict[str, Any]:
+        return {
+            "model_name": model,
+            OutcomeStatus.ACCEPTED.value: self.accepted,
+            OutcomeStatus.UNKNOWN.value: self.unknown,
+            OutcomeStatus.DUPLICATE.value: self.duplicate,
+            OutcomeStatus.INVALID.value: self.invalid,
+        }
+
+
+def record_feedback(
+    store: PredictionStore, manifest: Manifest, model: str, items: list[tuple[str, Any]], metrics: Metrics
+) -> FeedbackResult:
+    """Classify and store ``items`` (prediction id, value); runs in a worker thread (it blocks on I/O)."""
+    store.flush(FLUSH_WAIT_S)
+    result = FeedbackResult()
+    values: dict[str, float] = {}
+    seen: set[str] = set()
+    known = store.lookup(model, [pid for pid, _ in items])
+    for pid, raw in items:
+        if pid in seen:
+            result.duplicate.append(pid)
+            continue
+        seen.add(pid)
+        if pid not in known:
+            result.unknown.append(pid)
+            continue
+        try:
+            value = outcome_value(manifest, raw)
+        except ValueError as exc:
+            result.invalid.append({"prediction_id": pid, "error": str(exc)})
+            continue
+        if known[pid][1]:
+            result.duplicate.append(pid)
+            continue
+        values[pid] = value
+    if values:
+        received = time.time()
+        raced = store.record_outcomes(model, values, received)
+        delays = metrics.child(metrics.outcome_delay, model)
+        for pid in values:
+            if pid in raced:
+                result.duplicate.append(pid)
+            else:
+                result.accepted.append(pid)
+                delays.observe(max(0.0, received - known[pid][0]))
+        metrics.child(metrics.outcomes, model).inc(len(values) - len(raced))
+    return result
+
+
+async def feedback(
+    store: PredictionStore | None,
+    manifest: Manifest,
+    model: str,
+    items: list[tuple[str, Any]],
+    metrics: Metrics,
+) -> FeedbackResult:
+    if store is None:
+        raise StoreUnavailable("feedback is off: the prediction store is disabled (LRBNN_STORE_URL=none)")
+    if not store.ready:
+        raise StoreUnavailable(f"the prediction store is not reachable: {store.error}", retry_after_s=5)
+    try:
+        return await asyncio.to_thread(record_feedback, store, manifest, model, items, metrics)
+    except ServiceError:
+        raise
+    except Exception as exc:  # the database went away mid-request: nothing was acknowledged
+        raise StoreUnavailable(
+            f"the prediction store failed ({type(exc).__name__}); nothing of this request was stored",
+            retry_after_s=5,
+        ) from exc

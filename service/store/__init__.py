@@ -1,0 +1,1 @@
+"""The prediction store: every prediction's outputs (and, optionally, features) and its later outcome."""
