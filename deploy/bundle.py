@@ -14,6 +14,13 @@ already in the repository (the weights are not touched):
 
     python deploy/bundle.py --record-check deploy/models/review-sentiment/1 --check-rows 300 \
         --data-dir ../shared/data
+
+``--record-feature-reference DIR`` adds ``drift_reference.features`` (each input feature's training
+distribution, the reference of the served ``lrbnn_feature_drift`` gauges; a text model's token length
+and unknown-token rate) to a model bundled before training stored it, from the very training split it
+was trained on (weights untouched):
+
+    python deploy/bundle.py --record-feature-reference deploy/models/icu-mortality/1 --data-dir ../shared/data
 """
 
 from __future__ import annotations
@@ -59,6 +66,26 @@ def record_check(target: Path, data_dir: str | None, rows: int, seed: int = 0) -
     return check
 
 
+def record_feature_reference(target: Path, data_dir: str | None) -> int:
+    """Compute and record ``drift_reference.features`` from the training split; returns the feature count
+    (the same computation as training, ``model_core.training.pipeline.feature_reference``)."""
+    import argparse as _argparse
+
+    from model_core.cli.common import load_task_splits
+    from model_core.training.pipeline import feature_reference
+
+    ckpt = load_checkpoint(target)
+    meta = dict(ckpt.manifest.training)
+    splits = load_task_splits(_argparse.Namespace(data_dir=data_dir, task=meta.get("task")), meta)
+    refs = feature_reference(splits)
+    manifest_path = target / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["drift_reference"]["features"] = [r.model_dump(mode="json", exclude_none=True) for r in refs]
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    load_checkpoint(target)  # the manifest still verifies
+    return len(refs)
+
+
 def bundle(source: Path, repository: Path, name: str, version: str, command: str) -> Path:
     load_checkpoint(source)  # refuse to bundle anything that does not verify
     target = repository / name / version
@@ -93,7 +120,17 @@ def main(argv: list[str] | None = None) -> int:
         "--data-dir", default=None, help="data directory for --check-rows (default: $LRBNN_DATA_DIR)"
     )
     p.add_argument("--record-check", type=Path, default=None, metavar="DIR", help="an already bundled model")
+    p.add_argument(
+        "--record-feature-reference",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record drift_reference.features in an already bundled model",
+    )
     args = p.parse_args(argv)
+    if args.record_feature_reference is not None:
+        print(record_feature_reference(args.record_feature_reference, args.data_dir))
+        return 0
     if args.check_rows is not None and args.check_rows <= 0:
         p.error("--check-rows must be positive")
     if args.record_check is not None:

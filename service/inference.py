@@ -15,7 +15,7 @@ import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -26,6 +26,7 @@ from service.batching import ModelBatcher
 from service.errors import InvalidInput, PayloadTooLarge
 from service.monitoring.drift import DriftMonitor, WindowState
 from service.monitoring.drift_share import DriftShare
+from service.monitoring.feature_drift import FEATURE_STATISTICS, FeatureDriftMonitor, FeatureWindowState
 from service.monitoring.metrics import DRIFT_STATISTICS, Metrics, reason_label
 from service.monitoring.performance import estimated_metrics, realized_metrics
 from service.repository import ServedModel
@@ -34,6 +35,7 @@ from service.settings import Settings
 from service.store.db import PredictionBatch, PredictionStore, StoreResult
 
 log = logging.getLogger("lrbnn.service.inference")
+S = TypeVar("S", WindowState, FeatureWindowState)
 
 MAX_SEED = 2**63 - 1
 #: requests set a model's drift gauges at most this often (``/metrics`` sets them on every scrape)
@@ -42,6 +44,10 @@ DRIFT_PUBLISH_INTERVAL_S = 0.1
 #: window under the model's name): the same ring buffer, statistics and multi-worker sharing, against
 #: ``calibration.novelty.quantiles``. A unit separator cannot occur in a model directory's name.
 NOVELTY_WINDOW = "\x1fnovelty"
+
+
+#: the key of a model's per-feature window (``InferenceService.features``) in the worker share
+FEATURES_WINDOW = "\x1ffeatures"
 
 
 def novelty_key(model: str) -> str:
@@ -141,6 +147,8 @@ class InferenceService:
         self.metrics = metrics
         self.batchers: dict[str, ModelBatcher] = {}
         self.drift: dict[str, DriftMonitor] = {}
+        #: per-feature drift windows, by model (tabular checkpoints with drift_reference.features)
+        self.features: dict[str, FeatureDriftMonitor] = {}
         self._versions: dict[str, str] = {}  # the version each drift window is of
         self._published: dict[str, float] = {}  # when each model's drift gauges were last set
         #: with several workers: the drift windows merged over all of them (None: one process)
@@ -180,10 +188,21 @@ class InferenceService:
         else:  # a reload to a version without a detector: no stale window
             self.drift.pop(key, None)
             self._versions.pop(key, None)
+        refs = served.manifest.drift_reference.features
+        binner = served.inputs.feature_binner(refs) if refs else None
+        if binner is not None:
+            self.features[served.name] = FeatureDriftMonitor(binner, self.settings.drift_window)
+            self._versions[served.name + FEATURES_WINDOW] = served.version
+            for name, kind in zip(binner.names, binner.kinds, strict=True):
+                for stat in FEATURE_STATISTICS if kind == "numeric" else ("psi",):
+                    self.metrics.child(self.metrics.feature_drift, served.name, name, stat)
+        else:
+            self.features.pop(served.name, None)
         if self.share is not None:  # a reload: this worker's window of the old version is gone
             with contextlib.suppress(OSError):
                 self.share.discard_others(served.name, served.version)
                 self.share.discard_others(key, served.version)
+                self.share.discard_others(served.name + FEATURES_WINDOW, served.version)
         if served.name not in self.batchers:
             batcher = ModelBatcher(
                 served.name,
@@ -217,12 +236,14 @@ class InferenceService:
     async def _keep_sharing(self, interval_s: float) -> None:
         while True:
             await asyncio.sleep(interval_s)
-            for model, monitor in list(self.drift.items()):
+            windows: list[tuple[str, DriftMonitor | FeatureDriftMonitor]] = list(self.drift.items())
+            windows += [(m + FEATURES_WINDOW, f) for m, f in self.features.items()]
+            for key, monitor in windows:
                 # added, then state: both only change on this (the event-loop) thread, so they agree
-                if self._shared.get(model) != (self._versions[model], monitor.added):
-                    self._share(model, monitor.state(), monitor.added)  # never raises
+                if self._shared.get(key) != (self._versions[key], monitor.added):
+                    self._share(key, monitor.state(), monitor.added)  # never raises
 
-    def _share(self, model: str, state: WindowState, added: int) -> bool:
+    def _share(self, model: str, state: WindowState | FeatureWindowState, added: int) -> bool:
         """Write this worker's window of ``model`` unless that state is written already; False when the
         folder cannot be written (logged once per distinct error, not every 100 ms)."""
         assert self.share is not None
@@ -240,12 +261,12 @@ class InferenceService:
         self._shared[model] = (version, added)
         return True
 
-    def _merged(self, model: str, state: WindowState) -> WindowState:
+    def _merged(self, model: str, state: S) -> S:
         """This worker's window plus the other live workers' latest windows of the same version; a window
         that cannot be read or merged is skipped (logged), never the request that published."""
         assert self.share is not None
         try:
-            others = self.share.others(model, self._versions[model])
+            others = self.share.others(model, self._versions[model], type(state))
         except Exception:
             log.exception("drift windows of the other workers not read", extra={"model": model})
             return state
@@ -303,7 +324,7 @@ class InferenceService:
         if served.manifest.task is Task.REGRESSION:
             outputs = {**outputs, **calibrated_interval(served.manifest.calibration, outputs)}
         outputs, ood, why = decide(served, outputs, enc.z, enc.implausible)
-        self.record(served, outputs, ood, why)
+        self.record(served, outputs, ood, why, enc.z)
         ids = new_ids(len(rows))
         sets = label_sets(served, outputs)
         if self.store is not None:
@@ -323,8 +344,15 @@ class InferenceService:
             )
         return InferenceResult(served, s, outputs, ood, enc.imputed, enc.flagged, why, ids, sets)
 
-    def record(self, served: ServedModel, outputs: Outputs, ood: np.ndarray, why: list[list[str]]) -> None:
-        """Uncertainty histograms, counters and the drift window: O(batch), never O(window)."""
+    def record(
+        self,
+        served: ServedModel,
+        outputs: Outputs,
+        ood: np.ndarray,
+        why: list[list[str]],
+        z: np.ndarray | None = None,
+    ) -> None:
+        """Uncertainty histograms, counters and the drift windows: O(batch), never O(window)."""
         m, name = self.metrics, served.name
         n = int(ood.shape[0])
         m.child(m.predictions, name).inc(n)
@@ -344,6 +372,9 @@ class InferenceService:
         self.drift[name].add(outputs["ood_score"], ood)
         if "novelty_score" in outputs and novelty_key(name) in self.drift:
             self.drift[novelty_key(name)].add(outputs["novelty_score"])
+        features = self.features.get(name)
+        if features is not None and z is not None:
+            features.add(z)
         now = time.monotonic()
         if now - self._published.get(name, -math.inf) >= DRIFT_PUBLISH_INTERVAL_S:
             self.publish_drift(name, now)
@@ -378,3 +409,17 @@ class InferenceService:
             m.child(m.ood_rate, key).set(stats.ood_rate)
             for stat in DRIFT_STATISTICS:
                 m.child(m.drift, key, stat).set(getattr(stats, stat))
+            self._publish_features(key)
+
+    def _publish_features(self, name: str) -> None:
+        """Set ``lrbnn_feature_drift`` of one model from its window (merged over workers): O(F·n)."""
+        monitor = self.features.get(name)
+        if monitor is None:
+            return
+        m, key = self.metrics, name + FEATURES_WINDOW
+        f_state = monitor.state()
+        if self.share is not None and self._share(key, f_state, monitor.added):
+            f_state = self._merged(key, f_state)
+        for feature, values in monitor.stats_of(f_state).items():
+            for stat, value in values.items():
+                m.child(m.feature_drift, name, feature, stat).set(value)

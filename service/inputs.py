@@ -33,9 +33,10 @@ from typing import Any
 
 import numpy as np
 
-from model_core.checkpoint.manifest import InputSchema
+from model_core.checkpoint.manifest import FeatureDistribution, InputSchema
 from model_core.data.preprocessing import FeatureSpec, PreprocessingError, Preprocessor
 from model_core.data.tokenizer import WordTokenizer
+from model_core.feature_reference import FeatureBinner
 from service.api.body import whole_number
 from service.errors import InvalidInput
 
@@ -151,6 +152,10 @@ class InputAdapter(ABC):
     #: text's token ids, from which the free text could be read back
     stores_features: bool = True
 
+    def feature_binner(self, refs: list[FeatureDistribution]) -> FeatureBinner | None:
+        """The binning of per-feature drift (tabular inputs only; None: this kind has none)."""
+        return None
+
     @abstractmethod
     def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
         """Validate and transform V1 instances; :class:`InvalidInput` names the offending field."""
@@ -188,6 +193,9 @@ class TabularInput(InputAdapter):
 
     def warmup_instances(self) -> list[dict[str, Any]]:
         return [{}]
+
+    def feature_binner(self, refs: list[FeatureDistribution]) -> FeatureBinner | None:
+        return FeatureBinner.tabular(self.pre, refs)
 
     def v2_input(self) -> TensorSpec:
         return TensorSpec("features", "FP32", [-1, len(self.pre.features)], aliases=("input__0",))
@@ -295,6 +303,9 @@ class SequenceInput(InputAdapter):
     def warmup_instances(self) -> list[dict[str, Any]]:
         return [{self.key: [{} for _ in range(self.window)]}]
 
+    def feature_binner(self, refs: list[FeatureDistribution]) -> FeatureBinner | None:
+        return FeatureBinner.sequence(self.pre, refs)
+
     def v2_input(self) -> TensorSpec:
         return TensorSpec("window", "FP32", [-1, self.window, len(self.pre.features)], aliases=("input__0",))
 
@@ -355,6 +366,9 @@ class TextInput(InputAdapter):
 
     def warmup_instances(self) -> list[dict[str, Any]]:
         return [{self.key: ""}]
+
+    def feature_binner(self, refs: list[FeatureDistribution]) -> FeatureBinner | None:
+        return FeatureBinner.text(refs)
 
     def v2_input(self) -> TensorSpec:
         return TensorSpec("text", "BYTES", [-1], aliases=("input__0",))

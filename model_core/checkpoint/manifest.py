@@ -113,12 +113,28 @@ class Calibration(BaseModel):
     interval_scales: dict[str, float] = Field(default_factory=dict)
 
 
+class FeatureDistribution(BaseModel):
+    """One input feature's training distribution, the reference of its served drift gauges
+    (``model_core.feature_reference``): a numeric feature's evenly spaced quantiles on the preprocessed,
+    unclipped scale, or a categorical feature's share of each category (the input schema's order)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str
+    kind: Literal["numeric", "categorical"]
+    quantiles: SortedQuantiles | None = None
+    proportions: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
+    n: int = Field(ge=1, description="training rows the reference was computed from")
+
+
 class DriftReference(BaseModel):
-    """In-distribution validation OOD scores, stored as evenly spaced quantiles (sorted)."""
+    """In-distribution validation OOD scores, stored as evenly spaced quantiles (sorted), and (tabular
+    models) each input feature's training distribution."""
 
     score: OODScore
     quantiles: SortedQuantiles
     n_scores: int = Field(ge=1)
+    features: list[FeatureDistribution] | None = None
 
 
 class Manifest(BaseModel):

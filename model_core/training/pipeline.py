@@ -12,11 +12,19 @@ import torch
 
 from model_core.calibration import ConformalInputs, NoveltyScores, calibrate
 from model_core.checkpoint.io import load_checkpoint, save_checkpoint, write_manifest
-from model_core.checkpoint.manifest import FORMAT_VERSION, InputSchema, Manifest, OutputSchema, Task
+from model_core.checkpoint.manifest import (
+    FORMAT_VERSION,
+    FeatureDistribution,
+    InputSchema,
+    Manifest,
+    OutputSchema,
+    Task,
+)
 from model_core.data.air import SequenceSplits
 from model_core.data.dataset import TabularSplits
 from model_core.data.sentiment import TextSplits
 from model_core.evaluation import evaluate_checkpoint
+from model_core.feature_reference import fit_feature_reference, fit_text_reference, latest_hour
 from model_core.layers.base import BayesianModule
 from model_core.layers.deterministic import DeterministicLinear
 from model_core.layers.lowrank import LowRankBayesLinear
@@ -119,6 +127,16 @@ def _implausible(splits: TabularSplits, z: np.ndarray) -> np.ndarray | None:
     if isinstance(splits, TextSplits):
         return None
     return splits.preprocessor.implausible_rows(z)
+
+
+def feature_reference(splits: TabularSplits) -> list[FeatureDistribution]:
+    """The training distribution of each served drift feature (``model_core.feature_reference``)."""
+    z = splits.novelty_input("train")
+    if isinstance(splits, TextSplits):
+        return fit_text_reference(z)
+    if isinstance(splits, SequenceSplits):
+        return fit_feature_reference(splits.preprocessor, latest_hour(z))
+    return fit_feature_reference(splits.preprocessor, z)
 
 
 def _fit_novelty(model: BayesianModule, splits: TabularSplits) -> NoveltyDetector:
@@ -289,6 +307,7 @@ def train_checkpoint(
         implausible=_implausible(splits, cal.z),
         conformal=ConformalInputs(y_cal, val.mean.numpy(), val.variance.numpy()),
     )
+    drift.features = feature_reference(splits)
     if splits.task == "regression":
         output = OutputSchema(target=splits.target_name)
     else:

@@ -21,6 +21,7 @@ import logging
 import os
 import tempfile
 from pathlib import Path
+from typing import Any, Protocol
 from urllib.parse import quote
 
 import numpy as np
@@ -31,6 +32,13 @@ from service.sync import SYNC_DIR_ENV
 log = logging.getLogger("lrbnn.service.drift")
 
 SUFFIX = ".npy"
+
+
+class SharedState(Protocol):
+    """A window summary that merges by addition: ``WindowState``, ``FeatureWindowState``."""
+
+    def to_array(self) -> np.ndarray: ...
+
 
 
 def _alive(pid: int) -> bool:
@@ -58,7 +66,7 @@ class DriftShare:
     def _prefix(model: str, version: str) -> str:
         return f"{quote(model, safe='')}@{quote(version, safe='')}@"
 
-    def write(self, model: str, version: str, state: WindowState) -> None:
+    def write(self, model: str, version: str, state: SharedState) -> None:
         """Publish this worker's window of ``model`` at ``version`` (atomic replace)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{self._prefix(model, version)}{self.pid}{SUFFIX}"
@@ -72,10 +80,11 @@ class DriftShare:
                 os.unlink(tmp)
             raise
 
-    def others(self, model: str, version: str) -> list[WindowState]:
-        """The latest windows of ``model`` at ``version`` written by the other live workers."""
+    def others(self, model: str, version: str, state_type: Any = WindowState) -> list[Any]:
+        """The latest windows of ``model`` at ``version`` written by the other live workers, read back
+        with ``state_type.from_array``."""
         prefix = self._prefix(model, version)
-        out: list[WindowState] = []
+        out: list[Any] = []
         try:
             entries = list(os.scandir(self.folder))
         except FileNotFoundError:
@@ -88,7 +97,7 @@ class DriftShare:
             if not pid_text.isdigit() or int(pid_text) == self.pid or not _alive(int(pid_text)):
                 continue
             try:
-                out.append(WindowState.from_array(np.load(entry.path, allow_pickle=False)))
+                out.append(state_type.from_array(np.load(entry.path, allow_pickle=False)))
             except Exception as exc:  # never half-written (os.replace), but a folder can be tampered with
                 log.error("unreadable drift window", extra={"file": name, "error": repr(exc)})
         return out

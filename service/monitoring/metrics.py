@@ -152,6 +152,14 @@ class Metrics:
             registry=r,
             multiprocess_mode="livemostrecent",
         )
+        self.feature_drift = Gauge(
+            "lrbnn_feature_drift",
+            "Drift of each input feature's sliding window from its training distribution"
+            " (drift_reference.features).",
+            ["model", "feature", "statistic"],
+            registry=r,
+            multiprocess_mode="livemostrecent",
+        )
         self.outcomes = Counter(
             "lrbnn_outcomes", "Outcomes accepted (joined to their predictions).", ["model"], registry=r
         )

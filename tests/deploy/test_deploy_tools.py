@@ -232,7 +232,14 @@ def test_dashboard_structure() -> None:
     var = dash["templating"]["list"][0]
     assert var["name"] == "model" and "label_values(lrbnn_model_info, model)" in var["definition"]
     rows = {p["title"] for p in dash["panels"] if p["type"] == "row"}
-    assert rows == {"Traffic", "Latency", "Uncertainty", "Drift", "Model info"}
+    assert rows == {
+        "Traffic",
+        "Latency",
+        "Uncertainty",
+        "Drift",
+        "Outcomes and realized performance",
+        "Model info",
+    }
     ids = [p["id"] for p in dash["panels"]]
     assert len(ids) == len(set(ids))
     exprs = " ".join(e for _, e in dashboard_exprs())
@@ -249,6 +256,12 @@ def test_dashboard_structure() -> None:
         "lrbnn_ood_rate",
         "lrbnn_uncertainty_drift",
         "lrbnn_model_info",
+        "lrbnn_realized_performance",
+        "lrbnn_estimated_performance",
+        "lrbnn_outcomes_total",
+        "lrbnn_outcome_delay_seconds",
+        "lrbnn_store_predictions_total",
+        "lrbnn_feature_drift",
     ]:
         assert metric in exprs, metric
     ds = yaml.safe_load((DEPLOY / "grafana" / "provisioning" / "datasources" / "prometheus.yml").read_text())

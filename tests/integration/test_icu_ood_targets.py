@@ -108,3 +108,58 @@ def test_the_issue_example_is_flagged_with_its_reasons(icu_server: object) -> No
     assert pred["ood"] is True
     assert "implausible" in pred["ood_reasons"], pred
     assert set(pred["flagged"]) >= {"temp", "crea"}
+
+
+def _feature_gauges(url: str) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for s in family.samples:
+            if s.name == "lrbnn_feature_drift" and s.labels["model"] == ICU_MODEL:
+                out[(s.labels["feature"], s.labels["statistic"])] = float(s.value)
+    return out
+
+
+def test_unit_errors_move_exactly_the_gauges_of_their_features(icu_server: object, tmp_path: Path) -> None:
+    """Issue #15: a unit error moves the per-feature drift gauges of the changed feature and no other.
+
+    One server whose window holds exactly the rows sent: the test patients with the feature measured,
+    unchanged, then the same patients with the unit error (evicting every unchanged row). Every other
+    feature's window then holds the very same values, so its gauges must be equal, not merely close.
+    """
+    import pandas as pd
+
+    from model_core.data.icu import ICU_FEATURES, ICU_RELATIVE_PATH, ICU_TARGET, load_icu, unit_error_frames
+
+    _, data_dir = icu_server  # type: ignore[misc]
+    splits = load_icu(data_dir, seed=0)
+    frame = pd.read_csv(data_dir / ICU_RELATIVE_PATH)
+    frame = frame[frame[ICU_TARGET].notna()]
+    test = frame.loc[splits.source_rows["test"], list(ICU_FEATURES)]
+    shifted = unit_error_frames(test)
+    repo = tmp_path / "repo"
+    shutil.copytree(ICU_REPO / ICU_MODEL, repo / ICU_MODEL)
+    import json
+
+    refs = json.loads(next((repo / ICU_MODEL).glob("*/manifest.json")).read_text())["drift_reference"][
+        "features"
+    ]
+    series = sum(2 if r["kind"] == "numeric" else 1 for r in refs)  # numeric: psi and ks; categorical: psi
+    for name, feature in (("units_temp_fahrenheit", "temp"), ("units_crea_umol", "crea")):
+        rows = shifted[name]
+        unchanged = test.loc[rows.index]
+        srv = Server(repo, env={"LRBNN_DRIFT_WINDOW": str(len(rows))})
+        try:
+            srv.wait_ready(180)
+            _predict(srv.url, _records(unchanged))
+            before = _feature_gauges(srv.url)
+            _predict(srv.url, _records(rows))
+            after = _feature_gauges(srv.url)
+        finally:
+            srv.stop()
+        assert len(before) == series
+        moved = {k for k in before if before[k] != after[k]}
+        assert moved == {(feature, "psi"), (feature, "ks")}, (name, moved)
+        assert before[(feature, "psi")] < 0.1 and after[(feature, "psi")] > 1.0, (before, after)
+        print(name, {k: (before[k], after[k]) for k in moved})

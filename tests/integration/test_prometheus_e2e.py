@@ -219,7 +219,7 @@ def test_dashboards_and_rules_against_real_prometheus(stack: dict[str, str]) -> 
     )
     # The outcomes of the shifted patients contradict the model: realized calibration and coverage
     # alerts go pending/firing (the realized window is mostly the shifted phase's outcomes).
-    for alert in ("LrbnnRealizedCalibrationPoor", "LrbnnCoverageBelowNominal"):
+    for alert in ("LrbnnRealizedCalibrationPoor", "LrbnnCoverageBelowNominal", "LrbnnFeatureDrift"):
         deadline = time.monotonic() + 20
         got = _alert_state(prom, alert)
         while got not in ("pending", "firing") and time.monotonic() < deadline:
@@ -244,6 +244,7 @@ def test_dashboards_and_rules_against_real_prometheus(stack: dict[str, str]) -> 
         "estimated accuracy": 'max(lrbnn_estimated_performance{model="icu-mortality",metric="accuracy"})',
         "coverage": 'lrbnn_realized_performance{model="icu-mortality",metric=~"set_coverage|',
         "outcomes arriving": 'sum(rate(lrbnn_outcomes_total{model="icu-mortality"}',
+        "feature drift": 'topk(5, max by (feature) (lrbnn_feature_drift{model="icu-mortality",statistic=',
     }
     empty_exprs = {e for _, e in empty}
     for name, needle in core.items():

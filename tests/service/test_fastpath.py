@@ -245,6 +245,9 @@ async def test_access_log_and_metrics_are_the_same(
         for i, (path, body, headers) in enumerate(cases):
             await normal.post(path, content=body, headers={**headers, "x-request-id": f"id-{i}"})
         normal_records = list(access_records)
+        for client in (fast, normal):  # the store counts what its writer thread has written: wait for it
+            store = client.app.state.lrbnn.store  # type: ignore[attr-defined]
+            assert store is not None and store.flush(10)
         scrapes = [(await client.get("/metrics")).text for client in (fast, normal)]
         r = await fast.post(PREDICT, content=V1_BODY, headers=JSON)  # a fresh request id
         assert len(r.headers["x-request-id"]) == 32

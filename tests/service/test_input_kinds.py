@@ -324,3 +324,38 @@ def test_numpy_objects_decode(kinds_repo: Path) -> None:
     assert instances[0]["hours"][0] == {} and instances[1]["hours"][5] == {"pm2.5": 5.0}
     enc = adapter.encode(instances)
     assert enc.x.shape == (2, 24, 15)
+
+
+def _gauges(text: str, model: str) -> dict[tuple[str, str], float]:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    out = {}
+    for family in text_string_to_metric_families(text):
+        for s in family.samples:
+            if s.name == "lrbnn_feature_drift" and s.labels["model"] == model:
+                out[(s.labels["feature"], s.labels["statistic"])] = float(s.value)
+    return out
+
+
+async def test_feature_drift_of_a_window_and_of_a_text(
+    kinds_repo: Path, manifests: dict[str, dict[str, Any]]
+) -> None:
+    """Sequence: a window's latest hour is binned; text: token length and unknown-token rate. Texts of
+    words the vocabulary never saw put every windowed unknown-token rate above the training maximum."""
+    text_refs = manifests[TEXT]["drift_reference"]["features"]
+    assert [f["name"] for f in text_refs] == ["token_length", "unknown_token_rate"]
+    assert text_refs[1]["quantiles"][-1] < 1.0  # some word of every training text is in the vocabulary
+    air_refs = manifests[AIR]["drift_reference"]["features"]
+    assert [f["name"] for f in air_refs][:3] == ["pm2.5", "DEWP", "TEMP"]
+    async with serve(kinds_repo) as client:
+        for _ in range(3):
+            assert (await v1(client, AIR, [{"hours": hours(TEMP=40.0)}])).status_code == 200
+        unknown = [{"text": "zqx vbrm plokt wuzzle fnord grelb"}] * 8  # no word of the vocabulary
+        assert (await v1(client, TEXT, unknown)).status_code == 200
+        text = (await client.get("/metrics")).text
+    air, words = _gauges(text, AIR), _gauges(text, TEXT)
+    assert {f for f, _ in air} == {f["name"] for f in air_refs}
+    assert air[("TEMP", "ks")] > 0.5  # 40 °C in every latest hour: far above the generated range
+    assert set(words) == {(f, s) for f in ("token_length", "unknown_token_rate") for s in ("psi", "ks")}
+    assert words[("unknown_token_rate", "ks")] == 1.0  # the whole window beyond the reference's top
+    assert words[("unknown_token_rate", "psi")] > 5.0
