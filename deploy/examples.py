@@ -77,6 +77,15 @@ def examples(base: str) -> list[tuple[str, list[str], tuple[str, ...]]]:
             (),
         ),
         (
+            "an outcome, days later: send back the answer's prediction_id (an id never answered is unknown)",
+            [
+                *post,
+                f"{v1}/icu-mortality/feedback",
+                *body({"outcomes": [{"prediction_id": "0" * 32, "value": "died"}]}),
+            ],
+            (),
+        ),
+        (
             "sequence: the last 24 hours of Beijing weather and PM2.5 (oldest first) -> next-hour PM2.5",
             [*post, f"{v1}/pm25-forecast:predict", "-d", f"@{WINDOW}"],
             (),
