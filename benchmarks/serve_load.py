@@ -163,6 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
     p.add_argument("--no-merged", action="store_true", help="skip the LRBNN_BATCH_EXACT=false variant")
+    p.add_argument(
+        "--no-store-off",
+        action="store_true",
+        help="skip lrbnn-nostore (LRBNN_STORE_URL=none), the baseline of the prediction store's cost",
+    )
     p.add_argument("--deterministic-repo", type=Path, default=None, help="repo with a deterministic model")
     p.add_argument("--deterministic-samples", type=_positive_int, default=1)
     p.add_argument("--no-deterministic", action="store_true", help="skip the uncertainty-cost comparison")
@@ -714,13 +719,35 @@ def _spawn(cmd: list[str], env: dict[str, str], log: Path, cwd: Path) -> subproc
     )  # a session of its own: MLServer's worker processes stop with it
 
 
+def store_cost(results: list[LevelResult]) -> list[dict[str, Any]]:
+    """Throughput with the prediction store on (``lrbnn``, the default) over off (``lrbnn-nostore``),
+    per concurrency level, measured in the same interleaved rounds; the target is >= 0.90."""
+    by = {(r.server, r.concurrency): r for r in results}
+    rows = []
+    for (server, c), on in sorted(by.items(), key=lambda kv: kv[0][1]):
+        off = by.get(("lrbnn-nostore", c))
+        if server != "lrbnn" or off is None or off.rps <= 0:
+            continue
+        ratio = on.rps / off.rps
+        rows.append(
+            {"concurrency": c, "on_rps": on.rps, "off_rps": off.rps, "ratio": ratio, "met": ratio >= 0.9}
+        )
+    return rows
+
+
 def lrbnn_name(workers: int) -> str:
     return "lrbnn" if workers == 1 else f"lrbnn-{workers}w"
 
 
 def start_lrbnn(name: str, repo: Path, model: str, workdir: Path, extra_env: dict[str, str]) -> Server:
     port = free_port()
-    env = {**os.environ, "LRBNN_DEVICE": "cpu", **extra_env}
+    # each server its own prediction store (the default, SQLite), in the run's folder
+    env = {
+        **os.environ,
+        "LRBNN_DEVICE": "cpu",
+        "LRBNN_STATE_DIR": str(workdir / f"state-{name}"),
+        **extra_env,
+    }
     exe = Path(sys.executable).with_name("lrbnn")
     cmd = [str(exe)] if exe.exists() else [sys.executable, "-m", "model_core.cli"]
     cmd += ["serve", "--model-repository", str(repo), "--host", "127.0.0.1", "--port", str(port)]
@@ -947,6 +974,16 @@ def main(argv: Sequence[str] | None = None) -> int:
                     {**lrbnn_env, "LRBNN_BATCH_EXACT": "false"},
                 )
             )
+        if not args.no_store_off:
+            servers.append(
+                start_lrbnn(
+                    "lrbnn-nostore",
+                    args.checkpoint.parent.parent,
+                    model,
+                    workdir,
+                    {**lrbnn_env, "LRBNN_STORE_URL": "none"},
+                )
+            )
         mlserver_name = None
         if args.mlserver_python is None:
             print(
@@ -1082,6 +1119,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         }
         if not args.no_merged:
             report["targets"]["lrbnn-merged"] = evaluate_targets(results, "lrbnn-merged", mlserver_name, None)
+        if not args.no_store_off:
+            report["store_cost"] = store_cost(results)
         report["machine"]["loadavg_end"] = _loadavg()
 
         print(format_table(results))
@@ -1096,6 +1135,12 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(
                 f"uncertainty cost: p50 ratio S={args.samples} / deterministic "
                 f"S={args.deterministic_samples} = {ratio_text}"
+            )
+        for row in report.get("store_cost", []):
+            print(
+                f"store cost c={row['concurrency']}: store on {row['on_rps']:.0f} req/s, off "
+                f"{row['off_rps']:.0f} req/s, ratio {row['ratio']:.3f} "
+                f"({'MET' if row['met'] else 'MISSED'}: >= 0.90)"
             )
         for variant, t in report["targets"].items():
             for key, v in t.items():

@@ -10,6 +10,9 @@ loop is the least disturbed), every variant measured in the same run, interleave
 (``NoiseSource.from_seeds``, one block per row), as the server draws it. Prints a table and one JSON
 object. ``trust outputs``: what issue #14 adds per request (clip + implausible rule, novelty score,
 joint OOD decision with reasons, conformal set or interval), to compare with the S = 128 pass.
+``outcome tracking``: what issue #15 adds (prediction ids, the per-feature drift window, and the
+prediction queued to a real SQLite store whose writer thread inserts it: ``process_time`` counts every
+thread of the process, so the insert's CPU is in the figure).
 On a checkout without ``model_core.plan`` (before session 4) only ``predict`` is measured.
 """
 
@@ -86,6 +89,48 @@ def trust_outputs(ckpt: Any, x: torch.Tensor, samples: int) -> Callable[[], obje
     return run
 
 
+def outcome_tracking(ckpt: Any, x: torch.Tensor, samples: int) -> Callable[[], object] | None:
+    """Prediction ids, the per-feature drift window (10,000 rows) and a store submit per request."""
+    import tempfile
+
+    import numpy as np
+
+    try:
+        from model_core.data.preprocessing import Preprocessor
+        from model_core.feature_reference import FeatureBinner
+        from service.inference import new_ids
+        from service.monitoring.feature_drift import FeatureDriftMonitor
+        from service.store.db import PredictionBatch, PredictionStore, default_url
+    except ImportError:  # a checkout from before issue #15
+        return None
+    manifest = ckpt.manifest
+    refs = manifest.drift_reference.features
+    if not refs:
+        return None
+    pre = Preprocessor.from_dict(manifest.input_schema.preprocessing)
+    monitor = FeatureDriftMonitor(FeatureBinner.tabular(pre, refs), 10_000)
+    store = PredictionStore(default_url(Path(tempfile.mkdtemp(prefix="serve_pass_"))), queue_limit=10**7)
+    store.open()
+    store.wait_ready(30)
+    z = x.numpy().astype(np.float32)
+    rows = int(x.shape[0])
+    pred = predict(ckpt.model, x, samples, noise=NoiseSource.from_seeds(list(range(rows)), [1] * rows))
+    outputs = {
+        k: getattr(pred, k).numpy() for k in ("mean", "variance", "epistemic", "aleatoric", "ood_score")
+    }
+    ood = np.zeros(rows, dtype=bool)
+
+    def run() -> object:
+        ids = new_ids(rows)
+        monitor.add(z)
+        batch = PredictionBatch(
+            ids, time.time(), "m", "1", manifest.sha256, outputs, ood, [[]] * rows, None, z
+        )
+        return store.submit(batch)
+
+    return run
+
+
 def variants(ckpt: Any, x: torch.Tensor, samples: int) -> dict[str, Callable[[], object]]:
     model = ckpt.model
     rows = int(x.shape[0])
@@ -104,6 +149,9 @@ def variants(ckpt: Any, x: torch.Tensor, samples: int) -> dict[str, Callable[[],
     out["summary (row-wise)"] = lambda: summarize_rows(outputs, model.spec)
     out["summary (vectorised)"] = lambda: summarize(outputs, model.spec)
     out["trust outputs"] = trust_outputs(ckpt, x, samples)
+    tracking = outcome_tracking(ckpt, x, samples)
+    if tracking is not None:
+        out["outcome tracking"] = tracking
     return out
 
 
