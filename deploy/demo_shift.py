@@ -129,6 +129,36 @@ def reversed_outcome(prediction: dict[str, Any], rng: random.Random) -> int:
 
 
 Outcome = Callable[[dict[str, Any], random.Random], Any]
+#: one patient and the outcome that was really observed for them
+Case = tuple[dict[str, Any], Any]
+
+
+def icu_cases(data_dir: str, shift: bool) -> list[Case]:
+    """Real SUPPORT2 test patients of the bundled ICU model (its own test split, seed 0) with their real
+    outcome (``hospdead``: 0 survived, 1 died); ``shift``: the same patients re-sent with one unit error
+    each (``model_core.data.icu.unit_error_frames``: temperature in °F, creatinine or bilirubin in
+    µmol/L, albumin in g/L, glucose in mmol/L). Needs the lrbnn package (pandas) and the data."""
+    import math
+
+    import pandas as pd
+
+    from model_core.data.icu import ICU_FEATURES, ICU_RELATIVE_PATH, ICU_TARGET, load_icu, unit_error_frames
+
+    splits = load_icu(data_dir, seed=0)
+    frame = pd.read_csv(f"{data_dir}/{ICU_RELATIVE_PATH}")
+    frame = frame[frame[ICU_TARGET].notna()]
+    test = frame.loc[splits.source_rows["test"]]
+    rows = unit_error_frames(test[list(ICU_FEATURES)])["unit_errors"] if shift else test[list(ICU_FEATURES)]
+    labels = test.loc[rows.index, ICU_TARGET].astype(int).tolist()
+    cases = []
+    for rec, label in zip(rows.to_dict(orient="records"), labels, strict=True):
+        clean = {
+            k: (v.item() if hasattr(v, "item") else v)
+            for k, v in rec.items()
+            if not (isinstance(v, float) and math.isnan(v)) and v is not None and not pd.isna(v)
+        }
+        cases.append((clean, label))
+    return cases
 
 
 def drive(
@@ -144,9 +174,12 @@ def drive(
     seed: int = 0,
     max_requests: int = MAX_REQUESTS_PER_PHASE,
     outcome: Outcome | None = None,
+    cases: list[Case] | None = None,
 ) -> dict[str, int]:
     """Send `rate` requests/s of `batch` instances for `seconds` (at most `max_requests`); with
-    `outcome`, report an outcome for every answered prediction right away (POST .../feedback).
+    `outcome`, report an outcome for every answered prediction right away (POST .../feedback). With
+    `cases` (real patients and their real outcomes, cycled in order) the instances come from there and
+    each one's observed outcome is reported.
 
     Returns counts of ok / failed requests, of OOD-flagged predictions and of accepted outcomes.
     """
@@ -157,8 +190,16 @@ def drive(
     deadline = time.monotonic() + seconds
     interval = 1.0 / rate if rate > 0 else 0.0
     next_at = time.monotonic()
+    at = 0
     while time.monotonic() < deadline and stats["requests"] < max_requests:
-        body: dict[str, Any] = {"instances": [make(rng) for _ in range(batch)]}
+        observed: list[Any] | None = None
+        if cases:
+            chosen = [cases[(at + k) % len(cases)] for k in range(batch)]
+            at += batch
+            body: dict[str, Any] = {"instances": [c[0] for c in chosen]}
+            observed = [c[1] for c in chosen]
+        else:
+            body = {"instances": [make(rng) for _ in range(batch)]}
         params: dict[str, Any] = {"seed": rng.randrange(2**31)}
         if samples:
             params["samples"] = samples
@@ -170,8 +211,16 @@ def drive(
             stats["ok"] += 1
             stats["predictions"] += len(preds)
             stats["ood"] += sum(1 for p in preds if p.get("ood"))
-            if outcome is not None and preds:
-                reported = [{"prediction_id": p["prediction_id"], "value": outcome(p, rng)} for p in preds]
+            if (outcome is not None or observed is not None) and preds:
+                if observed is not None:
+                    values = observed
+                else:
+                    assert outcome is not None
+                    values = [outcome(p, rng) for p in preds]
+                reported = [
+                    {"prediction_id": p["prediction_id"], "value": v}
+                    for p, v in zip(preds, values, strict=True)
+                ]
                 answer = _request(feedback, {"outcomes": reported}, token, timeout=30.0)
                 stats["outcomes"] += len(answer.get("accepted", []))
         except (urllib.error.URLError, OSError, ValueError) as exc:
@@ -201,6 +250,12 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
         help="also report simulated outcomes (binary models): drawn from the model's probability in the"
         " in phase, from 1 - it in the shift phase, so realized performance falls under shift",
     )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="icu-mortality only: send real SUPPORT2 test patients with their real outcomes (phase in),"
+        " and the same patients with one unit error each (phase shift); needs the lrbnn package",
+    )
     args = p.parse_args(list(argv) if argv is not None else None)
     if args.seconds <= 0 or args.seconds > 3600:
         p.error("--seconds must be in (0, 3600]")
@@ -213,6 +268,8 @@ def parse_args(argv: Iterable[str] | None = None) -> argparse.Namespace:
 
 def main(argv: Iterable[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.data_dir and args.model != DEFAULT_MODEL:
+        raise SystemExit("--data-dir sends real SUPPORT2 patients: only for --model icu-mortality")
     if args.manifest:
         with open(args.manifest, encoding="utf-8") as fh:
             features = features_from_manifest(json.load(fh))
@@ -223,6 +280,7 @@ def main(argv: Iterable[str] | None = None) -> int:
         "shift": lambda rng: shifted(features, rng),
     }
     for i, phase in enumerate(args.phases.split(",")):
+        cases = icu_cases(args.data_dir, shift=phase == "shift") if args.data_dir else None
         stats = drive(
             args.url,
             args.model,
@@ -234,6 +292,7 @@ def main(argv: Iterable[str] | None = None) -> int:
             token=args.token,
             seed=args.seed + i,
             outcome=(calibrated_outcome if phase == "in" else reversed_outcome) if args.outcomes else None,
+            cases=cases,
         )
         frac = stats["ood"] / stats["predictions"] if stats["predictions"] else 0.0
         counts = " ".join(f"{k}={v}" for k, v in stats.items())

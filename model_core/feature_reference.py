@@ -47,9 +47,13 @@ def text_features(ids: np.ndarray) -> np.ndarray:
 
 
 def _numeric(name: str, column: np.ndarray, n: int) -> FeatureDistribution:
-    col = column[np.isfinite(column)]
+    """Quantiles of the column and its empirical CDF at each: where values tie (an imputed median, a
+    count, a 0/1 flag) the CDF jumps, and a reference that assumed j / (n - 1) would call the training
+    distribution itself drifted."""
+    col = np.sort(column[np.isfinite(column)].astype(np.float64))
     q = np.quantile(col, np.linspace(0.0, 1.0, REFERENCE_QUANTILES))
-    return FeatureDistribution(name=name, kind="numeric", quantiles=q.tolist(), n=n)
+    cdf = np.searchsorted(col, q, side="right") / col.size
+    return FeatureDistribution(name=name, kind="numeric", quantiles=q.tolist(), cdf=cdf.tolist(), n=n)
 
 
 def fit_text_reference(ids: np.ndarray) -> list[FeatureDistribution]:
@@ -119,6 +123,8 @@ class FeatureBinner:
         if qs and len({len(q) for q in qs}) != 1:
             raise ValueError("numeric feature references must have the same number of quantiles")
         self.quantiles = np.asarray(qs, dtype=np.float64).reshape(len(num), -1)  # (Fn, n)
+        cdfs = [by_name[self.names[i]].cdf or [] for i in num]
+        self.cdf = np.asarray(cdfs, dtype=np.float64).reshape(self.quantiles.shape)  # training F at each q
         #: categorical: a (width, Fc) matrix of category index + 1 at each one-hot column
         width = max((at + w for _, _, at, w in layout), default=0)
         self.codes = np.zeros((width, len(cat)), dtype=np.float64)

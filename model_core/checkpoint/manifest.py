@@ -11,7 +11,7 @@ from enum import Enum
 from itertools import pairwise
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from model_core.models.spec import ArchitectureSpec
 
@@ -123,8 +123,22 @@ class FeatureDistribution(BaseModel):
     name: str
     kind: Literal["numeric", "categorical"]
     quantiles: SortedQuantiles | None = None
+    #: numeric: the training share of values <= each quantile (not j / (n - 1) where values tie, e.g.
+    #: an imputed median or a count feature: the drift statistics compare against this)
+    cdf: SortedQuantiles | None = None
     proportions: list[Annotated[float, Field(ge=0.0, le=1.0)]] | None = None
     n: int = Field(ge=1, description="training rows the reference was computed from")
+
+    @model_validator(mode="after")
+    def _complete(self) -> FeatureDistribution:
+        if self.kind == "numeric":
+            if self.quantiles is None or self.cdf is None or len(self.cdf) != len(self.quantiles):
+                raise ValueError(f"numeric feature {self.name!r} needs quantiles and a cdf of one length")
+            if not (self.cdf[0] >= 0.0 and self.cdf[-1] <= 1.0):
+                raise ValueError(f"the cdf of {self.name!r} must lie in [0, 1]")
+        elif self.proportions is None:
+            raise ValueError(f"categorical feature {self.name!r} needs proportions")
+        return self
 
 
 class DriftReference(BaseModel):

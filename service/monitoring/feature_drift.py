@@ -11,9 +11,11 @@ adding counts (``drift_share.py``).
 
 Statistics, as the uncertainty drift's (``drift.py``) so the two read alike:
 
-* numeric: PSI over 10 bins cut at the reference deciles, proportions floored at 1e-4; KS as
+* numeric: PSI over 10 bins cut at the reference deciles, proportions floored at 1e-4, the training
+  share of each bin taken from the stored training CDF (``FeatureDistribution.cdf``: where values tie,
+  e.g. an imputed median, a bin is empty or holds more than a tenth, on both sides alike); KS as
   max_j |F_w(q_j) − F_r(q_j)| at the reference quantiles (exact there; between grid points the sup is
-  missed by at most one reference step, 1/100, plus the window mass inside that bin);
+  missed by at most one reference step plus the window mass inside that bin);
 * categorical: PSI over the categories plus one bin for categories training never saw (reference share
   0, floored); no KS (categories have no order).
 """
@@ -79,10 +81,15 @@ class FeatureDriftMonitor:
         self.added = 0
         n = binner.quantiles.shape[1]
         self._n = n
-        self._ref_cdf = np.arange(n, dtype=np.float64) / max(n - 1, 1)
-        self._edge_idx = np.round(np.linspace(0, n - 1, PSI_BINS + 1)[1:-1]).astype(np.int64) if n else None
-        if n:
-            self._ref_psi = np.diff(np.concatenate(([0.0], self._ref_cdf[self._edge_idx], [1.0])))
+        #: per numeric feature (by feature index): its training CDF at the quantiles, and the training
+        #: share of each PSI bin (cut at the reference deciles; a tie makes a bin empty on both sides)
+        self._edge_idx = np.round(np.linspace(0, n - 1, PSI_BINS + 1)[1:-1]).astype(np.int64)
+        self._ref_cdf: dict[int, np.ndarray] = {}
+        self._ref_psi: dict[int, np.ndarray] = {}
+        for row, j in enumerate(binner.numeric_idx.tolist()):
+            cdf = binner.cdf[row]
+            self._ref_cdf[j] = cdf
+            self._ref_psi[j] = np.diff(np.concatenate(([0.0], cdf[self._edge_idx], [1.0])))
 
     def add(self, z: np.ndarray) -> None:
         """Add a batch of preprocessed rows (``Encoded.z``): queued, and binned with the others queued
@@ -136,10 +143,10 @@ class FeatureDriftMonitor:
             counts = state.counts[j]
             if kind == "numeric":
                 cdf = np.cumsum(counts[: self._n]) / m
-                ks = float(np.abs(cdf - self._ref_cdf).max())
+                ks = float(np.abs(cdf - self._ref_cdf[j]).max())
                 coarse = np.concatenate(([0.0], cdf[self._edge_idx], [1.0]))
                 p_w = np.maximum(np.diff(coarse), PSI_FLOOR)
-                p_r = np.maximum(self._ref_psi, PSI_FLOOR)
+                p_r = np.maximum(self._ref_psi[j], PSI_FLOOR)
                 out[name] = {"psi": float(((p_w - p_r) * np.log(p_w / p_r)).sum()), "ks": ks}
             else:
                 k = len(ref.proportions or [])

@@ -95,3 +95,15 @@ def test_drive_is_bounded_and_counts() -> None:
 def test_drive_counts_failures_when_nothing_listens() -> None:
     stats = demo.drive("http://127.0.0.1:9", "m", lambda r: {}, seconds=0.5, rate=10, max_requests=2)
     assert stats["failed"] == stats["requests"] == 2
+
+
+def test_icu_cases_are_real_test_patients_with_one_unit_error_each(data_dir: Any) -> None:
+    unchanged = demo.icu_cases(str(data_dir), shift=False)
+    shifted = demo.icu_cases(str(data_dir), shift=True)
+    assert len(unchanged) > 1000 and {label for _, label in unchanged} == {0, 1}
+    assert all(v is not None and v == v for inst, _ in unchanged for v in inst.values())  # no NaN sent
+    by_features = {json.dumps(inst, sort_keys=True) for inst, _ in unchanged}
+    changed = 0
+    for inst, _ in shifted:
+        changed += json.dumps(inst, sort_keys=True) not in by_features
+    assert changed == len(shifted)  # every re-sent patient carries a unit error

@@ -72,10 +72,11 @@ def test_reference_and_bins_match_numpy() -> None:
         FeatureBinner.tabular(pre, refs[::-1])
 
 
-def _direct_numeric(values: np.ndarray, q: np.ndarray) -> tuple[float, float]:
-    """PSI over the reference deciles and KS at the reference quantiles, straight from the values."""
+def _direct_numeric(values: np.ndarray, q: np.ndarray, train: np.ndarray) -> tuple[float, float]:
+    """PSI over the reference deciles and KS at the reference quantiles, straight from the values and
+    the training column (its share at or below each quantile)."""
     n = q.size
-    ref_cdf = np.arange(n) / (n - 1)
+    ref_cdf = np.array([(train <= qj).mean() for qj in q])
     cdf = np.array([(values <= qj).mean() for qj in q])
     ks = float(np.abs(cdf - ref_cdf).max())
     edges = np.round(np.linspace(0, n - 1, 11)[1:-1]).astype(int)
@@ -103,7 +104,8 @@ def test_window_statistics_equal_a_direct_computation_after_eviction() -> None:
     assert state.filled == 150
     stats = monitor.stats_of(state)
     for j, name in enumerate(["age", "heart_rate", "creatinine"]):
-        psi, ks = _direct_numeric(last[:, j].astype(np.float64), np.asarray(refs[j].quantiles))
+        train = z[:400, j].astype(np.float64)
+        psi, ks = _direct_numeric(last[:, j].astype(np.float64), np.asarray(refs[j].quantiles), train)
         assert stats[name]["psi"] == pytest.approx(psi, abs=1e-12)
         assert stats[name]["ks"] == pytest.approx(ks, abs=1e-12)
     categories = pre.spec("sex").categories or []
@@ -116,6 +118,22 @@ def test_window_statistics_equal_a_direct_computation_after_eviction() -> None:
     doubled = monitor.stats_of(merged)  # proportions unchanged by doubling
     for name, values in stats.items():
         assert doubled[name] == pytest.approx(values, abs=1e-12)
+
+
+def test_ties_are_not_drift() -> None:
+    """A feature whose training values tie (an imputed median, a count) is not called drifted when the
+    window holds the training distribution itself: the reference is the training CDF, not j / (n - 1)."""
+    rows = _toy_rows()
+    rng = np.random.default_rng(0)
+    for r in rows:  # a third missing (imputed with the median: one tied value), the rest small counts
+        r["heart_rate"] = None if rng.random() < 1 / 3 else float(rng.integers(60, 66))
+    pre, z = _pre_and_z([{k: v for k, v in r.items() if v is not None} for r in rows])
+    refs = fit_feature_reference(pre, z)
+    assert refs[1].cdf is not None and max(np.diff(refs[1].cdf)) > 0.3  # the tie: one big jump
+    monitor = FeatureDriftMonitor(FeatureBinner.tabular(pre, refs), window=len(z))
+    monitor.add(z)
+    stats = monitor.stats_of(monitor.state())
+    assert stats["heart_rate"]["psi"] < 1e-9 and stats["heart_rate"]["ks"] < 1e-9
 
 
 def test_reference_travels_in_the_trained_checkpoint(toy_checkpoint: Path) -> None:
