@@ -23,6 +23,9 @@ from service.store.db import OutcomeStatus, PredictionStore
 #: how long a feedback request waits for this process's queued predictions to be written, so that an
 #: outcome sent right after its prediction finds it (the writer flushes every 50 ms)
 FLUSH_WAIT_S = 2.0
+#: ids not found are looked up once more after this: a prediction another worker answered a moment
+#: ago may still sit in that worker's queue (written within one flush interval, 50 ms, plus its commit)
+OTHER_WRITERS_S = 0.25
 
 
 class StoreUnavailable(ServiceError):
@@ -87,7 +90,12 @@ def record_feedback(
     result = FeedbackResult()
     values: dict[str, float] = {}
     seen: set[str] = set()
-    known = store.lookup(model, [pid for pid, _ in items])
+    ids = [pid for pid, _ in items]
+    known = store.lookup(model, ids)
+    missing = [pid for pid in ids if pid not in known]
+    if missing:
+        time.sleep(OTHER_WRITERS_S)
+        known.update(store.lookup(model, missing))
     for pid, raw in items:
         if pid in seen:
             result.duplicate.append(pid)
