@@ -84,6 +84,8 @@ def test_two_workers_share_one_store(toy_repo: Path, tmp_path: Path) -> None:  #
             time.sleep(0.2)
         assert 'lrbnn_outcomes_total{model="toy"} 40.0' in text
         assert 'lrbnn_realized_performance{metric="accuracy",model="toy"}' in text
+        # the per-feature drift series, over both workers' windows merged
+        assert 'lrbnn_feature_drift{feature="age",model="toy",statistic="ks"}' in text
     finally:
         srv.stop()
 
