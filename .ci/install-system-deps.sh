@@ -10,7 +10,8 @@ set -euo pipefail
 missing=()
 command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 command -v wrk >/dev/null 2>&1 || missing+=(wrk)
-command -v docker >/dev/null 2>&1 || missing+=(docker.io)
+# the engine, not only a client: a machine may carry a docker CLI without dockerd
+{ command -v docker >/dev/null 2>&1 && command -v dockerd >/dev/null 2>&1; } || missing+=(docker.io)
 command -v mmdebstrap >/dev/null 2>&1 || missing+=(mmdebstrap)
 # PostgreSQL for the prediction store's end-to-end test (tests/integration/test_store_process.py starts
 # a throw-away cluster on loopback; Debian puts initdb under /usr/lib/postgresql/<version>/bin)
