@@ -149,6 +149,7 @@ class InferenceService:
         self.drift: dict[str, DriftMonitor] = {}
         #: per-feature drift windows, by model (tabular checkpoints with drift_reference.features)
         self.features: dict[str, FeatureDriftMonitor] = {}
+        self._feature_series: dict[str, set[tuple[str, str]]] = {}  # the feature gauges set per model
         self._versions: dict[str, str] = {}  # the version each drift window is of
         self._published: dict[str, float] = {}  # when each model's drift gauges were last set
         #: with several workers: the drift windows merged over all of them (None: one process)
@@ -190,14 +191,21 @@ class InferenceService:
             self._versions.pop(key, None)
         refs = served.manifest.drift_reference.features
         binner = served.inputs.feature_binner(refs) if refs else None
+        series: set[tuple[str, str]] = set()
         if binner is not None:
             self.features[served.name] = FeatureDriftMonitor(binner, self.settings.drift_window)
             self._versions[served.name + FEATURES_WINDOW] = served.version
             for name, kind in zip(binner.names, binner.kinds, strict=True):
                 for stat in FEATURE_STATISTICS if kind == "numeric" else ("psi",):
-                    self.metrics.child(self.metrics.feature_drift, served.name, name, stat)
+                    series.add((name, stat))
+                    self.metrics.child(self.metrics.feature_drift, served.name, name, stat).set(0.0)
         else:
             self.features.pop(served.name, None)
+        # a reload to a version without (some of) these features: their last values would read as
+        # current, so they read NaN ("no data") instead (removing a series is unreliable across workers)
+        for name, stat in self._feature_series.get(served.name, set()) - series:
+            self.metrics.child(self.metrics.feature_drift, served.name, name, stat).set(float("nan"))
+        self._feature_series[served.name] = series
         if self.share is not None:  # a reload: this worker's window of the old version is gone
             with contextlib.suppress(OSError):
                 self.share.discard_others(served.name, served.version)

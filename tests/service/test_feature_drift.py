@@ -175,3 +175,24 @@ async def test_a_unit_error_moves_exactly_the_gauge_of_its_feature(serve_app: Se
     for key, value in before.items():  # every other feature's window holds the very same values
         if key[0] != "heart_rate":
             assert after[key] == value, key
+
+
+@pytest.mark.anyio
+async def test_a_reload_to_a_version_without_a_reference_leaves_no_stale_gauge(
+    serve_app: ServeApp, repo: Path
+) -> None:
+    import json
+
+    from service_helpers import copy_version
+
+    async with serve_app(admin_token="root") as client:
+        before = await _feature_gauges(client, _toy_rows(n=60, seed=3))
+        assert before and all(v == v for v in before.values())  # measured: finite
+        v2 = copy_version(repo, "1", "2")
+        manifest = json.loads((v2 / "manifest.json").read_text())
+        del manifest["drift_reference"]["features"]  # a checkpoint from before references existed
+        (v2 / "manifest.json").write_text(json.dumps(manifest))
+        r = await client.post("/v1/models/toy/reload", headers={"authorization": "Bearer root"})
+        assert r.status_code == 200, r.text
+        after = await _feature_gauges(client, _toy_rows(n=10, seed=4))
+    assert set(after) == set(before) and all(v != v for v in after.values())  # NaN: no data, not stale
