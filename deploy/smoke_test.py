@@ -219,10 +219,17 @@ def counter_value(text: str, name: str, model: str) -> float:
     return total
 
 
+def _without_volatile(items: list[Any]) -> list[Any]:
+    return [x for x in items if not (isinstance(x, dict) and x.get("name") in VOLATILE_KEYS)]
+
+
 def diff_answers(a: Any, b: Any, where: str = "", tol: float = 1e-6) -> list[str]:
     """Where two JSON answers differ, floats within ``tol`` (absolute, or relative for large values)
-    and the fields in ``VOLATILE_KEYS`` ignored; at most a few paths are listed."""
+    and the fields in ``VOLATILE_KEYS`` ignored (a V1 key, or a V2 output of that name); at most a few
+    paths are listed."""
     out: list[str] = []
+    if isinstance(a, list) and isinstance(b, list):
+        a, b = _without_volatile(a), _without_volatile(b)
     if isinstance(a, dict) and isinstance(b, dict):
         for key in sorted(set(a) | set(b)):
             if key in VOLATILE_KEYS:
@@ -329,16 +336,28 @@ def local_debian_image(tag: str, packages: list[str], cache: Path) -> str:
         return "present"
     tar = cache / f"{tag.replace(':', '-').replace('/', '_')}.tar"
     how = "imported from cache"
+    if tar.is_dir():  # an earlier run's mmdebstrap wrote a directory there (it guesses the format)
+        shutil.rmtree(tar)
     if not tar.exists():
         if shutil.which("mmdebstrap") is None:
             raise RegistryUnavailable(
                 f"cannot make {tag}: mmdebstrap not installed (apt-get install mmdebstrap)"
             )
         cache.mkdir(parents=True, exist_ok=True)
-        part = tar.with_suffix(".part")
-        cmd = ["mmdebstrap", "--variant=minbase", f"--include={','.join(packages)}", "bookworm", str(part)]
+        # the format explicitly: mmdebstrap otherwise guesses it from the name, and "x.part" is a directory
+        part = tar.with_name(tar.stem + ".part.tar")
+        cmd = [
+            "mmdebstrap",
+            "--variant=minbase",
+            "--format=tar",
+            f"--include={','.join(packages)}",
+            "bookworm",
+            str(part),
+        ]
         res = subprocess.run(cmd, capture_output=True, text=True, timeout=900)
         if res.returncode != 0:
+            if part.is_dir():
+                shutil.rmtree(part)
             part.unlink(missing_ok=True)
             raise RegistryUnavailable(f"mmdebstrap for {tag} failed: {res.stderr.strip()[-300:]}")
         part.rename(tar)

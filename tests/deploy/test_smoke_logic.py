@@ -136,6 +136,14 @@ def test_diff_answers() -> None:
     assert smoke.diff_answers(a, {"predictions": [], "samples": 64}) == [".predictions: 1 items vs 0"]
     assert smoke.diff_answers({"ood": True}, {"ood": 1}) == [".ood: True vs 1"]
     assert smoke.diff_answers({"a": 1}, {}) == [".a: only in the first"]
+    # V2: the prediction_id output differs on every answer by design; every other output is compared
+    ids = {"name": "prediction_id", "datatype": "BYTES", "shape": [1], "data": ["a" * 32]}
+    mean = {"name": "mean", "datatype": "FP32", "shape": [1], "data": [0.5]}
+    v2 = {"outputs": [mean, ids]}
+    assert smoke.diff_answers(v2, {"outputs": [mean, {**ids, "data": ["b" * 32]}]}) == []
+    assert smoke.diff_answers(v2, {"outputs": [{**mean, "data": [0.6]}, ids]}) == [
+        ".outputs[0].data[0]: 0.5 vs 0.6"
+    ]
 
 
 def test_counter_value() -> None:
