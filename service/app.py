@@ -76,14 +76,16 @@ async def load_models(state: AppState) -> None:
     inference path, then turn ``/readyz`` green."""
     if not state.preloaded:
         await asyncio.to_thread(state.repository.load_all)
-    if state.store is not None:  # ready with the store open, or with its first failure logged
-        await asyncio.to_thread(state.store.wait_ready, STORE_OPEN_WAIT_S)
     for served in state.repository.models():
         state.inference.attach(served)
     if state.sync is not None:  # one of several workers: follow the reloads the others publish
         state.following = asyncio.create_task(state.sync.follow(state), name="follow-reloads")
     state.inference.start_sharing()  # with several workers: the drift windows, merged by every scrape
     state.loaded = True
+    if state.store is not None:
+        # after the models serve (predictions queue meanwhile; a worker replacing a dead one must not
+        # answer 503 while it connects): this task ends with the store open or its first failure logged
+        await asyncio.to_thread(state.store.wait_ready, STORE_OPEN_WAIT_S)
     log.info(
         "ready" if state.repository.ready else "started with failed models",
         extra={

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -193,14 +194,15 @@ def test_main_reports_failure(monkeypatch: pytest.MonkeyPatch, capsys: Any) -> N
 
 
 def test_engine_without_registry_or_mmdebstrap_reports_not_run(
-    monkeypatch: pytest.MonkeyPatch, capsys: Any
+    monkeypatch: pytest.MonkeyPatch, capsys: Any, tmp_path: Path
 ) -> None:
-    """An engine is up, no registry answers and no local base can be made: "not run", exit 0."""
+    """An engine is up, no registry answers and no local base can be made (no cached base tarball
+    either: an empty cache folder, whatever an earlier ``make container-test`` left): "not run", exit 0."""
     monkeypatch.setattr(smoke, "connect", lambda: "20.10")
     monkeypatch.setattr(smoke, "image_present", lambda name: False)
     monkeypatch.setattr(smoke, "pullable", lambda name: "lookup registry-1.docker.io: no such host")
     monkeypatch.setattr(smoke.shutil, "which", lambda name: None)
-    assert smoke.main([]) == 0
+    assert smoke.main(["--cache", str(tmp_path)]) == 0
     out = capsys.readouterr().out
     assert f"{smoke.STATUS_PREFIX} NOT RUN: no image registry reachable (cannot make " in out
     assert "mmdebstrap not installed" in out
