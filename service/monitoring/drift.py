@@ -28,6 +28,13 @@ PSI_BINS = 10
 PSI_FLOOR = 1e-4
 
 
+def psi(p_window: np.ndarray, p_reference: np.ndarray) -> float:
+    """Σ (p_w − p_r) ln(p_w / p_r), both proportions floored at ``PSI_FLOOR`` (an empty bin gives a
+    large finite value, not infinity): the one PSI of the uncertainty and per-feature drift gauges."""
+    p_w, p_r = np.maximum(p_window, PSI_FLOOR), np.maximum(p_reference, PSI_FLOOR)
+    return float(((p_w - p_r) * np.log(p_w / p_r)).sum())
+
+
 @dataclass(frozen=True)
 class DriftStats:
     psi: float
@@ -167,7 +174,4 @@ class DriftMonitor:
         inner = 0.5 * (diff[:-1] + diff[1:])  # trapezoid between neighbouring reference quantiles
         w1 = float((inner * self._widths).sum() + (state.below + state.above) / m)
         coarse_cdf = np.concatenate(([0.0], cdf[self._edge_idx], [1.0]))
-        p_w = np.maximum(np.diff(coarse_cdf), PSI_FLOOR)
-        p_r = np.maximum(self._ref_psi, PSI_FLOOR)
-        psi = float(((p_w - p_r) * np.log(p_w / p_r)).sum())
-        return DriftStats(psi, ks, w1, state.ood_sum / m, m)
+        return DriftStats(psi(np.diff(coarse_cdf), self._ref_psi), ks, w1, state.ood_sum / m, m)

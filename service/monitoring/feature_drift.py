@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from model_core.feature_reference import FeatureBinner
-from service.monitoring.drift import PSI_BINS, PSI_FLOOR
+from service.monitoring.drift import PSI_BINS, psi
 
 FEATURE_STATISTICS = ("psi", "ks")
 #: queued rows binned at once at the latest (a publish, at most every 100 ms, folds them earlier)
@@ -145,12 +145,8 @@ class FeatureDriftMonitor:
                 cdf = np.cumsum(counts[: self._n]) / m
                 ks = float(np.abs(cdf - self._ref_cdf[j]).max())
                 coarse = np.concatenate(([0.0], cdf[self._edge_idx], [1.0]))
-                p_w = np.maximum(np.diff(coarse), PSI_FLOOR)
-                p_r = np.maximum(self._ref_psi[j], PSI_FLOOR)
-                out[name] = {"psi": float(((p_w - p_r) * np.log(p_w / p_r)).sum()), "ks": ks}
+                out[name] = {"psi": psi(np.diff(coarse), self._ref_psi[j]), "ks": ks}
             else:
                 k = len(ref.proportions or [])
-                p_w = np.maximum(counts[: k + 1] / m, PSI_FLOOR)
-                p_r = np.maximum(np.asarray([*(ref.proportions or []), 0.0]), PSI_FLOOR)
-                out[name] = {"psi": float(((p_w - p_r) * np.log(p_w / p_r)).sum())}
+                out[name] = {"psi": psi(counts[: k + 1] / m, np.asarray([*(ref.proportions or []), 0.0]))}
         return out
