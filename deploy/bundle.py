@@ -21,6 +21,12 @@ and unknown-token rate) to a model bundled before training stored it, from the v
 was trained on (weights untouched):
 
     python deploy/bundle.py --record-feature-reference deploy/models/icu-mortality/1 --data-dir ../shared/data
+
+``--record-codings DIR`` adds each input feature's FHIR coding (LOINC or local code, canonical UCUM unit,
+molar mass; ``model_core.data.coding``) to a tabular model bundled before its task's loader attached
+them (metadata only: weights and every answer unchanged):
+
+    python deploy/bundle.py --record-codings deploy/models/icu-mortality/1
 """
 
 from __future__ import annotations
@@ -29,6 +35,7 @@ import argparse
 import json
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from model_core.checkpoint import load_checkpoint  # noqa: E402
+from model_core.data.coding import FeatureCoding  # noqa: E402
 from model_core.novelty import NOVELTY_FILE  # noqa: E402
 
 
@@ -86,6 +94,31 @@ def record_feature_reference(target: Path, data_dir: str | None) -> int:
     return len(refs)
 
 
+def task_codings(task: str) -> Mapping[str, FeatureCoding]:
+    """The codings the task's loader attaches at training time (tasks without codes: none)."""
+    from model_core.data.icu import ICU_CODINGS
+
+    registry: dict[str, Mapping[str, FeatureCoding]] = {"icu": ICU_CODINGS}
+    if task not in registry:
+        raise SystemExit(f"task {task!r} has no feature codings (known: {sorted(registry)})")
+    return registry[task]
+
+
+def record_codings(target: Path) -> int:
+    """Attach the task's feature codings to a bundled tabular model; returns how many were attached."""
+    ckpt = load_checkpoint(target)
+    codings = task_codings(str(ckpt.manifest.training.get("task")))
+    manifest_path = target / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    features = manifest["input_schema"]["preprocessing"]["features"]
+    for feature in features:
+        if feature["name"] in codings:
+            feature["coding"] = codings[feature["name"]].model_dump(mode="json", exclude_none=True)
+    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    load_checkpoint(target)  # the manifest still verifies
+    return sum("coding" in f for f in features)
+
+
 def bundle(source: Path, repository: Path, name: str, version: str, command: str) -> Path:
     load_checkpoint(source)  # refuse to bundle anything that does not verify
     target = repository / name / version
@@ -127,7 +160,17 @@ def main(argv: list[str] | None = None) -> int:
         metavar="DIR",
         help="record drift_reference.features in an already bundled model",
     )
+    p.add_argument(
+        "--record-codings",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="record the task's FHIR feature codings in an already bundled model",
+    )
     args = p.parse_args(argv)
+    if args.record_codings is not None:
+        print(record_codings(args.record_codings))
+        return 0
     if args.record_feature_reference is not None:
         print(record_feature_reference(args.record_feature_reference, args.data_dir))
         return 0

@@ -59,6 +59,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from model_core.data.coding import FeatureCoding, PatientField, local, loinc
 from model_core.data.dataset import TabularSplits
 
 if TYPE_CHECKING:
@@ -67,6 +68,7 @@ from model_core.data.table import assemble_splits
 
 __all__ = [
     "ICU_CATEGORICAL",
+    "ICU_CODINGS",
     "ICU_EXCLUDED",
     "ICU_FEATURES",
     "ICU_OOD_CLASS",
@@ -109,6 +111,71 @@ ICU_UNITS: dict[str, str] = {
     "urine": "mL/day",
 }
 ICU_FEATURES: list[str] = list(ICU_UNITS)
+
+#: Feature -> FHIR coding (``docs/service.md``, "FHIR"): LOINC where one exists, with the canonical UCUM
+#: unit of SUPPORT2's values; a molar mass where labs also report the analyte by amount of substance
+#: (creatinine, glucose, urea nitrogen, bilirubin). Age, sex and race come from the Patient resource;
+#: SUPPORT2's own scores and counts (and its 0/1 diagnoses) have no standard code: a local code system.
+ICU_CODINGS: dict[str, FeatureCoding] = {
+    "age": FeatureCoding(patient=PatientField.AGE, ucum="a"),
+    "sex": FeatureCoding(patient=PatientField.GENDER),
+    "race": FeatureCoding(patient=PatientField.RACE),
+    "edu": FeatureCoding(codes=[local("edu", "Years of education")], ucum="a"),
+    "num.co": FeatureCoding(codes=[local("num.co", "Number of comorbidities")], ucum="1"),
+    "diabetes": FeatureCoding(codes=[local("diabetes", "Diabetes (0/1)")], ucum="1"),
+    "dementia": FeatureCoding(codes=[local("dementia", "Dementia (0/1)")], ucum="1"),
+    "ca": FeatureCoding(codes=[local("ca", "Cancer: no, yes or metastatic")]),
+    "hday": FeatureCoding(codes=[local("hday", "Day in hospital at study entry")], ucum="d"),
+    "scoma": FeatureCoding(
+        codes=[local("scoma", "SUPPORT coma score (0-100, from the Glasgow scale)")], ucum="1"
+    ),
+    "meanbp": FeatureCoding(codes=[loinc("8478-0", "Mean blood pressure")], ucum="mm[Hg]"),
+    "hrt": FeatureCoding(codes=[loinc("8867-4", "Heart rate")], ucum="/min"),
+    "resp": FeatureCoding(codes=[loinc("9279-1", "Respiratory rate")], ucum="/min"),
+    "temp": FeatureCoding(codes=[loinc("8310-5", "Body temperature")], ucum="Cel"),
+    "pafi": FeatureCoding(
+        codes=[loinc("50984-4", "Horowitz index (PaO2/FiO2) in Arterial blood")], ucum="mm[Hg]"
+    ),
+    "wblc": FeatureCoding(
+        codes=[loinc("6690-2", "Leukocytes [#/volume] in Blood by Automated count")], ucum="10*9/L"
+    ),
+    "alb": FeatureCoding(codes=[loinc("1751-7", "Albumin [Mass/volume] in Serum or Plasma")], ucum="g/dL"),
+    "bili": FeatureCoding(
+        codes=[
+            loinc("1975-2", "Bilirubin.total [Mass/volume] in Serum or Plasma"),
+            loinc("14631-6", "Bilirubin.total [Moles/volume] in Serum or Plasma"),
+        ],
+        ucum="mg/dL",
+        molar_mass=584.66,
+    ),
+    "crea": FeatureCoding(
+        codes=[
+            loinc("2160-0", "Creatinine [Mass/volume] in Serum or Plasma"),
+            loinc("14682-9", "Creatinine [Moles/volume] in Serum or Plasma"),
+        ],
+        ucum="mg/dL",
+        molar_mass=113.12,
+    ),
+    "sod": FeatureCoding(codes=[loinc("2951-2", "Sodium [Moles/volume] in Serum or Plasma")], ucum="mmol/L"),
+    "ph": FeatureCoding(codes=[loinc("2744-1", "pH of Arterial blood")], ucum="[pH]"),
+    "glucose": FeatureCoding(
+        codes=[
+            loinc("2345-7", "Glucose [Mass/volume] in Serum or Plasma"),
+            loinc("14749-6", "Glucose [Moles/volume] in Serum or Plasma"),
+        ],
+        ucum="mg/dL",
+        molar_mass=180.16,
+    ),
+    "bun": FeatureCoding(
+        codes=[
+            loinc("3094-0", "Urea nitrogen [Mass/volume] in Serum or Plasma"),
+            loinc("14937-7", "Urea nitrogen [Moles/volume] in Serum or Plasma"),
+        ],
+        ucum="mg/dL",
+        molar_mass=28.014,  # urea nitrogen: the two N atoms of urea, as labs report BUN
+    ),
+    "urine": FeatureCoding(codes=[loinc("9192-6", "Urine output 24 hour")], ucum="mL/d"),
+}
 ICU_CATEGORICAL: frozenset[str] = frozenset({"sex", "race", "ca"})
 
 #: Columns that must never be features, with the reason (see the module docstring).
@@ -227,6 +294,7 @@ def load_icu(data_dir: str | os.PathLike[str], seed: int = 0) -> TabularSplits:
         label_names=["survived", "died"],
         units=ICU_UNITS,
     )
+    splits.preprocessor = splits.preprocessor.with_codings(ICU_CODINGS)
     test = frame.loc[splits.source_rows["test"], ICU_FEATURES]
     splits.shifts = {
         name: splits.preprocessor.transform_frame(rows, clip=False)

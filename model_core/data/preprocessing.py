@@ -40,6 +40,8 @@ from typing import TYPE_CHECKING, Any, Literal, TypeAlias
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
+from model_core.data.coding import FeatureCoding
+
 if TYPE_CHECKING:  # pandas is optional on the serving path; only the type checker needs it here.
     import pandas as pd
 
@@ -101,6 +103,8 @@ class FeatureSpec(BaseModel):
     categories: list[str] | None = None
     # training median (numeric) or training mode (categorical)
     impute: float | str | None = None
+    #: clinical codes and canonical UCUM unit (FHIR input); None where the task has none
+    coding: FeatureCoding | None = None
 
     @model_validator(mode="after")
     def _check_complete(self) -> FeatureSpec:
@@ -497,9 +501,26 @@ class Preprocessor(BaseModel):
 
     # ------------------------------------------------------------------ persistence
 
+    def with_codings(self, codings: Mapping[str, FeatureCoding]) -> Preprocessor:
+        """The same preprocessing with clinical codes attached (metadata: no value changes)."""
+        stray = sorted(set(codings) - set(self.feature_names))
+        if stray:
+            raise ValueError(f"codings for names that are not features: {stray}")
+        return Preprocessor(
+            features=[
+                spec.model_copy(update={"coding": codings[spec.name]}) if spec.name in codings else spec
+                for spec in self.features
+            ]
+        )
+
     def to_dict(self) -> dict[str, Any]:
-        """A JSON-safe dict for the checkpoint manifest (floats are kept at full precision)."""
-        return self.model_dump(mode="json")
+        """A JSON-safe dict for the checkpoint manifest (floats are kept at full precision); features
+        without a coding do not write one, so manifests of tasks without codes are unchanged."""
+        payload = self.model_dump(mode="json")
+        for spec in payload["features"]:
+            if spec.get("coding") is None:
+                spec.pop("coding", None)
+        return payload
 
     @classmethod
     def from_dict(cls, payload: Mapping[str, Any]) -> Preprocessor:
