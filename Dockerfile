@@ -85,6 +85,7 @@ COPY service ./service
 RUN pip-from "" "numpy>=1.26" "pydantic>=2.6" "fastapi>=0.110" "uvicorn>=0.29" "pydantic-settings>=2.2" \
         "prometheus-client>=0.20" "orjson>=3.9" "onnxruntime>=1.17" "uvloop>=0.19,<0.22" "httptools>=0.6" \
         "safetensors>=0.4" "scikit-learn>=1.4" "sqlalchemy>=2.0" "alembic>=1.13" "psycopg[binary]>=3.1" \
+        "fhir.resources>=8.1,<9" "ucumvert>=0.3.2,<0.4" "pint>=0.24" "grpcio>=1.85" "protobuf>=7.35.1,<8" \
     && pip-from "" --no-deps . \
     && python3 -c "import importlib.util as u, sys; sys.exit(u.find_spec('torch') is not None)"
 
@@ -98,7 +99,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     LRBNN_STATE_DIR=/tmp/lrbnn-state \
     LRBNN_DEVICE=cpu
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=30s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/livez', timeout=4)"]
 # All interfaces: the server refuses to start without LRBNN_API_TOKENS (or LRBNN_API_TOKENS_FILE)

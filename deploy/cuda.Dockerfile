@@ -54,7 +54,7 @@ ENV PATH=/opt/venv/bin:$PATH \
     LRBNN_STATE_DIR=/tmp/lrbnn-state \
     LRBNN_DEVICE=cuda
 USER 10001:10001
-EXPOSE 8000
+EXPOSE 8000 8001
 HEALTHCHECK --interval=15s --timeout=5s --start-period=60s --retries=3 \
     CMD ["python3", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8000/livez', timeout=4)"]
 # All interfaces: the server refuses to start without LRBNN_API_TOKENS (or LRBNN_API_TOKENS_FILE)

@@ -15,9 +15,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service.api import errors, health, v1, v2
+from service import fhir
+from service.api import cds, errors, health, v1, v2
+from service.api import fhir as fhir_api
 from service.api.openapi import OpenAPIDocument
 from service.fastpath import EdgeMiddleware, HotRoutes
+from service.fhir import takes_fhir
 from service.inference import InferenceService
 from service.logs import configure_logging
 from service.monitoring.drift_share import DriftShare
@@ -78,6 +81,8 @@ async def load_models(state: AppState) -> None:
         await asyncio.to_thread(state.repository.load_all)
     for served in state.repository.models():
         state.inference.attach(served)
+    if any(takes_fhir(s.inputs.features()) for s in state.repository.models()):
+        await asyncio.to_thread(fhir.warm)
     if state.sync is not None:  # one of several workers: follow the reloads the others publish
         state.following = asyncio.create_task(state.sync.follow(state), name="follow-reloads")
     state.inference.start_sharing()  # with several workers: the drift windows, merged by every scrape
@@ -95,6 +100,19 @@ async def load_models(state: AppState) -> None:
     )
 
 
+async def start_grpc(state: AppState) -> None:
+    """The OIP gRPC server on ``LRBNN_GRPC_PORT`` (0: off), on this event loop, when a real server runs."""
+    port = state.settings.grpc_port
+    if state.grpc_host is None or port == 0:
+        return
+    from service.grpc_api.server import build_server  # grpcio: only a server with gRPC on needs it
+
+    server = build_server(state, state.grpc_host, port)
+    await server.start()
+    state.grpc_server = server
+    log.info("grpc listening", extra={"host": state.grpc_host, "port": port})
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     """Loading runs in the background so the socket opens at once: ``/livez`` answers 200 and
@@ -104,10 +122,13 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.store.open()
     loading = asyncio.create_task(load_models(state), name="load-models")
     state.loading = loading
+    await start_grpc(state)
     try:
         yield
     finally:
         state.draining = True
+        if state.grpc_server is not None:  # in-flight calls drained with REST's (AppState.inflight)
+            await state.grpc_server.stop(grace=1.0)
         if not loading.done():
             loading.cancel()
         with contextlib.suppress(asyncio.CancelledError):
@@ -135,7 +156,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     )
     app.state.lrbnn = build_state(settings)
     errors.install(app)
-    for router in (health.router, v1.router, v2.router):
+    for router in (health.router, v1.router, v2.router, fhir_api.router, cds.router):
         app.include_router(router)
     # added last = outermost. HotRoutes, innermost (inside CORS), answers the model requests without
     # the router; EdgeMiddleware, outermost, gives every answer its request id, access-log line and
@@ -148,7 +169,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             allow_methods=["GET", "POST"],
             allow_headers=["Authorization", "Content-Type", "X-Request-ID"],
         )
-    app.add_middleware(EdgeMiddleware, max_bytes=settings.max_body_bytes)
+    app.add_middleware(
+        EdgeMiddleware, max_bytes=settings.max_body_bytes, fhir_max_bytes=settings.fhir_max_body_bytes
+    )
     # the document lists one predict/infer operation per served model, rebuilt when they change
     app.openapi = OpenAPIDocument(app)  # type: ignore[method-assign]
     return app

@@ -49,6 +49,13 @@ class BadRequest(ServiceError):
     reason = Reason.INVALID
 
 
+class PreconditionFailed(ServiceError):
+    """A CDS Hooks request without the prefetch the service needs (the spec's 412)."""
+
+    status = 412
+    reason = Reason.INVALID
+
+
 class PayloadTooLarge(ServiceError):
     status = 413
     reason = Reason.TOO_LARGE

@@ -51,9 +51,10 @@ UNLOGGED_PATHS = frozenset({"/metrics", "/livez", "/readyz"})
 class EdgeMiddleware:
     """Request id, ``X-Request-ID`` echo, one access-log line, and the 413 body limit: one layer."""
 
-    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+    def __init__(self, app: ASGIApp, max_bytes: int, fhir_max_bytes: int | None = None) -> None:
         self.app = app
         self.max_bytes = max_bytes
+        self.fhir_max_bytes = max_bytes if fhir_max_bytes is None else fhir_max_bytes
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -66,7 +67,8 @@ class EdgeMiddleware:
         rid_header = (b"x-request-id", rid.encode())
         status = 500
         started = False
-        max_bytes = self.max_bytes
+        path = scope.get("path", "")
+        max_bytes = self.fhir_max_bytes if is_fhir_path(path) else self.max_bytes
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, started
@@ -98,9 +100,13 @@ class EdgeMiddleware:
                     raise
                 await reject_too_large(send_with_id, max_bytes)
         finally:
-            path = scope.get("path")
             if path not in UNLOGGED_PATHS:
                 log_request(rid, scope.get("method"), path, status, state, t0)
+
+
+def is_fhir_path(path: str) -> bool:
+    """The FHIR predict and CDS Hooks routes (``LRBNN_FHIR_MAX_BODY_BYTES``)."""
+    return path.endswith(":predict-fhir") or path.startswith("/cds-services")
 
 
 def _declared_length(scope: Scope) -> int:

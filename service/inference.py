@@ -286,22 +286,21 @@ class InferenceService:
         return state
 
     # -- validation ----------------------------------------------------------------------------
-    def resolve_samples(self, served: ServedModel, samples: int | None) -> int:
+    def resolve_samples(
+        self, served: ServedModel, samples: int | None, field: str = "parameters.samples"
+    ) -> int:
         if samples is None:
             return served.default_samples
         if not 1 <= samples <= self.settings.max_samples:
             raise InvalidInput(
-                f"parameters.samples must be between 1 and {self.settings.max_samples}, got {samples}",
-                field="parameters.samples",
+                f"{field} must be between 1 and {self.settings.max_samples}, got {samples}", field=field
             )
         return samples
 
     @staticmethod
-    def check_seed(seed: int | None) -> int | None:
+    def check_seed(seed: int | None, field: str = "parameters.seed") -> int | None:
         if seed is not None and not 0 <= seed <= MAX_SEED:
-            raise InvalidInput(
-                f"parameters.seed must be between 0 and 2**63-1, got {seed}", field="parameters.seed"
-            )
+            raise InvalidInput(f"{field} must be between 0 and 2**63-1, got {seed}", field=field)
         return seed
 
     def check_count(self, count: int, field: str = "instances") -> None:

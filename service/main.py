@@ -70,6 +70,7 @@ def run_server(
     so ``/livez`` answers during a slow start.
     """
     app = create_app(settings)
+    app.state.lrbnn.grpc_host = host
     if preload:
         state = app.state.lrbnn
         state.repository.load_all()

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import math
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,20 +83,54 @@ class FeedbackResult:
         }
 
 
-def record_feedback(
-    store: PredictionStore, manifest: Manifest, model: str, items: list[tuple[str, Any]], metrics: Metrics
-) -> FeedbackResult:
-    """Classify and store ``items`` (prediction id, value); runs in a worker thread (it blocks on I/O)."""
+def find_predictions(store: PredictionStore, model: str, ids: list[str]) -> dict[str, tuple[float, bool]]:
+    """The stored predictions among ``ids`` (``PredictionStore.lookup``), after this process's queue is
+    written and, for ids not found, once more after another worker's writer had time to commit them."""
     store.flush(FLUSH_WAIT_S)
-    result = FeedbackResult()
-    values: dict[str, float] = {}
-    seen: set[str] = set()
-    ids = [pid for pid, _ in items]
     known = store.lookup(model, ids)
     missing = [pid for pid in ids if pid not in known]
     if missing:
         time.sleep(OTHER_WRITERS_S)
         known.update(store.lookup(model, missing))
+    return known
+
+
+def record_card_feedback(
+    store: PredictionStore, model: str, items: dict[str, tuple[str, str | None]], metrics: Metrics
+) -> FeedbackResult:
+    """Store CDS Hooks card feedback (card uuid = prediction id -> (outcome, coded override reason)),
+    the first one standing per card; runs in a worker thread."""
+    result = FeedbackResult()
+    known = find_predictions(store, model, list(items))
+    result.unknown = [pid for pid in items if pid not in known]
+    fresh = {pid: v for pid, v in items.items() if pid in known}
+    taken = store.record_card_feedback(model, fresh, time.time()) if fresh else set()
+    for pid, (outcome, _) in fresh.items():
+        if pid in taken:
+            result.duplicate.append(pid)
+        else:
+            result.accepted.append(pid)
+            metrics.child(metrics.card_feedback, model, outcome).inc()
+    return result
+
+
+async def card_feedback(
+    store: PredictionStore | None, model: str, items: dict[str, tuple[str, str | None]], metrics: Metrics
+) -> FeedbackResult:
+    """:func:`record_card_feedback` off the event loop, with the store's availability checked first."""
+    check_store(store)
+    assert store is not None
+    return await _guarded(asyncio.to_thread(record_card_feedback, store, model, items, metrics))
+
+
+def record_feedback(
+    store: PredictionStore, manifest: Manifest, model: str, items: list[tuple[str, Any]], metrics: Metrics
+) -> FeedbackResult:
+    """Classify and store ``items`` (prediction id, value); runs in a worker thread (it blocks on I/O)."""
+    result = FeedbackResult()
+    values: dict[str, float] = {}
+    seen: set[str] = set()
+    known = find_predictions(store, model, [pid for pid, _ in items])
     for pid, raw in items:
         if pid in seen:
             result.duplicate.append(pid)
@@ -134,12 +169,21 @@ async def feedback(
     items: list[tuple[str, Any]],
     metrics: Metrics,
 ) -> FeedbackResult:
+    check_store(store)
+    assert store is not None
+    return await _guarded(asyncio.to_thread(record_feedback, store, manifest, model, items, metrics))
+
+
+def check_store(store: PredictionStore | None) -> None:
     if store is None:
         raise StoreUnavailable("feedback is off: the prediction store is disabled (LRBNN_STORE_URL=none)")
     if not store.ready:
         raise StoreUnavailable(f"the prediction store is not reachable: {store.error}", retry_after_s=5)
+
+
+async def _guarded(work: Coroutine[Any, Any, FeedbackResult]) -> FeedbackResult:
     try:
-        return await asyncio.to_thread(record_feedback, store, manifest, model, items, metrics)
+        return await work
     except ServiceError:
         raise
     except Exception as exc:  # the database went away mid-request: nothing was acknowledged

@@ -82,6 +82,15 @@ class Settings(BaseSettings):
     reason). On loopback (``make serve``) the server stays open without it."""
     drift_window: int = Field(default=10_000, ge=10)
     max_body_bytes: int = Field(default=1 << 20, ge=1024)
+    fhir_max_body_bytes: int = Field(default=16 << 20, ge=1024)
+    """Body limit of the FHIR and CDS Hooks routes: FHIR JSON is verbose (a Bundle of 1,000 patients
+    with 20 Observations each is ~6.5 MB), so they get their own, larger limit."""
+    cds_warning_risk: float = Field(default=0.3, gt=0.0, lt=1.0)
+    """CDS Hooks cards: a risk at or above this is a ``warning`` card (an OOD patient is one at least)."""
+    cds_critical_risk: float = Field(default=0.6, gt=0.0, lt=1.0)
+    """CDS Hooks cards: a risk at or above this is a ``critical`` card."""
+    grpc_port: int = Field(default=8001, ge=0, le=65535)
+    """Open Inference Protocol gRPC (``inference.GRPCInferenceService``) on this port; 0 = off."""
     cors_origins: str = ""
     drain_timeout_s: float = Field(default=30.0, ge=0.0)
     sampling_mode: SamplingMode | None = None

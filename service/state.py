@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from enum import Enum
+from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
@@ -33,6 +34,10 @@ class Endpoint(str, Enum):
     V1_PREDICT = "v1_predict"
     V2_INFER = "v2_infer"
     V1_FEEDBACK = "v1_feedback"
+    V1_PREDICT_FHIR = "v1_predict_fhir"
+    CDS_PATIENT_VIEW = "cds_patient_view"
+    CDS_FEEDBACK = "cds_feedback"
+    GRPC_INFER = "grpc_infer"
 
 
 @dataclass
@@ -53,6 +58,10 @@ class AppState:
     store: PredictionStore | None = None
     performance: PerformancePublisher | None = None
     following: asyncio.Task[None] | None = None
+    #: where the OIP gRPC server listens (set by ``service.main.run_server``; None: no gRPC, e.g. tests
+    #: of the ASGI app alone) and the running server
+    grpc_host: str | None = None
+    grpc_server: Any = None
     draining: bool = False
     inflight: int = 0
     started: float = field(default_factory=time.time)
@@ -70,25 +79,31 @@ class AppState:
                 raise ModelNotReady("the server is still loading its models", retry_after_s=1) from None
             raise
 
-    def authorize(self, request: Request) -> None:
+    def authorize(self, request: Request | None, authorization: str | None = None) -> None:
+        """Check the bearer token of ``request`` (REST) or the ``authorization`` value (gRPC metadata)."""
         if self.tokens.enabled:
-            self.tokens.check(request.headers.get("authorization"), "prediction")
+            header = request.headers.get("authorization") if request is not None else authorization
+            self.tokens.check(header, "prediction")
 
     @asynccontextmanager
-    async def track(self, request: Request, name: str, endpoint: Endpoint) -> AsyncIterator[ServedModel]:
-        """Gate and measure one model request; yields the served model version."""
+    async def track(
+        self, request: Request | None, name: str, endpoint: Endpoint, authorization: str | None = None
+    ) -> AsyncIterator[ServedModel]:
+        """Gate and measure one model request (REST: ``request``; gRPC: None and the call's
+        ``authorization`` metadata); yields the served model version."""
         t0 = time.perf_counter()
         known = self.repository.serves(name)
         code = 200
         counted = False
         try:
-            self.authorize(request)
+            self.authorize(request, authorization)
             if self.draining:
                 raise Draining("the server is shutting down", retry_after_s=1)
             served = self.lookup(name)
             if not self.inference.attached(served.name):
                 raise ModelNotReady(f"model {name!r} is still loading", retry_after_s=1)
-            request.state.model = served.name
+            if request is not None:
+                request.state.model = served.name
             self.inflight += 1
             counted = True
             self.metrics.child(self.metrics.inflight, served.name).inc()

@@ -17,6 +17,9 @@ from model_core.models import ArchitectureSpec, Likelihood, Method, build_model
 # Every server a test starts (in process or as a subprocess) keeps its prediction store here, never in
 # the working tree; a test of the store itself passes its own state_dir.
 os.environ.setdefault("LRBNN_STATE_DIR", tempfile.mkdtemp(prefix="lrbnn-test-state-"))
+# ... and opens no gRPC port (the default 8001 would collide between servers, or with a running one);
+# the gRPC tests give their server a free port.
+os.environ.setdefault("LRBNN_GRPC_PORT", "0")
 
 
 def make_toy_csv(path: Path, n: int = 600, seed: int = 0) -> Path:

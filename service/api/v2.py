@@ -200,7 +200,7 @@ def _int_param(params: dict[str, Any], key: str) -> int | None:
     return number
 
 
-def _check_shape(shape: Any, spec: TensorSpec) -> list[int]:
+def check_shape(shape: Any, spec: TensorSpec) -> list[int]:
     want = "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
     dims = [json_int(d) for d in shape] if isinstance(shape, list) else []
     ok = (
@@ -214,7 +214,7 @@ def _check_shape(shape: Any, spec: TensorSpec) -> list[int]:
     return [int(d) for d in dims if d is not None]
 
 
-def _decode_bytes(blob: bytes, count: int, name: str) -> list[str]:
+def decode_bytes(blob: bytes, count: int, name: str) -> list[str]:
     """The binary BYTES layout of the protocol: per element a 4-byte little-endian length, then the bytes."""
     out: list[str] = []
     pos = 0
@@ -274,7 +274,7 @@ def _tensor(body: dict[str, Any], binary: bytes, spec: TensorSpec) -> np.ndarray
             f"input {name!r}: datatype {datatype!r} is not supported; send {spec.datatype}",
             field="inputs.0.datatype",
         )
-    shape = _check_shape(given.get("shape"), spec)
+    shape = check_shape(given.get("shape"), spec)
     count = math.prod(shape)
     params = given.get("parameters") or {}
     if isinstance(params, dict) and "binary_data_size" in params:
@@ -286,7 +286,7 @@ def _tensor(body: dict[str, Any], binary: bytes, spec: TensorSpec) -> np.ndarray
                     "the JSON header",
                     field="inputs.0.parameters.binary_data_size",
                 )
-            return np.asarray(_decode_bytes(binary[:size], count, str(name)), dtype=object).reshape(shape)
+            return np.asarray(decode_bytes(binary[:size], count, str(name)), dtype=object).reshape(shape)
         dtype = DTYPES[datatype]
         want = count * np.dtype(dtype).itemsize
         if size != want or len(binary) < want:
@@ -334,7 +334,7 @@ def _requested(body: dict[str, Any]) -> list[tuple[str, bool]]:
     return chosen
 
 
-def _array(result: InferenceResult, name: str) -> np.ndarray:
+def output_array(result: InferenceResult, name: str) -> np.ndarray:
     if name == "ood":
         return result.ood
     if name == "novelty_score" and name not in result.outputs:  # a checkpoint without a detector
@@ -366,7 +366,7 @@ def _encode(result: InferenceResult, body: dict[str, Any], requested: list[tuple
                 entry["data"] = ids
             header["outputs"].append(entry)
             continue
-        arr = np.ascontiguousarray(_array(result, name), dtype=dtype)
+        arr = np.ascontiguousarray(output_array(result, name), dtype=dtype)
         entry = {"name": name, "datatype": datatype, "shape": list(arr.shape)}
         if binary:
             blob = arr.tobytes()

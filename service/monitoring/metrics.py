@@ -163,6 +163,12 @@ class Metrics:
         self.outcomes = Counter(
             "lrbnn_outcomes", "Outcomes accepted (joined to their predictions).", ["model"], registry=r
         )
+        self.card_feedback = Counter(
+            "lrbnn_card_feedback",
+            "CDS Hooks card feedback accepted, by what the clinician did with the card.",
+            ["model", "outcome"],
+            registry=r,
+        )
         self.outcome_delay = Histogram(
             "lrbnn_outcome_delay_seconds",
             "Time from a prediction to its accepted outcome.",
@@ -240,6 +246,8 @@ class Metrics:
         for reason in Reason:
             self.rejected.labels(model, reason.value)
         self.outcomes.labels(model)
+        for outcome in ("accepted", "overridden"):
+            self.card_feedback.labels(model, outcome)
         self.outcome_delay.labels(model)
         for metric in realized:  # NaN until outcomes arrive: "no data", not a perfect 0
             self.realized.labels(model, metric).set(float("nan"))

@@ -39,7 +39,7 @@ from alembic.config import Config
 from sqlalchemy import Engine, create_engine, delete, event, func, insert, make_url, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
-from service.store.schema import outcomes, predictions
+from service.store.schema import card_feedback, outcomes, predictions
 
 log = logging.getLogger("lrbnn.service.store")
 
@@ -363,6 +363,7 @@ class PredictionStore:
         old = select(predictions.c.id).where(predictions.c.created < before)
         with self.engine.begin() as conn:
             conn.execute(delete(outcomes).where(outcomes.c.prediction_id.in_(old)))
+            conn.execute(delete(card_feedback).where(card_feedback.c.prediction_id.in_(old)))
             gone = conn.execute(delete(predictions).where(predictions.c.created < before)).rowcount
         if gone:
             log.info("retention purge", extra={"deleted": gone})
@@ -406,6 +407,29 @@ class PredictionStore:
                 except IntegrityError:
                     raced.add(str(row["prediction_id"]))
         return raced
+
+    def record_card_feedback(
+        self, model: str, items: dict[str, tuple[str, str | None]], received: float
+    ) -> set[str]:
+        """Insert and commit CDS card feedback (id -> (outcome, override reason)), the first one standing
+        per prediction; returns the ids that already had feedback."""
+        assert self.engine is not None
+        taken: set[str] = set()
+        with self.engine.connect() as conn:
+            for pid, (outcome, reason) in items.items():
+                row = {
+                    "prediction_id": pid,
+                    "model": model,
+                    "outcome": outcome,
+                    "override_reason": reason,
+                    "received": received,
+                }
+                try:
+                    with conn.begin():
+                        conn.execute(insert(card_feedback), [row])
+                except IntegrityError:
+                    taken.add(pid)
+        return taken
 
     # -- windows for the performance gauges ----------------------------------------------------
     def recent_outcomes(self, model: str, limit: int) -> list[JoinedOutcome]:

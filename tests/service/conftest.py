@@ -10,6 +10,6 @@ for p in (str(_HERE.parents[1]), str(_HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
-from service_fixtures import anyio_backend, repo, serve_app, toy_checkpoint  # noqa: E402
+from service_fixtures import anyio_backend, icu_client, repo, serve_app, toy_checkpoint  # noqa: E402
 
-__all__ = ["anyio_backend", "repo", "serve_app", "toy_checkpoint"]
+__all__ = ["anyio_backend", "icu_client", "repo", "serve_app", "toy_checkpoint"]

@@ -57,3 +57,21 @@ def serve_app(repo: Path) -> ServeApp:
                 yield client
 
     return make
+
+
+@pytest.fixture
+async def icu_client(tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """The real app over the bundled ICU model (FHIR-coded) and the text model, with its own store."""
+    from fhir_helpers import icu_repository
+
+    from service.app import create_app
+    from service.settings import Settings
+
+    repo = icu_repository(tmp_path / "models", with_sentiment=True)
+    app = create_app(Settings(model_repository=repo, state_dir=tmp_path / "state", max_instances=1000))
+    async with app.router.lifespan_context(app):
+        assert app.state.lrbnn.loading is not None
+        await app.state.lrbnn.loading
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=60) as client:
+            yield client

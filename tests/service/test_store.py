@@ -62,6 +62,34 @@ def store(tmp_path: Path) -> PredictionStore:
     s.close()
 
 
+def test_a_0001_store_upgrades_keeping_its_rows_and_downgrades_back(tmp_path: Path) -> None:
+    """A store made by the first release (0001) gains card_feedback on start, its rows intact; the
+    downgrade removes exactly that table again."""
+    from importlib.resources import files
+
+    from alembic import command
+    from alembic.config import Config
+
+    engine = make_engine(default_url(tmp_path))
+    cfg = Config()
+    cfg.set_main_option("script_location", str(files("service.store") / "migrations"))
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.upgrade(cfg, "0001")
+        conn.exec_driver_sql("INSERT INTO predictions VALUES ('a1', 1.0, 'm', '1', 'x', 0, '{}', NULL)")
+    assert "card_feedback" not in inspect(engine).get_table_names()
+    migrate(engine)
+    assert "card_feedback" in inspect(engine).get_table_names()
+    with engine.connect() as conn:
+        assert conn.exec_driver_sql("SELECT id FROM predictions").scalars().all() == ["a1"]
+    with engine.begin() as conn:
+        cfg.attributes["connection"] = conn
+        command.downgrade(cfg, "0001")
+    assert set(inspect(engine).get_table_names()) >= {"predictions", "outcomes"}
+    assert "card_feedback" not in inspect(engine).get_table_names()
+    engine.dispose()
+
+
 def test_migrations_reach_head_and_match_the_schema(tmp_path: Path) -> None:
     engine = make_engine(default_url(tmp_path))
     migrate(engine)
@@ -74,7 +102,7 @@ def test_migrations_reach_head_and_match_the_schema(tmp_path: Path) -> None:
 
     cfg = Config()
     cfg.set_main_option("script_location", str(files("service.store") / "migrations"))
-    assert current == ScriptDirectory.from_config(cfg).get_current_head() == "0001"
+    assert current == ScriptDirectory.from_config(cfg).get_current_head() == "0002"
     tables = inspect(engine)
     assert {c["name"] for c in tables.get_columns("predictions")} == {
         "id",
@@ -90,6 +118,13 @@ def test_migrations_reach_head_and_match_the_schema(tmp_path: Path) -> None:
         "prediction_id",
         "model",
         "value",
+        "received",
+    }
+    assert {c["name"] for c in tables.get_columns("card_feedback")} == {
+        "prediction_id",
+        "model",
+        "outcome",
+        "override_reason",
         "received",
     }
     with engine.connect() as conn:

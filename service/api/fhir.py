@@ -1,0 +1,122 @@
+"""FHIR R4 predict: a Bundle of Patients and Observations in, a Bundle of RiskAssessments out.
+
+The mapping is ``service.fhir`` (codes, units, latest-wins, Patient fields); this router only gates the
+request (auth, limits, metrics, the same batcher as V1) and answers errors as FHIR clients read them:
+an ``OperationOutcome`` whose issue names the resource and field (``expression``), with the V1 error
+body's ``error`` and ``field`` beside it so one client can read both kinds of answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import orjson
+from fastapi import APIRouter, Request
+from starlette.responses import Response
+
+from service.api.body import parse_json
+from service.api.deps import app_state, disconnect_waiter
+from service.api.v1 import ERRORS
+from service.errors import InvalidInput, ServiceError, Unauthorized
+from service.fhir.bundle import FeatureIndex, parse_bundle, read_bundle
+from service.fhir.risk import risk_assessments
+from service.repository import ServedModel
+from service.state import Endpoint
+
+router = APIRouter(tags=["fhir"])
+FHIR_JSON = "application/fhir+json"
+#: OperationOutcome issue codes by HTTP status (FHIR's IssueType value set)
+_ISSUE_CODE = {
+    400: "structure",
+    401: "login",
+    403: "forbidden",
+    404: "not-found",
+    413: "too-costly",
+    422: "invalid",
+}
+
+
+def fhir_response(payload: Any, status: int = 200, headers: dict[str, str] | None = None) -> Response:
+    return Response(orjson.dumps(payload), status_code=status, media_type=FHIR_JSON, headers=headers)
+
+
+def operation_outcome(exc: ServiceError) -> Response:
+    """The error as an ``OperationOutcome`` (plus ``error``/``field`` as in every other answer)."""
+    issue: dict[str, Any] = {
+        "severity": "error",
+        "code": _ISSUE_CODE.get(exc.status, "processing"),
+        "diagnostics": exc.message,
+    }
+    if exc.field:
+        issue["expression"] = [exc.field]
+    body: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": [issue], "error": exc.message}
+    if exc.field:
+        body["field"] = exc.field
+    headers: dict[str, str] = {}
+    if exc.retry_after_s is not None:
+        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, Unauthorized):
+        headers["WWW-Authenticate"] = 'Bearer realm="lrbnn"'
+    return fhir_response(body, exc.status, headers)
+
+
+def query_int(value: str | None, name: str) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except ValueError:
+        raise InvalidInput(f"query parameter {name} must be an integer, got {value!r}", name) from None
+
+
+def feature_index(served: ServedModel) -> FeatureIndex:
+    """The model's codes; a model without any (a text or sequence model) cannot read FHIR."""
+    index = FeatureIndex(served.inputs.features())
+    if not index:
+        raise InvalidInput(
+            f"model {served.name!r} has no FHIR feature codings (only tabular models with coded features "
+            "take FHIR input; use :predict)",
+            "name",
+        )
+    return index
+
+
+@router.post(
+    "/v1/models/{name}:predict-fhir",
+    responses=ERRORS,
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {FHIR_JSON: {"schema": {"type": "object", "description": "a FHIR R4 Bundle"}}},
+        }
+    },
+    summary="Predict from a FHIR R4 Bundle (Patients + LOINC/UCUM Observations) -> RiskAssessments",
+)
+async def predict_fhir(
+    name: str, request: Request, samples: str | None = None, seed: str | None = None
+) -> Response:
+    state = app_state(request)
+    try:
+        async with state.track(request, name, Endpoint.V1_PREDICT_FHIR) as served:
+            index = feature_index(served)
+            n_samples, n_seed = query_int(samples, "samples"), query_int(seed, "seed")
+            if n_samples is not None:
+                state.inference.resolve_samples(served, n_samples, "samples")
+            state.inference.check_seed(n_seed, "seed")
+            payload = parse_json(await request.body())
+            # validation costs ~0.13 ms per resource: a large Bundle must not stall the event loop
+            inputs = await asyncio.to_thread(lambda: read_bundle(parse_bundle(payload), index))
+            state.inference.check_count(len(inputs.patients), "patients")
+            request.state.instances = len(inputs.patients)
+            result = await state.inference.predict(
+                served,
+                [p.instance for p in inputs.patients],
+                n_samples,
+                n_seed,
+                disconnect_waiter(request),
+            )
+            return fhir_response(risk_assessments(result, inputs))
+    except ServiceError as exc:
+        return operation_outcome(exc)
