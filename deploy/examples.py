@@ -31,6 +31,8 @@ ICU = {
 }  # fmt: skip
 #: request bodies too long to show inline (a 24-hour window), sent with ``-d @file`` from the repo root
 WINDOW, SHORT_WINDOW = "deploy/examples/pm25-window.json", "deploy/examples/pm25-short-window.json"
+FHIR_BUNDLE, CDS_REQUEST = "deploy/examples/fhir-bundle.json", "deploy/examples/cds-patient-view.json"
+GRPC_CLIENT = "deploy/examples/grpc_client.py"
 REVIEW = "A gripping, beautifully acted film that never lets go."
 HEADLINE = "Chancellor unveils emergency budget as inflation hits 40-year high"
 
@@ -45,8 +47,9 @@ def _free_port() -> int:
         return int(s.getsockname()[1])
 
 
-def examples(base: str) -> list[tuple[str, list[str], tuple[str, ...]]]:
-    """(title, curl arguments, line prefixes to keep (all lines when empty)) in README order."""
+def examples(base: str, grpc: str) -> list[tuple[str, list[str], tuple[str, ...]]]:
+    """(title, curl arguments (or a ``python`` command), line prefixes to keep (all lines when empty)),
+    in README order."""
     post = ["-X", "POST", "-H", "Content-Type: application/json"]
 
     def body(payload: object) -> list[str]:
@@ -83,6 +86,29 @@ def examples(base: str) -> list[tuple[str, list[str], tuple[str, ...]]]:
                 f"{v1}/icu-mortality/feedback",
                 *body({"outcomes": [{"prediction_id": "0" * 32, "value": "died"}]}),
             ],
+            (),
+        ),
+        (
+            "FHIR R4: a Bundle (Patient + LOINC Observations in °F, µmol/L, mmHg) -> a RiskAssessment",
+            [
+                "-X",
+                "POST",
+                "-H",
+                "Content-Type: application/fhir+json",
+                f"{v1}/icu-mortality:predict-fhir?samples=200&seed=7",
+                "-d",
+                f"@{FHIR_BUNDLE}",
+            ],
+            (),
+        ),
+        (
+            "CDS Hooks: a patient-view call with its prefetch -> a card (its uuid is the prediction_id)",
+            [*post, f"{base}/cds-services/icu-mortality", "-d", f"@{CDS_REQUEST}"],
+            (),
+        ),
+        (
+            "Open Inference Protocol over gRPC (port LRBNN_GRPC_PORT, 8001) with tritonclient.grpc",
+            ["python", GRPC_CLIENT, "--url", grpc],
             (),
         ),
         (
@@ -149,16 +175,24 @@ def examples(base: str) -> list[tuple[str, list[str], tuple[str, ...]]]:
     ]
 
 
-def _shown(args: list[str], base: str) -> str:
-    """The command as a reader types it (localhost:8000)."""
+def _shown(args: list[str], base: str, grpc: str) -> str:
+    """The command as a reader types it (localhost:8000, gRPC localhost:8001)."""
+    if args[0] == "python":
+        return " ".join([".venv/bin/python", *(a.replace(grpc, "localhost:8001") for a in args[1:])])
     words = ["curl", "-s", *(a.replace(base, "localhost:8000") for a in args)]
-    return " ".join(shlex.quote(w) if (" " in w or "{" in w or '"' in w) else w for w in words)
+    return " ".join(shlex.quote(w) if any(ch in w for ch in " {\"&?") else w for w in words)
 
 
 def run(repo: Path, width: int) -> str:
-    port = _free_port()
-    base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "LRBNN_ADMIN_TOKEN": ADMIN, "LRBNN_LOG_LEVEL": "WARNING", "OMP_NUM_THREADS": "1"}
+    port, grpc_port = _free_port(), _free_port()
+    base, grpc = f"http://127.0.0.1:{port}", f"127.0.0.1:{grpc_port}"
+    env = {
+        **os.environ,
+        "LRBNN_ADMIN_TOKEN": ADMIN,
+        "LRBNN_LOG_LEVEL": "WARNING",
+        "OMP_NUM_THREADS": "1",
+        "LRBNN_GRPC_PORT": str(grpc_port),
+    }
     cmd = [
         str(Path(sys.executable).with_name("lrbnn")),
         "serve",
@@ -180,15 +214,14 @@ def run(repo: Path, width: int) -> str:
                 raise SystemExit("the server did not become ready")
             time.sleep(0.5)
         blocks = []
-        for title, args, grep in examples(base):
-            out = subprocess.run(
-                ["curl", "-s", *args], capture_output=True, text=True, check=True, cwd=ROOT
-            ).stdout
+        for title, args, grep in examples(base, grpc):
+            command = [sys.executable, *args[1:]] if args[0] == "python" else ["curl", "-s", *args]
+            out = subprocess.run(command, capture_output=True, text=True, check=True, cwd=ROOT).stdout
             if grep:
                 out = "\n".join(line for line in out.splitlines() if line.startswith(grep))
             out = out.strip()
             cut = "\n".join(line if len(line) <= width else line[:width] + " …" for line in out.splitlines())
-            shown = _shown(args, base)
+            shown = _shown(args, base, grpc)
             if grep:
                 pattern = "^(" + "|".join(g.replace("{", "\\{") for g in grep) + ")"
                 shown += " | grep -E " + shlex.quote(pattern)

@@ -15,6 +15,7 @@ from pydantic import (
     StrictStr,
 )
 
+from model_core.data.coding import FeatureCoding
 from service.api.body import whole_number
 
 FeatureValue = float | int | bool | str | None
@@ -104,6 +105,8 @@ class FeatureInfo(BaseModel):
     plausible_low: float | None = None
     plausible_high: float | None = None
     imputed_with: float | str | None = None
+    #: how FHIR clients send it: codes (LOINC or local), canonical UCUM unit, molar mass, Patient field
+    coding: FeatureCoding | None = None
 
 
 class ModelInfo(BaseModel):

@@ -146,6 +146,7 @@ def model_info(served: ServedModel, versions: list[str]) -> ModelInfo:
                 plausible_low=spec.plausible_low,
                 plausible_high=spec.plausible_high,
                 imputed_with=spec.impute,
+                coding=spec.coding,
             )
         )
     return ModelInfo(

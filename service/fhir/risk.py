@@ -92,20 +92,21 @@ def risk_assessments(result: InferenceResult, inputs: BundleInput) -> dict[str, 
         extensions += [_ext("imputed", valueString=name) for name in result.imputed[i]]
         extensions += [_ext("flagged", valueString=name) for name in flagged]
         extensions += [_ignored(x) for x in patient.ignored]
+        # the fields a reader looks for first (the extensions carry the rest): FHIR's key order is free
         resource: dict[str, Any] = {
             "resourceType": "RiskAssessment",
             "id": result.prediction_ids[i],
-            "extension": extensions,
-            "identifier": [{"system": PREDICTION_ID_SYSTEM, "value": result.prediction_ids[i]}],
             "status": "final",
-            "method": {"text": method},
             "subject": {"reference": patient.reference},
-            "occurrenceDateTime": now,
             "prediction": predictions,
             "note": [{"text": summary}],
         }
         if patient.basis:
             resource["basis"] = [{"reference": ref} for ref in patient.basis]
+        resource["occurrenceDateTime"] = now
+        resource["method"] = {"text": method}
+        resource["identifier"] = [{"system": PREDICTION_ID_SYSTEM, "value": result.prediction_ids[i]}]
+        resource["extension"] = extensions
         entries.append({"fullUrl": f"urn:uuid:{uuid.uuid4()}", "resource": resource})
     bundle: dict[str, Any] = {
         "resourceType": "Bundle",
