@@ -565,6 +565,8 @@ def run_container(tag: str, name: str, env: dict[str, str], extra: list[str] | N
         "no-new-privileges",
         "-p",
         "127.0.0.1::8000",
+        "-p",
+        "127.0.0.1::8001",
         "--health-interval",
         "2s",
         "--health-start-period",
@@ -577,6 +579,31 @@ def run_container(tag: str, name: str, env: dict[str, str], extra: list[str] | N
     docker(*args, *(extra or []), tag, timeout=60)
     port = docker("port", name, "8000/tcp").stdout.split(":")[-1].strip()
     return f"http://127.0.0.1:{port}"
+
+
+def grpc_answer(target: str, v2: dict[str, Any], model: str, token: str) -> dict[str, list[Any]]:
+    """The V2 request sent over gRPC with tritonclient.grpc: the outputs as lists (V2 JSON's shape)."""
+    import numpy as np
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(target)
+    tensor = v2["inputs"][0]
+    x = np.asarray(tensor["data"], dtype=np.float32).reshape(tensor["shape"])
+    inp = grpcclient.InferInput(tensor["name"], list(x.shape), "FP32")
+    inp.set_data_from_numpy(x)
+    auth = {"authorization": f"Bearer {token}"}
+    r = client.infer(model, [inp], parameters=v2["parameters"], headers=auth)
+    return {n: r.as_numpy(n).tolist() for n in ("mean", "variance", "epistemic", "ood_score", "ood")}
+
+
+def fhir_check(base: str, model: str, token: str) -> str:
+    """'' when the container answers the README's FHIR Bundle with a RiskAssessment, else why not."""
+    bundle = json.loads((REPO_ROOT / "deploy" / "examples" / "fhir-bundle.json").read_text())
+    status, body = http(f"{base}/v1/models/{model}:predict-fhir?seed=7", bundle, token)
+    if status != 200:
+        return f"answered {status}: {body[:200]!r}"
+    kind = json.loads(body)["entry"][0]["resource"]["resourceType"]
+    return "" if kind == "RiskAssessment" else f"entry 0 is a {kind}"
 
 
 def inspect(name: str, fmt: str) -> str:
@@ -689,6 +716,17 @@ def smoke_image(
         checks.add(
             f"{flavour}.v1_valid", not check_prediction(got1, 2, model), str(check_prediction(got1, 2, model))
         )
+        grpc_port = docker("port", name, "8001/tcp").stdout.split(":")[-1].strip()
+        try:
+            got_grpc = grpc_answer(f"127.0.0.1:{grpc_port}", v2, model, token)
+            want = {o["name"]: o["data"] for o in want2["outputs"]}
+            bad = [n for n, v in got_grpc.items() if diff_answers(v, want[n], n)]
+            checks.add(f"{flavour}.grpc_equal_v2", not bad, f"outputs differ: {bad}")
+        except Exception as exc:  # a refused connection or a gRPC status: the check fails, the run goes on
+            checks.add(f"{flavour}.grpc_equal_v2", False, f"{type(exc).__name__}: {exc}")
+        if model == "icu-mortality":
+            why = fhir_check(base, model, token)
+            checks.add(f"{flavour}.fhir_risk_assessment", not why, why)
         s, metrics = http(f"{base}/metrics")
         problems = check_metrics(metrics.decode(), model) if s == 200 else [f"/metrics answered {s}"]
         checks.add(f"{flavour}.metrics_open", not problems, "; ".join(problems))

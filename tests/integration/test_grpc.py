@@ -188,3 +188,25 @@ def test_two_workers_share_the_grpc_port(tmp_path: Path) -> None:
         assert len(pids) == 2, srv.log_text()[-2000:]
     finally:
         srv.stop()
+
+
+def test_sigterm_stops_grpc_with_rest_and_exits_zero(tmp_path: Path) -> None:
+    """The drain covers gRPC: after SIGTERM, gRPC answers UNAVAILABLE (or the port is closed), and the
+    process exits 0 within the drain timeout even with a client channel still open."""
+    import signal
+
+    repo = tmp_path / "models"
+    shutil.copytree(ROOT / "deploy" / "models" / ICU, repo / ICU)
+    port = free_port()
+    srv = ServerProcess(repo, tmp_path / "server.log", env={"LRBNN_GRPC_PORT": str(port)})
+    try:
+        srv.wait_ready()
+        c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+        assert c.is_server_ready()
+        srv.proc.send_signal(signal.SIGTERM)
+        assert srv.proc.wait(30) == 0, srv.log_text()[-2000:]
+        with pytest.raises(InferenceServerException) as info:
+            c.is_server_live(client_timeout=5)
+        assert "UNAVAILABLE" in str(info.value.status()) or "DEADLINE" in str(info.value.status())
+    finally:
+        srv.stop()
