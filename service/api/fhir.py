@@ -18,7 +18,6 @@ from starlette.responses import Response
 
 from service.api.body import parse_json
 from service.api.deps import app_state, disconnect_waiter
-from service.api.v1 import ERRORS
 from service.errors import InvalidInput, ServiceError, Unauthorized
 from service.fhir.bundle import FeatureIndex, parse_bundle, read_bundle
 from service.fhir.risk import risk_assessments
@@ -83,9 +82,38 @@ def feature_index(served: ServedModel) -> FeatureIndex:
     return index
 
 
+def _documented(schema: dict[str, Any], description: str, also_json: bool = False) -> dict[str, Any]:
+    content: dict[str, Any] = {FHIR_JSON: {"schema": schema}}
+    if also_json:  # the body limit answers before the route, in the service's plain error body
+        content["application/json"] = {"schema": {"$ref": "#/components/schemas/ErrorResponse"}}
+    return {"description": description, "content": content}
+
+
+OPERATION_OUTCOME = {
+    "type": "object",
+    "description": "a FHIR OperationOutcome (issue[0].diagnostics and .expression), with error and field",
+    "required": ["resourceType", "issue", "error"],
+    "properties": {
+        "resourceType": {"const": "OperationOutcome"},
+        "issue": {"type": "array", "items": {"type": "object"}},
+        "error": {"type": "string"},
+        "field": {"type": "string"},
+    },
+}
+#: every answer of the route is FHIR JSON (the 413 of the body limit may also be the plain error body)
+FHIR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: _documented({"type": "object", "description": "a Bundle of RiskAssessments"}, "RiskAssessments"),
+    **{
+        code: _documented(OPERATION_OUTCOME, "an OperationOutcome", also_json=code == 413)
+        for code in (400, 401, 403, 404, 413, 422, 429, 503, 504)
+    },
+}
+
+
 @router.post(
     "/v1/models/{name}:predict-fhir",
-    responses=ERRORS,
+    response_class=Response,
+    responses=FHIR_RESPONSES,
     openapi_extra={
         "requestBody": {
             "required": True,

@@ -175,5 +175,5 @@ def test_postgresql_end_to_end(toy_repo: Path, postgres_url: str) -> None:  # no
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM predictions")).scalar_one() == 5
         assert conn.execute(text("SELECT count(*) FROM outcomes")).scalar_one() == 4
-        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0001"
+        assert conn.execute(text("SELECT version_num FROM alembic_version")).scalar_one() == "0002"
     engine.dispose()

@@ -35,6 +35,12 @@ EXCLUDED_CHECKS = (
     "ensure_resource_availability",
     "object_level_authorization",
 )
+#: Checks left out for one operation (by a suffix of its path), each with the reason:
+#: - positive_data_acceptance on FHIR predict: a Bundle's validity (FHIR's own rules, UCUM units, the
+#:   model's codes and categories) is not expressible as the JSON schema the fuzzer draws "valid" Bundles
+#:   from, so a schema-valid body may rightly be refused; the route's positive and negative cases are
+#:   tests/service/test_fhir.py. Every other check (no 500, status codes, content types) still runs.
+OPERATION_EXCLUDED_CHECKS = {":predict-fhir": ("positive_data_acceptance",)}
 #: answers that reject a schema-violating request, beyond schemathesis' defaults: more instances than
 #: the schema's ``maxItems`` (``LRBNN_MAX_INSTANCES``) are refused with the contract's 413
 NEGATIVE_REJECTIONS = ("413",)
@@ -113,7 +119,14 @@ def fuzz(
         if budget[op.label] <= 0:
             continue
         strategy = st.one_of(op.as_strategy(GenerationMode.POSITIVE), op.as_strategy(GenerationMode.NEGATIVE))
-        _run_operation(strategy, budget[op.label], seed, checks, report, pins)
+        skip = {
+            n
+            for suffix, names in OPERATION_EXCLUDED_CHECKS.items()
+            if op.path.endswith(suffix)
+            for n in names
+        }
+        op_checks = [c for c in checks if c.__name__ not in skip]
+        _run_operation(strategy, budget[op.label], seed, op_checks, report, pins)
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -70,22 +70,26 @@ async def test_every_non_public_route_needs_a_token(serve_app: ServeApp) -> None
         assert len(guarded) >= 8, routes  # v1 list/predict/reload and the V2 model routes at least
         for method, template in guarded:
             path = template.replace("{name}", toy.MODEL).replace("{version}", "1")
+            path = path.replace("{service_id}", toy.MODEL)
+            # the FHIR and CDS Hooks routes refuse the toy (it has no FHIR codings) after the token
+            # check: 422 there means the token was accepted
+            allowed = (200, 422) if ("fhir" in path or "cds-services/" in path) else (200,)
             body = infer if "/v2/" in path else {"instances": [toy.instance()]}
             if path.endswith("/feedback"):
                 body = {"outcomes": [{"prediction_id": "0" * 32, "value": 1}]}
             kwargs = {"json": body} if method == "POST" and "reload" not in path else {}
             user_ok = path not in {t.replace("{name}", toy.MODEL) for t in ADMIN_ROUTES}
             for header, want in (
-                (None, 401),
-                ("Basic dXNlcjpwYXNz", 401),
-                ("Bearer wrong-token", 403),
-                ("Bearer user-token", 200 if user_ok else 403),
-                ("Bearer admin-token", 403 if user_ok else 200),
+                (None, (401,)),
+                ("Basic dXNlcjpwYXNz", (401,)),
+                ("Bearer wrong-token", (403,)),
+                ("Bearer user-token", allowed if user_ok else (403,)),
+                ("Bearer admin-token", (403,) if user_ok else allowed),
             ):
                 headers = {"authorization": header} if header else {}
                 r = await client.request(method, path, headers=headers, **kwargs)
-                assert r.status_code == want, (method, template, header, r.status_code, r.text)
-                if want == 401:
+                assert r.status_code in want, (method, template, header, r.status_code, r.text)
+                if want == (401,):
                     assert r.headers["www-authenticate"].startswith("Bearer")
         for method, path in routes:
             if path in PUBLIC and "{" not in path:

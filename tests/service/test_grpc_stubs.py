@@ -4,6 +4,8 @@ is in ``service/grpc_api/oip.proto``), and the service matches the protocol's na
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 from grpc_tools import protoc
@@ -24,25 +26,31 @@ def test_committed_stubs_are_regenerated_identically(tmp_path: Path) -> None:
 
 
 def test_the_service_is_the_open_inference_protocols() -> None:
-    from service.grpc_api import oip_pb2
-
-    service = oip_pb2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
-    assert service.full_name == "inference.GRPCInferenceService"
-    assert {m.name for m in service.methods} == {
-        "ServerLive",
-        "ServerReady",
-        "ModelReady",
-        "ServerMetadata",
-        "ModelMetadata",
-        "ModelInfer",
-    }
-    fields = {f.name: f.number for f in oip_pb2.ModelInferRequest.DESCRIPTOR.fields}
-    assert fields == {
-        "model_name": 1,
-        "model_version": 2,
-        "id": 3,
-        "parameters": 4,
-        "inputs": 5,
-        "outputs": 6,
-        "raw_input_contents": 7,
-    }
+    """In a fresh interpreter: the stubs register ``inference.*`` in protobuf's default pool, as
+    tritonclient's do, so the two cannot be imported into one process (the server never imports the
+    client; this test process does)."""
+    code = (
+        "from service.grpc_api import oip_pb2 as pb\n"
+        "s = pb.DESCRIPTOR.services_by_name['GRPCInferenceService']\n"
+        "print(s.full_name, sorted(m.name for m in s.methods))\n"
+        "print(sorted((f.name, f.number) for f in pb.ModelInferRequest.DESCRIPTOR.fields))\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    service, fields = out.stdout.splitlines()
+    assert service == (
+        "inference.GRPCInferenceService ['ModelInfer', 'ModelMetadata', 'ModelReady', 'ServerLive', "
+        "'ServerMetadata', 'ServerReady']"
+    )
+    assert fields == str(
+        sorted(
+            {
+                "model_name": 1,
+                "model_version": 2,
+                "id": 3,
+                "parameters": 4,
+                "inputs": 5,
+                "outputs": 6,
+                "raw_input_contents": 7,
+            }.items()
+        )
+    )
