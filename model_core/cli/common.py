@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from model_core.data.dataset import TabularSplits
@@ -13,13 +14,27 @@ def add_data_dir(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="data directory (default: $LRBNN_DATA_DIR)")
 
 
+#: loader keyword options a task takes beyond (data_dir, seed), by task; ``lrbnn train`` sets them from
+#: flags of the same name and records them as ``training.data_options``, which ``evaluate`` replays
+DATA_OPTIONS: dict[str, tuple[str, ...]] = {"sentiment": ("min_freq", "max_vocab", "max_len")}
+
+
+def data_options(args: argparse.Namespace, task: str) -> dict[str, int]:
+    """The task's loader options given on the command line (absent or None: the loader's default)."""
+    return {
+        name: int(getattr(args, name))
+        for name in DATA_OPTIONS.get(task, ())
+        if getattr(args, name, None) is not None
+    }
+
+
 def fail(message: str, code: int = 2) -> int:
     print(f"lrbnn: error: {message}", file=sys.stderr)
     return code
 
 
 def load_task_splits(args: argparse.Namespace, meta: dict[str, Any] | None = None) -> TabularSplits:
-    """Splits for ``args.task`` (or a manifest's recorded task when ``meta`` is given)."""
+    """Splits for ``args.task`` (a manifest's recorded task and ``data_options`` when ``meta`` is given)."""
     from model_core.data import TASK_LOADERS, load_csv, resolve_data_dir
 
     meta = meta or {}
@@ -42,4 +57,6 @@ def load_task_splits(args: argparse.Namespace, meta: dict[str, Any] | None = Non
         raise SystemExit(
             f"lrbnn: error: task {task!r} is not available yet (available: {sorted(TASK_LOADERS)})"
         )
-    return TASK_LOADERS[task](resolve_data_dir(args.data_dir), seed=seed)
+    options = dict(meta["data_options"]) if "data_options" in meta else data_options(args, task)
+    loader: Callable[..., TabularSplits] = TASK_LOADERS[task]
+    return loader(resolve_data_dir(args.data_dir), seed=seed, **options)

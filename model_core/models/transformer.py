@@ -1,4 +1,4 @@
-"""A pre-norm Transformer encoder classifier (CLS pooling) for the text tasks, for every method.
+"""A pre-norm Transformer encoder classifier (CLS or mean pooling) for the text tasks, for every method.
 
 Built from ``ArchitectureSpec(kind="transformer", ...)``; the architecture lives in ``spec.extra``
 (``vocab_size``, ``max_len``, ``d_model``, ``n_layers``, ``n_heads``, ``d_ff``, ``embed_rank``) and
@@ -9,9 +9,10 @@ Per method: token embedding (low-rank Bayesian E = A Bᵀ for ``lowrank``/``lrsv
 mean-field for ``bbb``, deterministic otherwise), sinusoidal positions (no parameters), ``n_layers``
 pre-norm blocks whose attention projections (fused QKV and output) and FFN layers are
 :class:`LowRankBayesLinear` (rank ``spec.rank``), :class:`MeanFieldLinear`, :class:`Rank1BayesLinear`
-or deterministic as the method says, a final LayerNorm, and a head on the [CLS] position (mean-field
-for low-rank methods: a d→1 layer has nothing to factorise, as in the MLP). MC dropout drops the
-embedding output, each residual branch and the pooled vector.
+or deterministic as the method says, a pooled vector — the [CLS] position, or with
+``extra["pooling"] = "mean"`` the mean over the non-padding positions — through a final LayerNorm, and a
+head on it (mean-field for low-rank methods: a d→1 layer has nothing to factorise, as in the MLP). MC
+dropout drops the embedding output, each residual branch and the pooled vector.
 
 ``predictive(x, ctx)`` returns (S, N, 1) logits with every activation laid out (S, N, ·) — no Python
 loop over samples; one weight sample is shared by all tokens of a sequence (see
@@ -22,6 +23,8 @@ noise sources (merged requests), block by block.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from enum import Enum
 from typing import Any
 
 import torch
@@ -42,6 +45,7 @@ from model_core.sampling.noise import NoiseSource
 __all__ = [
     "DEFAULT_TRANSFORMER",
     "BayesTransformer",
+    "Pooling",
     "TransformerEnsemble",
     "lrsvd_init",
     "transformer_spec",
@@ -63,6 +67,30 @@ LOWRANK_METHODS = (Method.LOWRANK, Method.LRSVD, Method.LOWRANK_ENS)
 DEFAULT_ETA = 0.1
 
 
+class Pooling(str, Enum):
+    """How the encoder's token states become the one vector the head reads (``spec.extra["pooling"]``)."""
+
+    CLS = "cls"  # the [CLS] position (the default; a spec without the key means this)
+    MEAN = "mean"  # the mean over the sequence's non-padding positions, [CLS] included
+
+
+def _pool_cls(h: Tensor, key_mask: Tensor) -> Tensor:
+    return h[:, 0]
+
+
+def _pool_mean(h: Tensor, key_mask: Tensor) -> Tensor:
+    mask = key_mask.unsqueeze(-1).to(h.dtype)
+    return (h * mask).sum(1) / mask.sum(1).clamp_min(1.0)
+
+
+#: (G, L, d) token states after the last block and the (G, L) non-padding mask -> (G, d), before the
+#: final LayerNorm (so [CLS] pooling computes exactly what it did before pooling was a choice)
+POOLERS: dict[Pooling, Callable[[Tensor, Tensor], Tensor]] = {
+    Pooling.CLS: _pool_cls,
+    Pooling.MEAN: _pool_mean,
+}
+
+
 def transformer_spec(
     method: Method,
     vocab_size: int,
@@ -71,18 +99,29 @@ def transformer_spec(
     embed_rank: int | None = None,
     members: int = 1,
     dropout: float = 0.1,
+    eta: float | None = None,
+    pooling: Pooling | str = Pooling.CLS,
     **arch: int,
 ) -> ArchitectureSpec:
-    """An ``ArchitectureSpec`` for a binary text classifier; ``arch`` overrides DEFAULT_TRANSFORMER keys."""
+    """An ``ArchitectureSpec`` for a binary text classifier; ``arch`` overrides DEFAULT_TRANSFORMER keys.
+
+    ``eta`` scales the low-rank factors' initial posterior σ (default :data:`DEFAULT_ETA`; ignored by
+    other methods); ``pooling`` is recorded only when it is not the default [CLS] pooling, so specs
+    written before the option existed are unchanged.
+    """
     unknown = set(arch) - set(DEFAULT_TRANSFORMER)
     if unknown:
         raise ValueError(f"unknown transformer settings {sorted(unknown)}")
     cfg = {**DEFAULT_TRANSFORMER, **arch}
+    if cfg["d_model"] % cfg["n_heads"]:
+        raise ValueError(f"d_model {cfg['d_model']} is not a multiple of n_heads {cfg['n_heads']}")
     uses_rank = method in LOWRANK_METHODS
     extra: dict[str, Any] = {"vocab_size": int(vocab_size), "max_len": int(max_len), **cfg}
     if uses_rank:
         extra["embed_rank"] = int(embed_rank or rank or 16)
-        extra["eta"] = DEFAULT_ETA
+        extra["eta"] = DEFAULT_ETA if eta is None else float(eta)
+    if Pooling(pooling) is not Pooling.CLS:
+        extra["pooling"] = Pooling(pooling).value
     return ArchitectureSpec(
         kind="transformer",
         method=method,
@@ -155,6 +194,7 @@ class BayesTransformer(BayesianModule):
         self.blocks = nn.ModuleList(EncoderBlock(d, heads, d_ff, linear, self.dropout) for _ in range(layers))
         self.norm = nn.LayerNorm(d)
         self.head = linear(d, 1)
+        self.pool = POOLERS[Pooling(spec.extra.get("pooling", Pooling.CLS.value))]
 
     # -- shared body ---------------------------------------------------------------------------
     def _trim(self, ids: Tensor) -> Tensor:
@@ -166,11 +206,11 @@ class BayesTransformer(BayesianModule):
         return ids[:, :length]
 
     def _encode(self, emb: Tensor, key_mask: Tensor, path: Path) -> Tensor:
-        """emb (G, L, d) -> pooled (G, d) after the blocks and the final norm."""
+        """emb (G, L, d) -> pooled (G, d) after the blocks, then the final norm."""
         h = path.dropout(emb + self.positions[: emb.shape[1]], self.dropout)
         for block in self.blocks:
             h = block.run(h, key_mask, path)  # type: ignore[operator]
-        return path.dropout(self.norm(h[:, 0]), self.dropout)
+        return path.dropout(self.norm(self.pool(h, key_mask)), self.dropout)
 
     # -- training / mean -----------------------------------------------------------------------
     def forward(self, ids: Tensor) -> Tensor:

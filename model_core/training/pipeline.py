@@ -34,7 +34,7 @@ from model_core.models.lstm import BayesLSTM
 from model_core.models.mlp import BayesMLP
 from model_core.models.registry import build_model
 from model_core.models.spec import ArchitectureSpec, Likelihood, Method
-from model_core.models.transformer import BayesTransformer, lrsvd_init, transformer_spec
+from model_core.models.transformer import BayesTransformer, Pooling, lrsvd_init, transformer_spec
 from model_core.novelty import NoveltyDetector, fit_novelty
 from model_core.predict import Prediction, predict
 from model_core.training.distributed import current as current_dist
@@ -80,6 +80,12 @@ class TrainOptions:
     ranks: tuple[int | None, ...] | None = None
     #: text tasks: transformer size overrides (keys of ``model_core.models.transformer.DEFAULT_TRANSFORMER``)
     transformer: dict[str, int] | None = None
+    #: text tasks: pooling of the encoder's token states for the head ([CLS] or mean)
+    pooling: Pooling = Pooling.CLS
+    #: text tasks, low-rank methods: initial posterior scale η of the factors (None: DEFAULT_ETA)
+    eta: float | None = None
+    #: epochs over which the KL weight grows linearly to 1 (0: no warm-up)
+    kl_warmup: int = 0
 
 
 #: Fraction of the validation split held out of training (early stopping included) for calibration:
@@ -165,6 +171,8 @@ def make_spec(splits: TabularSplits, opts: TrainOptions) -> ArchitectureSpec:
             rank=rank,
             members=opts.members if opts.method in (Method.ENSEMBLE, Method.LOWRANK_ENS) else 1,
             dropout=opts.dropout,
+            eta=opts.eta,
+            pooling=opts.pooling,
             **(opts.transformer or {}),
         )
     regression = splits.task == "regression"
@@ -229,6 +237,7 @@ def train_model(splits: TabularSplits, opts: TrainOptions) -> tuple[BayesianModu
         batch_size=opts.batch_size,
         lr=opts.lr,
         patience=opts.patience,
+        kl_warmup=opts.kl_warmup,
         seed=opts.seed,
         device=opts.device,
         progress=opts.progress,
@@ -321,6 +330,7 @@ def train_checkpoint(
         "best_epoch": result.best_epoch,
         "best_val_nll": None if math.isinf(result.best_val_nll) else result.best_val_nll,
         "train_seconds": round(result.seconds, 2),
+        "history": [{k: round(v, 6) for k, v in row.items()} for row in result.history],
         "split_sizes": {**splits.sizes, "val": len(fit_splits.y_val), "calibration": len(cal.y)},
         "calibration_split": (
             f"{len(cal.y)} of the {len(splits.y_val)} validation rows (seeded permutation, seed "

@@ -28,6 +28,9 @@ class TrainConfig:
     weight_decay: float = 0.0
     patience: int = 20
     kl_beta: float = 1.0
+    #: KL warm-up: the KL weight grows linearly to ``kl_beta`` over the first ``kl_warmup`` epochs
+    #: (β·e/kl_warmup in epoch e); 0 = the full weight from the start
+    kl_warmup: int = 0
     class_weights: Tensor | None = None
     seed: int = 0
     device: str = "cpu"
@@ -50,6 +53,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
+def kl_weight(epoch: int, cfg: TrainConfig) -> float:
+    """The KL weight of 1-based ``epoch`` under ``cfg``'s warm-up."""
+    if cfg.kl_warmup <= 0:
+        return cfg.kl_beta
+    return cfg.kl_beta * min(1.0, epoch / cfg.kl_warmup)
+
+
+def predictive_accuracy(pred: Prediction, y: Tensor, likelihood: Likelihood) -> float | None:
+    """Accuracy of the Monte Carlo predictive mean (classification; None for regression)."""
+    if likelihood is Likelihood.GAUSSIAN:
+        return None
+    if likelihood is Likelihood.BERNOULLI:
+        return float(((pred.mean.reshape(-1) >= 0.5).to(y.dtype) == y.reshape(-1)).float().mean())
+    return float((pred.mean.argmax(1) == y.long()).float().mean())
+
+
 def predictive_nll(pred: Prediction, y: Tensor, likelihood: Likelihood) -> float:
     """NLL of the Monte Carlo predictive distribution (Gaussian moment match for regression)."""
     if likelihood is Likelihood.GAUSSIAN:
@@ -70,7 +89,12 @@ def fit(
     y_val: Tensor,
     cfg: TrainConfig,
 ) -> TrainResult:
-    """Train in place; the returned model state is the epoch with the lowest validation NLL."""
+    """Train in place; the returned model state is the epoch with the lowest validation NLL.
+
+    Under a KL warm-up (``cfg.kl_warmup``) early stopping starts counting only once the full KL weight
+    is reached: an epoch that is better only because its objective weighted the KL less is still
+    chosen if it has the lowest validation NLL, but patience does not run out during the warm-up.
+    """
     spec: ArchitectureSpec = model.spec  # type: ignore[assignment]
     seed_everything(cfg.seed)
     device = torch.device(cfg.device)
@@ -105,6 +129,7 @@ def fit(
         model.set_mode(Mode.SAMPLE)
         perm = torch.randperm(n, generator=gen).to(device)
         total, batches = 0.0, 0
+        beta = kl_weight(epoch, cfg)
         for lo in range(0, n, cfg.batch_size):
             batch = perm[lo : lo + cfg.batch_size]
             idx = batch[ddp.rank :: ddp.world_size]  # this rank's shard of the global minibatch
@@ -112,7 +137,7 @@ def fit(
             w = None if weights_by_class is None else weights_by_class[y_train[idx].long()]
             norm = len(batch) / ddp.world_size
             out = train_module(xb)
-            loss, nll = elbo_loss(out, yb, spec.likelihood, model.kl(), n, cfg.kl_beta, w, norm)
+            loss, nll = elbo_loss(out, yb, spec.likelihood, model.kl(), n, beta, w, norm)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -121,11 +146,15 @@ def fit(
         model.eval()
         val_pred = predict(model, x_val, samples=cfg.val_samples, seed=cfg.seed + epoch)
         val_nll = predictive_nll(val_pred, y_val, spec.likelihood)
-        history.append({"epoch": epoch, "train_nll": total / max(batches, 1), "val_nll": val_nll})
+        row = {"epoch": epoch, "train_nll": total / max(batches, 1), "val_nll": val_nll, "kl_weight": beta}
+        accuracy = predictive_accuracy(val_pred, y_val, spec.likelihood)
+        if accuracy is not None:
+            row["val_accuracy"] = accuracy
+        history.append(row)
         bar.set_postfix(train_nll=f"{total / max(batches, 1):.4f}", val_nll=f"{val_nll:.4f}")
         if val_nll < best[0] - 1e-5:
             best = (val_nll, epoch, copy.deepcopy(model.state_dict()))
-        elif epoch - best[1] >= cfg.patience:
+        elif epoch - max(best[1], cfg.kl_warmup) >= cfg.patience:
             break
     model.load_state_dict(best[2])
     model.eval()

@@ -207,3 +207,52 @@ def test_train_and_evaluate_sentiment_cli(
     assert report["ood_near"]["ood_auroc"] == pytest.approx(metrics["ood_near"]["ood_auroc"])
     assert report["test"]["accuracy"] == pytest.approx(metrics["test"]["accuracy"])
     assert report["split_sizes"]["ood_near"] == 40
+
+
+def test_train_options_for_the_text_model_reach_the_manifest_and_evaluate(
+    sentiment_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """--d-model/--layers/--heads/--ff/--pooling/--eta/--kl-warmup reach the spec and the training
+    options; the tokenizer flags are recorded as training.data_options, and ``evaluate`` rebuilds the
+    splits with them (a vocabulary of another size would not even load the test ids correctly)."""
+    from model_core.checkpoint import load_checkpoint
+    from model_core.cli.main import main
+
+    out = tmp_path / "small"
+    data = ["--data-dir", str(sentiment_dir)]
+    size = ["--d-model", "16", "--layers", "1", "--heads", "2", "--ff", "32", "--pooling", "mean"]
+    recipe = ["--eta", "0.05", "--kl-warmup", "2", "--min-freq", "1", "--max-vocab", "60", "--max-len", "12"]
+    args = ["--epochs", "2", "--samples", "4", "--batch-size", "64", "--no-progress", *size, *recipe]
+    assert main(["train", "--task", "sentiment", *data, *args, "--out", str(out)]) == 0
+    manifest = load_checkpoint(out).manifest
+    capsys.readouterr()
+    extra = manifest.architecture.extra
+    assert {k: extra[k] for k in ("d_model", "n_layers", "n_heads", "d_ff", "pooling", "eta", "max_len")} == {
+        "d_model": 16,
+        "n_layers": 1,
+        "n_heads": 2,
+        "d_ff": 32,
+        "pooling": "mean",
+        "eta": 0.05,
+        "max_len": 12,
+    }
+    assert extra["vocab_size"] == 60  # min frequency 1 keeps more words than the cap
+    training = manifest.training
+    assert training["data_options"] == {"min_freq": 1, "max_vocab": 60, "max_len": 12}
+    assert training["options"]["kl_warmup"] == 2 and training["options"]["pooling"] == "mean"
+    assert [row["kl_weight"] for row in training["history"]] == [0.5, 1.0]
+    assert main(["evaluate", str(out), "--json", *data]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["test"]["nll"] == pytest.approx(training["metrics"]["test"]["nll"])
+    assert report["ood_near"]["ood_auroc"] == pytest.approx(training["metrics"]["ood_near"]["ood_auroc"])
+
+
+def test_train_help_describes_the_text_options(capsys: pytest.CaptureFixture[str]) -> None:
+    from model_core.cli.main import main
+
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = capsys.readouterr().out
+    flags = ("--d-model", "--layers", "--heads", "--ff", "--pooling", "--eta", "--kl-warmup", "--min-freq")
+    assert all(flag in text for flag in flags)
+    assert "text tasks (--task sentiment)" in text

@@ -17,11 +17,17 @@ from model_core.layers.meanfield import MeanFieldLinear
 from model_core.layers.rank1 import Rank1BayesLinear
 from model_core.models.registry import build_model
 from model_core.models.spec import ArchitectureSpec, Method
-from model_core.models.transformer import BayesTransformer, lrsvd_init, transformer_spec
+from model_core.models.transformer import (
+    DEFAULT_ETA,
+    BayesTransformer,
+    Pooling,
+    lrsvd_init,
+    transformer_spec,
+)
 from model_core.predict import predict
 from model_core.sampling.noise import NoiseSource
 from model_core.sampling.types import Backend
-from model_core.training.trainer import TrainConfig, fit, predictive_nll
+from model_core.training.trainer import TrainConfig, fit, kl_weight, predictive_nll
 
 TINY = {"d_model": 16, "n_layers": 2, "n_heads": 2, "d_ff": 32}
 VOCAB, MAX_LEN = 50, 12
@@ -265,3 +271,61 @@ def test_parameter_counts_meet_the_30x_target() -> None:
     emb = low.embed
     assert isinstance(emb, LowRankBayesEmbedding)
     assert emb.parameter_count() == LowRankBayesEmbedding.count(vocab, 256, 16)
+
+
+def test_mean_pooling_is_recorded_and_reads_every_token() -> None:
+    """[CLS] pooling (the default, not written to the spec) ignores a change to a later token after the
+    blocks; mean pooling is recorded in the spec and is still invariant to padding."""
+    cls_spec = transformer_spec(Method.DETERMINISTIC, VOCAB, MAX_LEN, **TINY)
+    assert "pooling" not in cls_spec.extra  # specs written before the option are unchanged
+    spec = transformer_spec(Method.LOWRANK, VOCAB, MAX_LEN, rank=4, pooling=Pooling.MEAN, **TINY)
+    assert spec.extra["pooling"] == "mean"
+    torch.manual_seed(0)
+    model = build_model(ArchitectureSpec.model_validate(spec.model_dump(mode="json"))).set_mode(Mode.MEAN)
+    assert isinstance(model, BayesTransformer)
+    h = torch.randn(2, 5, TINY["d_model"])
+    mask = torch.tensor([[True, True, True, False, False], [True] * 5])
+    pooled = model.pool(h, mask)
+    torch.testing.assert_close(pooled[0], h[0, :3].mean(0))
+    torch.testing.assert_close(pooled[1], h[1].mean(0))
+    x = _ids(3)
+    lengths = (x != 0).sum(1)
+    shortest = int(lengths.argmin())
+    assert int(lengths[shortest]) < int(lengths.max())  # batched, it carries padding the others need
+    alone = model(x[shortest : shortest + 1])
+    torch.testing.assert_close(model(x)[shortest : shortest + 1], alone, rtol=1e-5, atol=1e-5)
+    with torch.no_grad():
+        assert model.predictive(x, _ctx(4, 3)).shape == (4, 3, 1)
+    with pytest.raises(ValueError):
+        transformer_spec(Method.LOWRANK, VOCAB, MAX_LEN, pooling="max", **TINY)
+
+
+def test_eta_sets_the_initial_posterior_scale() -> None:
+    """A smaller η gives smaller initial factor σ in every low-rank layer and the embedding."""
+
+    def sigmas(eta: float) -> list[float]:
+        torch.manual_seed(0)
+        spec = transformer_spec(Method.LOWRANK, VOCAB, MAX_LEN, rank=4, eta=eta, **TINY)
+        assert spec.extra["eta"] == eta
+        model = build_model(spec)
+        layers = [m for m in model.modules() if isinstance(m, (LowRankBayesLinear, LowRankBayesEmbedding))]
+        return [float(torch.nn.functional.softplus(m.rho_a.detach()).mean()) for m in layers]
+
+    small, large = sigmas(0.02), sigmas(0.1)
+    assert len(small) >= 5 and all(s < 0.5 * big for s, big in zip(small, large, strict=True))
+    assert transformer_spec(Method.LOWRANK, VOCAB, MAX_LEN, rank=4, **TINY).extra["eta"] == DEFAULT_ETA
+
+
+def test_kl_warmup_grows_the_weight_and_delays_early_stopping() -> None:
+    cfg = TrainConfig(kl_beta=1.0, kl_warmup=4)
+    assert [kl_weight(e, cfg) for e in (1, 2, 4, 9)] == [0.25, 0.5, 1.0, 1.0]
+    assert kl_weight(1, TrainConfig()) == 1.0
+    x_train, y_train = _synthetic_text(64, 0)
+    x_val, y_val = _synthetic_text(32, 1)
+    model = _model(Method.DETERMINISTIC)
+    # a deterministic model at lr 0: no epoch improves on the first, so patience 1 alone stops at epoch 2
+    cfg = TrainConfig(epochs=8, batch_size=32, lr=0.0, patience=1, kl_warmup=5, progress=False, val_samples=2)
+    result = fit(model, x_train, y_train, x_val, y_val, cfg)
+    assert result.epochs_run == 6
+    assert [row["kl_weight"] for row in result.history] == [0.2, 0.4, 0.6, 0.8, 1.0, 1.0]
+    assert all(0.0 <= row["val_accuracy"] <= 1.0 for row in result.history)
