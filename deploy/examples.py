@@ -34,6 +34,7 @@ WINDOW, SHORT_WINDOW = "deploy/examples/pm25-window.json", "deploy/examples/pm25
 FHIR_BUNDLE, CDS_REQUEST = "deploy/examples/fhir-bundle.json", "deploy/examples/cds-patient-view.json"
 GRPC_CLIENT = "deploy/examples/grpc_client.py"
 REVIEW = "A gripping, beautifully acted film that never lets go."
+PAN = "An utterly boring, lifeless mess of a film."
 HEADLINE = "Chancellor unveils emergency budget as inflation hits 40-year high"
 
 
@@ -117,11 +118,16 @@ def examples(base: str, grpc: str) -> list[tuple[str, list[str], tuple[str, ...]
             (),
         ),
         (
-            "text: a review snippet, and a news headline (out of distribution)",
+            "text: a glowing and a damning review snippet, and a news headline (out of distribution)",
             [
                 *post,
                 f"{v1}/review-sentiment:predict",
-                *body({"instances": [{"text": REVIEW}, {"text": HEADLINE}], "parameters": {"seed": 7}}),
+                *body(
+                    {
+                        "instances": [{"text": REVIEW}, {"text": PAN}, {"text": HEADLINE}],
+                        "parameters": {"seed": 7},
+                    }
+                ),
             ],
             (),
         ),
