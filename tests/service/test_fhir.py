@@ -223,3 +223,43 @@ def test_age_counts_completed_years_and_the_fraction_of_the_current_one() -> Non
     assert age_years(date(1950, 3, 1), date(2024, 3, 1)) == 74.0
     assert age_years(date(1950, 3, 1), date(2024, 2, 29)) == pytest.approx(73 + 365 / 366)
     assert age_years(date(1960, 2, 29), date(2021, 3, 1)) == 61.0  # born on 29 February
+
+
+async def test_a_panel_observation_sets_features_from_its_components(icu_client: httpx.AsyncClient) -> None:
+    panel = {
+        "resource": {
+            "resourceType": "Observation",
+            "id": "bp",
+            "status": "final",
+            "code": {"coding": [{"system": "http://loinc.org", "code": "85354-9"}]},  # BP panel
+            "subject": {"reference": "Patient/p1"},
+            "effectiveDateTime": "2024-03-01T08:00:00Z",
+            "component": [
+                {
+                    "code": {
+                        "coding": [{"system": "http://loinc.org", "code": "8480-6"}]
+                    },  # systolic: unused
+                    "valueQuantity": {"value": 90, "system": "http://unitsofmeasure.org", "code": "mm[Hg]"},
+                },
+                {
+                    "code": {"coding": [{"system": "http://loinc.org", "code": "8478-0"}]},  # mean BP
+                    "valueQuantity": {"value": 8.0, "system": "http://unitsofmeasure.org", "code": "kPa"},
+                },
+            ],
+        }
+    }
+    risk = (await icu_client.post(FHIR + "?seed=4", json=bundle(patient("p1"), panel))).json()["entry"][0][
+        "resource"
+    ]
+    assert [b["reference"] for b in risk["basis"]] == ["Observation/bp"]
+    v1 = await icu_client.post(
+        f"/v1/models/{ICU}:predict",
+        # 8 kPa = 8000 Pa / 133.322387415 Pa per mmHg = 60.005 mmHg
+        json={
+            "instances": [{"age": 74.0, "sex": "female", "meanbp": 8000 / 133.322387415}],
+            "parameters": {"seed": 4},
+        },
+    )
+    assert risk["prediction"][0]["probabilityDecimal"] == pytest.approx(
+        v1.json()["predictions"][0]["mean"], abs=1e-9
+    )
