@@ -156,12 +156,18 @@ class NoveltyDetector:
 
 
 def _text_table(model: BayesianModule, components: int = TEXT_COMPONENTS) -> np.ndarray:
-    """The model's mean token-embedding table projected on its top principal directions (vocab, k)."""
+    """The model's mean token-embedding table projected on its top principal directions (vocab, k).
+
+    An ensemble has one table per member; its first member's is used: the detector needs one fixed map
+    from token ids to vectors in which training texts cluster, and any member's embedding gives one.
+    """
     import torch
 
     from model_core.layers.base import BayesianModule, Mode
 
-    embed = model.embed
+    members = getattr(model, "members", None)
+    holder = members[0] if members is not None and not hasattr(model, "embed") else model
+    embed = holder.embed
     if not isinstance(embed, BayesianModule):
         raise TypeError(f"{type(model).__name__}.embed is not a Bayesian embedding")
     vocab = int(model.spec.extra["vocab_size"])  # type: ignore[union-attr, index]

@@ -7,8 +7,7 @@ import json
 import sys
 
 from model_core.cli.common import add_data_dir, data_options, load_task_splits
-from model_core.models.spec import Method
-from model_core.models.transformer import DEFAULT_ETA, DEFAULT_TRANSFORMER, Pooling
+from model_core.models.spec import DEFAULT_ETA, DEFAULT_TRANSFORMER, Method, Pooling
 
 TASKS = ("icu", "air", "sentiment", "csv")
 

@@ -62,3 +62,20 @@ class ArchitectureSpec(BaseModel):
     @property
     def widths(self) -> list[int]:
         return [self.in_features, *self.hidden, self.out_features]
+
+
+# -- text models (torch-free: `lrbnn train`'s flags and the manifests read these without torch)
+#: Default size (see docs/sentiment.md for why it is below the paper's 4 layers × d = 256).
+DEFAULT_TRANSFORMER: dict[str, int] = {"d_model": 256, "n_layers": 2, "n_heads": 4, "d_ff": 512}
+#: Initial posterior scale of the low-rank factors, η·(σ_W²/r)^¼ (the MLP uses η = 0.5). A deep encoder
+#: compounds the weight noise of ~4 factorised layers per block plus the embedding: at η = 0.5 the
+#: initial network is mostly noise and barely trains in a few epochs; η = 0.1 matches the 10 % relative
+#: scale at which the mean-field layers start.
+DEFAULT_ETA = 0.1
+
+
+class Pooling(str, Enum):
+    """How the encoder's token states become the one vector the head reads (``spec.extra["pooling"]``)."""
+
+    CLS = "cls"  # the [CLS] position (the default; a spec without the key means this)
+    MEAN = "mean"  # the mean over the sequence's non-padding positions, [CLS] included

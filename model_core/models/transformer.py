@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from enum import Enum
 from typing import Any
 
 import torch
@@ -38,7 +37,14 @@ from model_core.layers.lowrank import LowRankBayesLinear, default_rank_ok
 from model_core.layers.meanfield import MeanFieldLinear
 from model_core.models.ensemble import Ensemble
 from model_core.models.mlp import make_linear
-from model_core.models.spec import ArchitectureSpec, Likelihood, Method
+from model_core.models.spec import (
+    DEFAULT_ETA,
+    DEFAULT_TRANSFORMER,
+    ArchitectureSpec,
+    Likelihood,
+    Method,
+    Pooling,
+)
 from model_core.priors import prior_from_dict
 from model_core.sampling.noise import NoiseSource
 
@@ -53,25 +59,9 @@ __all__ = [
 
 PAD_ID = 0  # kept equal to model_core.data.tokenizer.PAD_ID (the model does not import the data package)
 
-#: Default size (see docs/sentiment.md for why it is below the paper's 4 layers × d = 256).
-DEFAULT_TRANSFORMER: dict[str, int] = {"d_model": 256, "n_layers": 2, "n_heads": 4, "d_ff": 512}
-#: The paper's size (4 layers, d = 256; FFN 4d).
-PAPER_TRANSFORMER: dict[str, int] = {"d_model": 256, "n_layers": 4, "n_heads": 4, "d_ff": 1024}
 #: Upper bound on S·rows·L·width floats of the widest activation of one predictive chunk (~128 MB).
 PREDICTIVE_CHUNK_ELEMENTS = 32 * 1024 * 1024
 LOWRANK_METHODS = (Method.LOWRANK, Method.LRSVD, Method.LOWRANK_ENS)
-#: Initial posterior scale of the low-rank factors, η·(σ_W²/r)^¼ (the MLP uses η = 0.5). A deep encoder
-#: compounds the weight noise of ~4 factorised layers per block plus the embedding: at η = 0.5 the
-#: initial network is mostly noise and barely trains in a few epochs; η = 0.1 matches the 10 % relative
-#: scale at which the mean-field layers start.
-DEFAULT_ETA = 0.1
-
-
-class Pooling(str, Enum):
-    """How the encoder's token states become the one vector the head reads (``spec.extra["pooling"]``)."""
-
-    CLS = "cls"  # the [CLS] position (the default; a spec without the key means this)
-    MEAN = "mean"  # the mean over the sequence's non-padding positions, [CLS] included
 
 
 def _pool_cls(h: Tensor, key_mask: Tensor) -> Tensor:

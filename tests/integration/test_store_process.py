@@ -33,8 +33,15 @@ def _predict(url: str, n: int) -> list[str]:
 
 
 def _feedback(url: str, ids: list[str], value: int = 1) -> dict[str, list[str]]:
+    """As a client does: a 503 with Retry-After (the store still connecting after /readyz, which does not
+    wait for it) is retried after the advised delay, for at most a minute."""
     body = {"outcomes": [{"prediction_id": i, "value": value} for i in ids]}
-    r = httpx.post(url + FEEDBACK, json=body, timeout=30)
+    deadline = time.monotonic() + 60
+    while True:
+        r = httpx.post(url + FEEDBACK, json=body, timeout=30)
+        if r.status_code != 503 or "retry-after" not in r.headers or time.monotonic() > deadline:
+            break
+        time.sleep(float(r.headers["retry-after"]))
     assert r.status_code == 200, r.text
     return r.json()
 

@@ -128,6 +128,29 @@ def text_model() -> BayesianModule:
     return build_model(spec)
 
 
+def test_a_text_ensemble_fits_on_its_first_members_embedding() -> None:
+    """``lrbnn train --task sentiment --method lowrank-ens`` fits a detector (it crashed: an ensemble has
+    no ``embed`` of its own), and the table is exactly the first member's."""
+    torch.manual_seed(1)
+    spec = transformer_spec(
+        Method.LOWRANK_ENS,
+        vocab_size=60,
+        max_len=10,
+        rank=4,
+        members=2,
+        d_model=32,
+        n_layers=1,
+        n_heads=2,
+        d_ff=32,
+    )
+    ensemble = build_model(spec)
+    ids = np.random.default_rng(3).integers(1, 60, size=(100, 10))
+    det = fit_novelty("text", ids, model=ensemble, pad_id=0)
+    alone = fit_novelty("text", ids, model=ensemble.members[0], pad_id=0)  # type: ignore[index]
+    np.testing.assert_array_equal(det.extra["embedding"], alone.extra["embedding"])
+    assert np.isfinite(det.score(ids[:5])).all()
+
+
 def test_token_embedding_shape_and_padding_ignored(text_model: BayesianModule) -> None:
     """Text: the feature is the mean projected embedding of a text's non-pad tokens (dim 16 = the kept
     principal directions); appending or prepending pad ids does not change the score, a text of pads
