@@ -34,7 +34,6 @@ from model_core.sampling.types import Backend
 
 #: Upper bound on S·rows·width floats held by one chunk's widest activation (~256 MB in fp32).
 DEFAULT_CHUNK_ELEMENTS = 64 * 1024 * 1024
-INTERVAL_LEVEL = 0.9
 _Z90 = 1.6448536269514722  # standard normal quantile at 0.95
 REGRESSION_SCALE_FLOOR = 1e-3
 

@@ -50,10 +50,6 @@ class ServedModel:
     loaded_at: float = field(default_factory=time.time)
 
     @property
-    def feature_names(self) -> list[str]:
-        return [spec.name for spec in self.inputs.features()]
-
-    @property
     def stores_features(self) -> bool:
         return self.inputs.stores_features
 

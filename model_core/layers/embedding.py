@@ -178,9 +178,6 @@ class LowRankBayesEmbedding(BayesianModule):
             b = torch.addcmul(self.mu_b, sigma_b, noise.shared(samples, *self.mu_b.shape))
         self._cache = (a.detach(), b.detach())
 
-    def clear_cache(self) -> None:
-        self._cache = None
-
     def kl(self) -> Tensor:
         sigma_a, sigma_b = self.sigmas()
         return self.prior.kl(self.mu_a, sigma_a) + self.prior.kl(self.mu_b, sigma_b)

@@ -134,9 +134,6 @@ class LowRankBayesLinear(BayesianModule):
             draws.a.detach(), draws.b.detach(), None if draws.bias is None else draws.bias.detach()
         )
 
-    def clear_cache(self) -> None:
-        self._cache = None
-
     # -- KL ------------------------------------------------------------------------------------
     def kl(self) -> Tensor:
         post = self.posterior()

@@ -10,11 +10,10 @@ from model_core.sampling.api import (
 from model_core.sampling.cpu import draw_factor_samples
 from model_core.sampling.custom_op import sample_lowrank_seeded  # registers torch.ops.lrbnn.sample_lowrank
 from model_core.sampling.noise import NoiseError, NoiseSource, make_generator
-from model_core.sampling.types import PER_EXAMPLE_BACKENDS, Backend, FactorPosterior, FactorSamples
+from model_core.sampling.types import Backend, FactorPosterior, FactorSamples
 
 __all__ = [
     "BACKENDS",
-    "PER_EXAMPLE_BACKENDS",
     "Backend",
     "FactorPosterior",
     "FactorSamples",

@@ -21,10 +21,6 @@ class Backend(str, Enum):
     CACHED = "cached"  # S factor draws made once at load time and reused
 
 
-#: Backends whose noise is drawn per example, so merged requests stay independent of each other.
-PER_EXAMPLE_BACKENDS = frozenset({Backend.LRT, Backend.TRITON, Backend.CACHED})
-
-
 @dataclass(frozen=True)
 class FactorPosterior:
     """Mean-field Gaussian posterior over W = A Bᵀ (A: m×r, B: n×r) and an optional Gaussian bias."""

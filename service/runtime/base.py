@@ -11,11 +11,6 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-#: Keys every runtime returns, each an array of shape (N,) (``mean`` is (N, C) for multiclass).
-OUTPUT_KEYS = ("mean", "variance", "epistemic", "aleatoric", "ood_score")
-#: Extra keys for regression models: the central 90 % predictive interval.
-INTERVAL_KEYS = ("interval_low", "interval_high")
-
 Outputs = dict[str, np.ndarray]
 
 
