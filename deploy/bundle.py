@@ -35,7 +35,7 @@ import argparse
 import json
 import shutil
 import sys
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,17 @@ if str(ROOT) not in sys.path:
 from model_core.checkpoint import load_checkpoint  # noqa: E402
 from model_core.data.coding import FeatureCoding  # noqa: E402
 from model_core.novelty import NOVELTY_FILE  # noqa: E402
+
+
+def update_manifest(target: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+    """Apply ``change`` to a bundled model's manifest and write it back (the weights are not touched),
+    then prove it still verifies; returns the new manifest."""
+    path = target / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
+    load_checkpoint(target)
+    return manifest
 
 
 def record_check(target: Path, data_dir: str | None, rows: int, seed: int = 0) -> dict[str, Any]:
@@ -66,11 +77,7 @@ def record_check(target: Path, data_dir: str | None, rows: int, seed: int = 0) -
         "samples": report["samples"],
         "metrics": {k: v for k, v in report.items() if k in ("test", "conformal") or k.startswith("ood")},
     }
-    manifest_path = target / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["training"]["check"] = check
-    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    load_checkpoint(target)  # the manifest still verifies
+    update_manifest(target, lambda m: m["training"].update(check=check))
     return check
 
 
@@ -86,11 +93,8 @@ def record_feature_reference(target: Path, data_dir: str | None) -> int:
     meta = dict(ckpt.manifest.training)
     splits = load_task_splits(_argparse.Namespace(data_dir=data_dir, task=meta.get("task")), meta)
     refs = feature_reference(splits)
-    manifest_path = target / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    manifest["drift_reference"]["features"] = [r.model_dump(mode="json", exclude_none=True) for r in refs]
-    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    load_checkpoint(target)  # the manifest still verifies
+    features = [r.model_dump(mode="json", exclude_none=True) for r in refs]
+    update_manifest(target, lambda m: m["drift_reference"].update(features=features))
     return len(refs)
 
 
@@ -108,14 +112,13 @@ def record_codings(target: Path) -> int:
     """Attach the task's feature codings to a bundled tabular model; returns how many were attached."""
     ckpt = load_checkpoint(target)
     codings = task_codings(str(ckpt.manifest.training.get("task")))
-    manifest_path = target / "manifest.json"
-    manifest = json.loads(manifest_path.read_text())
-    features = manifest["input_schema"]["preprocessing"]["features"]
-    for feature in features:
-        if feature["name"] in codings:
-            feature["coding"] = codings[feature["name"]].model_dump(mode="json", exclude_none=True)
-    manifest_path.write_text(json.dumps(manifest, indent=2, ensure_ascii=False) + "\n")
-    load_checkpoint(target)  # the manifest still verifies
+
+    def attach(manifest: dict[str, Any]) -> None:
+        for feature in manifest["input_schema"]["preprocessing"]["features"]:
+            if feature["name"] in codings:
+                feature["coding"] = codings[feature["name"]].model_dump(mode="json", exclude_none=True)
+
+    features = update_manifest(target, attach)["input_schema"]["preprocessing"]["features"]
     return sum("coding" in f for f in features)
 
 

@@ -20,7 +20,7 @@ from service.api import cds, errors, health, v1, v2
 from service.api import fhir as fhir_api
 from service.api.openapi import OpenAPIDocument
 from service.fastpath import EdgeMiddleware, HotRoutes
-from service.fhir import takes_fhir
+from service.fhir.bundle import FeatureIndex
 from service.inference import InferenceService
 from service.logs import configure_logging
 from service.monitoring.drift_share import DriftShare
@@ -81,7 +81,7 @@ async def load_models(state: AppState) -> None:
         await asyncio.to_thread(state.repository.load_all)
     for served in state.repository.models():
         state.inference.attach(served)
-    if any(takes_fhir(s.inputs.features()) for s in state.repository.models()):
+    if any(FeatureIndex(s.inputs.features()) for s in state.repository.models()):
         await asyncio.to_thread(fhir.warm)
     if state.sync is not None:  # one of several workers: follow the reloads the others publish
         state.following = asyncio.create_task(state.sync.follow(state), name="follow-reloads")

@@ -118,9 +118,8 @@ async def card_feedback(
     store: PredictionStore | None, model: str, items: dict[str, tuple[str, str | None]], metrics: Metrics
 ) -> FeedbackResult:
     """:func:`record_card_feedback` off the event loop, with the store's availability checked first."""
-    check_store(store)
-    assert store is not None
-    return await _guarded(asyncio.to_thread(record_card_feedback, store, model, items, metrics))
+    work = asyncio.to_thread(record_card_feedback, open_store(store), model, items, metrics)
+    return await _guarded(work)
 
 
 def record_feedback(
@@ -169,16 +168,17 @@ async def feedback(
     items: list[tuple[str, Any]],
     metrics: Metrics,
 ) -> FeedbackResult:
-    check_store(store)
-    assert store is not None
-    return await _guarded(asyncio.to_thread(record_feedback, store, manifest, model, items, metrics))
+    work = asyncio.to_thread(record_feedback, open_store(store), manifest, model, items, metrics)
+    return await _guarded(work)
 
 
-def check_store(store: PredictionStore | None) -> None:
+def open_store(store: PredictionStore | None) -> PredictionStore:
+    """The store, when it is on and reachable; else the 503 that says which."""
     if store is None:
         raise StoreUnavailable("feedback is off: the prediction store is disabled (LRBNN_STORE_URL=none)")
     if not store.ready:
         raise StoreUnavailable(f"the prediction store is not reachable: {store.error}", retry_after_s=5)
+    return store
 
 
 async def _guarded(work: Coroutine[Any, Any, FeedbackResult]) -> FeedbackResult:

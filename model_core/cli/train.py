@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 
-from model_core.cli.common import add_data_dir, data_options, load_task_splits
+from model_core.cli.common import DATA_OPTIONS, add_data_dir, data_options, load_task_splits
 from model_core.models.spec import DEFAULT_ETA, DEFAULT_TRANSFORMER, Method, Pooling
 
 TASKS = ("icu", "air", "sentiment", "csv")
@@ -140,7 +140,7 @@ def run(args: argparse.Namespace) -> int:
         model_version=args.model_version,
     )
     meta = {"task": args.task, "command": args.command_line, **_csv_meta(args)}
-    if args.task == "sentiment":
+    if args.task in DATA_OPTIONS:
         meta["data_options"] = data_options(args, args.task)
     manifest = train_checkpoint(splits, opts, args.out, meta)
     if dist_ctx.enabled:

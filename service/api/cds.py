@@ -13,17 +13,16 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Literal
 
-import orjson
 from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from service.api.body import parse_json, validate
 from service.api.deps import app_state
-from service.api.v1 import ERRORS, errors_for
+from service.api.fhir import feature_index
+from service.api.v1 import ERRORS, errors_for, json_response
 from service.errors import InvalidInput, PreconditionFailed
-from service.fhir import takes_fhir
-from service.fhir.bundle import FeatureIndex, parse_bundle, read_bundle
+from service.fhir.bundle import FeatureIndex, read_fhir
 from service.fhir.explain import ood_summary
 from service.inference import InferenceResult
 from service.outcomes import card_feedback as record_card_feedback
@@ -67,10 +66,6 @@ class FeedbackRequest(BaseModel):
     feedback: list[CardFeedback] = Field(min_length=1)
 
 
-def json_response(payload: Any, status: int = 200) -> Response:
-    return Response(orjson.dumps(payload), status_code=status, media_type="application/json")
-
-
 def prefetch_templates(served: ServedModel) -> dict[str, str]:
     """The FHIR queries the client runs for us: the Patient and every Observation code the model reads."""
     codes = [
@@ -103,7 +98,7 @@ def describe(served: ServedModel) -> dict[str, Any]:
 
 def fhir_models(request: Request) -> list[ServedModel]:
     state = app_state(request)
-    return [s for s in state.repository.models() if takes_fhir(s.inputs.features())]
+    return [s for s in state.repository.models() if FeatureIndex(s.inputs.features())]
 
 
 @router.get("/cds-services", summary="CDS Hooks discovery", responses=errors_for(401, 403))
@@ -172,9 +167,7 @@ def card(result: InferenceResult, ignored: list[str], warning: float, critical: 
 async def patient_view(service_id: str, request: Request) -> Response:
     state = app_state(request)
     async with state.track(request, service_id, Endpoint.CDS_PATIENT_VIEW) as served:
-        index = FeatureIndex(served.inputs.features())
-        if not index:
-            raise InvalidInput(f"model {service_id!r} is not a CDS service (no FHIR codings)", "service_id")
+        index = feature_index(served, "service_id")
         body = validate(CdsRequest, parse_json(await request.body()))
         if body.hook != HOOK:
             raise InvalidInput(f"hook {body.hook!r} is not supported; this service answers {HOOK!r}", "hook")
@@ -186,7 +179,7 @@ async def patient_view(service_id: str, request: Request) -> Response:
             prefetch.get("observations"), "observations"
         )
         bundle = {"resourceType": "Bundle", "type": "collection", "entry": entries}
-        inputs = await asyncio.to_thread(lambda: read_bundle(parse_bundle(bundle), index))
+        inputs = await asyncio.to_thread(read_fhir, bundle, index)
         if len(inputs.patients) != 1 or inputs.patients[0].reference != f"Patient/{patient_id}":
             raise InvalidInput(
                 f"prefetch.patient must be Patient/{patient_id} (context.patientId)", "prefetch.patient"

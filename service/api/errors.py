@@ -30,14 +30,19 @@ def error_response(
     return Response(orjson.dumps(body), status_code=status, media_type="application/json", headers=headers)
 
 
-async def _service_error(request: Request, exc: Exception) -> Response:
-    assert isinstance(exc, ServiceError)
+def error_headers(exc: ServiceError) -> dict[str, str]:
+    """``Retry-After`` (whole seconds >= 1) and, for a 401, ``WWW-Authenticate``: every error body's."""
     headers: dict[str, str] = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="lrbnn"'
-    return error_response(exc.status, exc.message, exc.field, headers)
+    return headers
+
+
+async def _service_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, ServiceError)
+    return error_response(exc.status, exc.message, exc.field, error_headers(exc))
 
 
 async def _validation_error(request: Request, exc: Exception) -> Response:

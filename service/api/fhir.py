@@ -9,7 +9,6 @@ body's ``error`` and ``field`` beside it so one client can read both kinds of an
 from __future__ import annotations
 
 import asyncio
-import math
 from typing import Any
 
 import orjson
@@ -18,8 +17,9 @@ from starlette.responses import Response
 
 from service.api.body import parse_json
 from service.api.deps import app_state, disconnect_waiter
-from service.errors import InvalidInput, ServiceError, Unauthorized
-from service.fhir.bundle import FeatureIndex, parse_bundle, read_bundle
+from service.api.errors import error_headers
+from service.errors import InvalidInput, ServiceError
+from service.fhir.bundle import FeatureIndex, read_fhir
 from service.fhir.risk import risk_assessments
 from service.repository import ServedModel
 from service.state import Endpoint
@@ -53,12 +53,7 @@ def operation_outcome(exc: ServiceError) -> Response:
     body: dict[str, Any] = {"resourceType": "OperationOutcome", "issue": [issue], "error": exc.message}
     if exc.field:
         body["field"] = exc.field
-    headers: dict[str, str] = {}
-    if exc.retry_after_s is not None:
-        headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
-    if isinstance(exc, Unauthorized):
-        headers["WWW-Authenticate"] = 'Bearer realm="lrbnn"'
-    return fhir_response(body, exc.status, headers)
+    return fhir_response(body, exc.status, error_headers(exc))
 
 
 def query_int(value: str | None, name: str) -> int | None:
@@ -70,14 +65,15 @@ def query_int(value: str | None, name: str) -> int | None:
         raise InvalidInput(f"query parameter {name} must be an integer, got {value!r}", name) from None
 
 
-def feature_index(served: ServedModel) -> FeatureIndex:
-    """The model's codes; a model without any (a text or sequence model) cannot read FHIR."""
+def feature_index(served: ServedModel, field: str = "name") -> FeatureIndex:
+    """The model's codes; a model without any (a text or sequence model) cannot read FHIR (422 on
+    ``field``, the path parameter that named it)."""
     index = FeatureIndex(served.inputs.features())
     if not index:
         raise InvalidInput(
             f"model {served.name!r} has no FHIR feature codings (only tabular models with coded features "
-            "take FHIR input; use :predict)",
-            "name",
+            "take FHIR input and CDS Hooks; use :predict)",
+            field,
         )
     return index
 
@@ -135,7 +131,7 @@ async def predict_fhir(
             state.inference.check_seed(n_seed, "seed")
             payload = parse_json(await request.body())
             # validation costs ~0.13 ms per resource: a large Bundle must not stall the event loop
-            inputs = await asyncio.to_thread(lambda: read_bundle(parse_bundle(payload), index))
+            inputs = await asyncio.to_thread(read_fhir, payload, index)
             state.inference.check_count(len(inputs.patients), "patients")
             request.state.instances = len(inputs.patients)
             result = await state.inference.predict(

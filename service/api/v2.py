@@ -41,7 +41,7 @@ from service.errors import BadRequest, InvalidInput, ModelNotFound, ModelNotRead
 from service.inference import InferenceResult
 from service.inputs import TensorSpec
 from service.repository import ServedModel
-from service.state import Endpoint
+from service.state import AppState, Endpoint
 
 router = APIRouter(tags=["v2 (Open Inference Protocol)"])
 
@@ -116,8 +116,13 @@ async def ready(request: Request) -> Response:
 def _served(request: Request, name: str, version: str | None) -> ServedModel:
     state = app_state(request)
     state.authorize(request)
+    return lookup_version(state, name, version)
+
+
+def lookup_version(state: AppState, name: str, version: str | None) -> ServedModel:
+    """The served model ``name``; 404 naming the served version when another ``version`` is asked for."""
     served = state.lookup(name)
-    if version is not None and version != served.version:
+    if version and version != served.version:
         raise ModelNotFound(
             f"model {name!r} version {version!r} is not served (serving {served.version})", field="version"
         )
@@ -200,6 +205,20 @@ def _int_param(params: dict[str, Any], key: str) -> int | None:
     return number
 
 
+def check_header(name: Any, datatype: Any, shape: Any, spec: TensorSpec) -> list[int]:
+    """The input tensor's name, datatype and shape against the model's ``spec`` (REST and gRPC alike);
+    returns the shape."""
+    if name != spec.name and name not in spec.aliases:
+        raise BadRequest(f"unknown input {name!r}; expected {spec.name!r}", field="inputs.0.name")
+    accepted = ("BYTES",) if spec.datatype == "BYTES" else tuple(DTYPES)
+    if datatype not in accepted:
+        raise BadRequest(
+            f"input {name!r}: datatype {datatype!r} is not supported; send {spec.datatype}",
+            field="inputs.0.datatype",
+        )
+    return check_shape(shape, spec)
+
+
 def check_shape(shape: Any, spec: TensorSpec) -> list[int]:
     want = "[" + ", ".join("N" if d == -1 else str(d) for d in spec.shape) + "]"
     dims = [json_int(d) for d in shape] if isinstance(shape, list) else []
@@ -225,16 +244,21 @@ def decode_bytes(blob: bytes, count: int, name: str) -> list[str]:
         pos += 4
         if pos + size > len(blob):
             raise BadRequest(f"input {name!r}: element {i} runs past the binary data", field="inputs.0")
-        out.append(_utf8(blob[pos : pos + size], name, i))
+        out.append(utf8(blob[pos : pos + size], name, i))
         pos += size
     return out
 
 
-def _utf8(raw: bytes, name: str, i: int) -> str:
+def encode_bytes(values: list[str]) -> bytes:
+    """:func:`decode_bytes`' layout: per element a 4-byte little-endian length, then its UTF-8 bytes."""
+    return b"".join(len(b).to_bytes(4, "little") + b for b in (v.encode() for v in values))
+
+
+def utf8(raw: bytes, name: str, i: int, field: str = "inputs.0.data") -> str:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError:
-        raise BadRequest(f"input {name!r}: element {i} is not valid UTF-8", field="inputs.0.data") from None
+        raise BadRequest(f"input {name!r}: element {i} is not valid UTF-8", field=field) from None
 
 
 def _numbers(flat: list[Any], name: str) -> np.ndarray:
@@ -264,17 +288,9 @@ def _tensor(body: dict[str, Any], binary: bytes, spec: TensorSpec) -> np.ndarray
     if not isinstance(inputs, list) or len(inputs) != 1 or not isinstance(inputs[0], dict):
         raise BadRequest("'inputs' must be a list holding exactly one tensor", field="inputs")
     given = inputs[0]
-    name = given.get("name")
-    if name != spec.name and name not in spec.aliases:
-        raise BadRequest(f"unknown input {name!r}; expected {spec.name!r}", field="inputs.0.name")
-    datatype = given.get("datatype")
-    accepted = ("BYTES",) if spec.datatype == "BYTES" else tuple(DTYPES)
-    if datatype not in accepted:
-        raise BadRequest(
-            f"input {name!r}: datatype {datatype!r} is not supported; send {spec.datatype}",
-            field="inputs.0.datatype",
-        )
-    shape = check_shape(given.get("shape"), spec)
+    name, datatype = given.get("name"), given.get("datatype")
+    shape = check_header(name, datatype, given.get("shape"), spec)
+    assert isinstance(datatype, str)  # check_header accepted it
     count = math.prod(shape)
     params = given.get("parameters") or {}
     if isinstance(params, dict) and "binary_data_size" in params:
@@ -359,7 +375,7 @@ def _encode(result: InferenceResult, body: dict[str, Any], requested: list[tuple
             ids = result.prediction_ids
             entry: dict[str, Any] = {"name": name, "datatype": datatype, "shape": [len(ids)]}
             if binary:
-                blob = b"".join(len(v).to_bytes(4, "little") + v.encode() for v in ids)
+                blob = encode_bytes(ids)
                 entry["parameters"] = {"binary_data_size": len(blob)}
                 blobs.append(blob)
             else:

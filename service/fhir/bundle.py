@@ -49,9 +49,6 @@ class Ignored:
     reference: str
     reason: str
 
-    def as_dict(self) -> dict[str, str]:
-        return {"reference": self.reference, "reason": self.reason}
-
 
 @dataclass
 class _Value:
@@ -105,6 +102,12 @@ def parse_bundle(payload: Any) -> Any:
         raise InvalidInput(f"invalid Bundle: {where}: {first.get('msg')}", where) from None
     except (KeyError, TypeError, ValueError) as exc:  # fhir.resources: an unknown resourceType
         raise InvalidInput(f"invalid Bundle: {exc}", "entry") from None
+
+
+def read_fhir(payload: Any, index: FeatureIndex) -> BundleInput:
+    """:func:`parse_bundle` then :func:`read_bundle`: the whole FHIR side of a request, off the event
+    loop in the routes (validation costs ~0.13 ms per resource)."""
+    return read_bundle(parse_bundle(payload), index)
 
 
 def _location(loc: Iterable[Any]) -> str:

@@ -13,6 +13,7 @@ default on Linux), so the kernel spreads connections over them as the shared soc
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 from collections.abc import Awaitable, Callable
@@ -27,10 +28,13 @@ from service.api.v2 import (
     OUTPUTS,
     SERVER_NAME,
     SERVER_VERSION,
-    check_shape,
+    check_header,
     decode_bytes,
+    encode_bytes,
+    lookup_version,
     metadata,
     output_array,
+    utf8,
 )
 from service.errors import (
     BadRequest,
@@ -103,15 +107,7 @@ def decode_input(request: pb.ModelInferRequest, spec: TensorSpec) -> np.ndarray:
     if len(request.inputs) != 1:
         raise BadRequest("'inputs' must hold exactly one tensor", field="inputs")
     given = request.inputs[0]
-    if given.name != spec.name and given.name not in spec.aliases:
-        raise BadRequest(f"unknown input {given.name!r}; expected {spec.name!r}", field="inputs.0.name")
-    accepted = ("BYTES",) if spec.datatype == "BYTES" else tuple(DTYPES)
-    if given.datatype not in accepted:
-        raise BadRequest(
-            f"input {given.name!r}: datatype {given.datatype!r} is not supported; send {spec.datatype}",
-            field="inputs.0.datatype",
-        )
-    shape = check_shape(list(given.shape), spec)
+    shape = check_header(given.name, given.datatype, list(given.shape), spec)
     count = math.prod(shape)
     if request.raw_input_contents:
         if len(request.raw_input_contents) != 1:
@@ -134,19 +130,9 @@ def decode_input(request: pb.ModelInferRequest, spec: TensorSpec) -> np.ndarray:
             field="inputs.0.contents",
         )
     if given.datatype == "BYTES":
-        return np.asarray([_utf8(v, given.name, i) for i, v in enumerate(values)], dtype=object).reshape(
-            shape
-        )
+        texts = [utf8(v, given.name, i, "inputs.0.contents") for i, v in enumerate(values)]
+        return np.asarray(texts, dtype=object).reshape(shape)
     return np.asarray(values, dtype=np.float64).reshape(shape)
-
-
-def _utf8(raw: bytes, name: str, i: int) -> str:
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        raise BadRequest(
-            f"input {name!r}: element {i} is not valid UTF-8", field="inputs.0.contents"
-        ) from None
 
 
 def requested_outputs(request: pb.ModelInferRequest) -> list[str]:
@@ -167,9 +153,8 @@ def encode_result(
     for name in names:
         datatype, dtype = OUTPUTS[name]
         if datatype == "BYTES":
-            ids = result.prediction_ids
-            blob = b"".join(len(v).to_bytes(4, "little") + v.encode() for v in ids)
-            response.outputs.add(name=name, datatype=datatype, shape=[len(ids)])
+            blob = encode_bytes(result.prediction_ids)
+            response.outputs.add(name=name, datatype=datatype, shape=[len(result.prediction_ids)])
         else:
             arr = np.ascontiguousarray(output_array(result, name), dtype=np.dtype(dtype).newbyteorder("<"))
             blob = arr.tobytes()
@@ -178,15 +163,16 @@ def encode_result(
     return response
 
 
-class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
-    """The six OIP methods over the app's state (the same objects the REST routes use)."""
+Method = Callable[[Any, Any, grpc.aio.ServicerContext], Awaitable[T]]
 
-    def __init__(self, state: AppState) -> None:
-        self.state = state
 
-    async def _answer(self, context: grpc.aio.ServicerContext, call: Callable[[], Awaitable[T]]) -> T:
+def answered(method: Method[T]) -> Method[T]:
+    """A method's ``ServiceError`` as its gRPC status (``retry-after`` as trailing metadata)."""
+
+    @functools.wraps(method)
+    async def call(self: Any, request: Any, context: grpc.aio.ServicerContext) -> T:
         try:
-            return await call()
+            return await method(self, request, context)
         except ServiceError as exc:
             message = exc.message if exc.field is None else f"{exc.message} (field: {exc.field})"
             if exc.retry_after_s is not None:
@@ -194,15 +180,18 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             await context.abort(status_of(exc), message)
             raise  # abort raises; this line only tells the type checker
 
+    return call
+
+
+class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
+    """The six OIP methods over the app's state (the same objects the REST routes use)."""
+
+    def __init__(self, state: AppState) -> None:
+        self.state = state
+
     def _served(self, context: grpc.aio.ServicerContext, name: str, version: str) -> ServedModel:
         self.state.authorize(None, _authorization(context))
-        served = self.state.lookup(name)
-        if version and version != served.version:
-            raise ModelNotFound(
-                f"model {name!r} version {version!r} is not served (serving {served.version})",
-                field="version",
-            )
-        return served
+        return lookup_version(self.state, name, version)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
         return pb.ServerLiveResponse(live=True)
@@ -217,48 +206,42 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name=SERVER_NAME, version=SERVER_VERSION, extensions=["binary_tensor_data"]
         )
 
+    @answered
     async def ModelReady(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelReadyResponse:
-        async def call() -> pb.ModelReadyResponse:
-            served = self._served(context, request.name, request.version)
-            ready = not self.state.draining and self.state.inference.attached(served.name)
-            return pb.ModelReadyResponse(ready=ready)
+        served = self._served(context, request.name, request.version)
+        ready = not self.state.draining and self.state.inference.attached(served.name)
+        return pb.ModelReadyResponse(ready=ready)
 
-        return await self._answer(context, call)
-
+    @answered
     async def ModelMetadata(
         self, request: Any, context: grpc.aio.ServicerContext
     ) -> pb.ModelMetadataResponse:
-        async def call() -> pb.ModelMetadataResponse:
-            meta = metadata(self._served(context, request.name, request.version))
-            response = pb.ModelMetadataResponse(
-                name=meta["name"], versions=meta["versions"], platform=meta["platform"]
-            )
-            for kind in ("inputs", "outputs"):
-                for t in meta[kind]:
-                    getattr(response, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
-            return response
+        meta = metadata(self._served(context, request.name, request.version))
+        response = pb.ModelMetadataResponse(
+            name=meta["name"], versions=meta["versions"], platform=meta["platform"]
+        )
+        for kind in ("inputs", "outputs"):
+            for t in meta[kind]:
+                getattr(response, kind).add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return response
 
-        return await self._answer(context, call)
-
+    @answered
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
-        async def call() -> pb.ModelInferResponse:
-            state = self.state
-            name = request.model_name
-            async with state.track(None, name, Endpoint.GRPC_INFER, _authorization(context)) as served:
-                if request.model_version and request.model_version != served.version:
-                    raise ModelNotFound(
-                        f"model {name!r} version {request.model_version!r} is not served", "version"
-                    )
-                x = decode_input(request, served.inputs.v2_input())
-                params = request.parameters
-                samples = _parameter(params["samples"], "samples") if "samples" in params else None
-                seed = _parameter(params["seed"], "seed") if "seed" in params else None
-                names = requested_outputs(request)
-                rows = served.inputs.v2_instances(x)
-                result = await state.inference.predict(served, rows, samples, seed)
-                return encode_result(result, request, names)
-
-        return await self._answer(context, call)
+        state = self.state
+        name = request.model_name
+        async with state.track(None, name, Endpoint.GRPC_INFER, _authorization(context)) as served:
+            if request.model_version and request.model_version != served.version:
+                raise ModelNotFound(
+                    f"model {name!r} version {request.model_version!r} is not served", "version"
+                )
+            x = decode_input(request, served.inputs.v2_input())
+            params = request.parameters
+            samples = _parameter(params["samples"], "samples") if "samples" in params else None
+            seed = _parameter(params["seed"], "seed") if "seed" in params else None
+            names = requested_outputs(request)
+            rows = served.inputs.v2_instances(x)
+            result = await state.inference.predict(served, rows, samples, seed)
+            return encode_result(result, request, names)
 
 
 def build_server(state: AppState, host: str, port: int) -> grpc.aio.Server:

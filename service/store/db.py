@@ -36,7 +36,7 @@ import numpy as np
 import orjson
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import Engine, create_engine, delete, event, func, insert, make_url, select
+from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, make_url, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
 from service.store.schema import card_feedback, outcomes, predictions
@@ -388,47 +388,40 @@ class PredictionStore:
     def record_outcomes(self, model: str, values: dict[str, float], received: float) -> set[str]:
         """Insert and commit one outcome per id (the first one stands); returns the ids that already had
         one (a concurrent request, perhaps in another worker, won the race)."""
-        assert self.engine is not None
-        rows: list[dict[str, Any]] = [
+        rows = [
             {"prediction_id": k, "model": model, "value": v, "received": received} for k, v in values.items()
         ]
-        try:
-            with self.engine.begin() as conn:
-                conn.execute(insert(outcomes), rows)
-            return set()
-        except IntegrityError:
-            pass
-        raced: set[str] = set()
-        with self.engine.connect() as conn:
-            for row in rows:
-                try:
-                    with conn.begin():
-                        conn.execute(insert(outcomes), [row])
-                except IntegrityError:
-                    raced.add(str(row["prediction_id"]))
-        return raced
+        return self._insert_first_standing(outcomes, rows)
 
     def record_card_feedback(
         self, model: str, items: dict[str, tuple[str, str | None]], received: float
     ) -> set[str]:
         """Insert and commit CDS card feedback (id -> (outcome, override reason)), the first one standing
         per prediction; returns the ids that already had feedback."""
+        rows = [
+            {"prediction_id": k, "model": model, "outcome": o, "override_reason": r, "received": received}
+            for k, (o, r) in items.items()
+        ]
+        return self._insert_first_standing(card_feedback, rows)
+
+    def _insert_first_standing(self, table: Table, rows: list[dict[str, Any]]) -> set[str]:
+        """Insert ``rows`` keyed by ``prediction_id`` in one transaction; when one is taken already, row by
+        row, so the others commit; returns the ids that were taken."""
         assert self.engine is not None
+        try:
+            with self.engine.begin() as conn:
+                conn.execute(insert(table), rows)
+            return set()
+        except IntegrityError:
+            pass
         taken: set[str] = set()
         with self.engine.connect() as conn:
-            for pid, (outcome, reason) in items.items():
-                row = {
-                    "prediction_id": pid,
-                    "model": model,
-                    "outcome": outcome,
-                    "override_reason": reason,
-                    "received": received,
-                }
+            for row in rows:
                 try:
                     with conn.begin():
-                        conn.execute(insert(card_feedback), [row])
+                        conn.execute(insert(table), [row])
                 except IntegrityError:
-                    taken.add(pid)
+                    taken.add(str(row["prediction_id"]))
         return taken
 
     # -- windows for the performance gauges ----------------------------------------------------
