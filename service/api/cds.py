@@ -117,9 +117,12 @@ def _entries(resource: Any, what: str) -> list[dict[str, Any]]:
         )
     if not isinstance(resource, dict):
         raise InvalidInput(f"prefetch.{what} must be a FHIR resource", f"prefetch.{what}")
-    if resource.get("resourceType") == "Bundle":
-        return [e for e in resource.get("entry") or () if isinstance(e, dict)]
-    return [{"resource": resource}]
+    if resource.get("resourceType") != "Bundle":
+        return [{"resource": resource}]
+    entries = resource.get("entry") or []
+    if not isinstance(entries, list):
+        raise InvalidInput(f"prefetch.{what}.entry must be a list of entries", f"prefetch.{what}.entry")
+    return entries  # each one checked as a Bundle entry by parse_bundle
 
 
 def indicator(risk: float, ood: bool, warning: float, critical: float) -> str:

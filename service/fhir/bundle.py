@@ -82,18 +82,29 @@ class BundleInput:
 def parse_bundle(payload: Any) -> Any:
     """Validate ``payload`` as a FHIR R4 Bundle; 400 when it is not a Bundle, 422 naming the first
     invalid element otherwise."""
+    from fhir.resources.R4B import get_fhir_model_class
     from fhir.resources.R4B.bundle import Bundle
     from pydantic import ValidationError
 
     if not isinstance(payload, dict) or payload.get("resourceType") != "Bundle":
         raise BadRequest("the body must be a FHIR Bundle (resourceType 'Bundle')", "resourceType")
-    for i, entry in enumerate(payload.get("entry") or ()):
+    entries = payload.get("entry") or []
+    if not isinstance(entries, list):
+        raise InvalidInput("Bundle.entry must be a list of entries", "entry")
+    for i, entry in enumerate(entries):
         resource = entry.get("resource") if isinstance(entry, dict) else None
         kind = resource.get("resourceType") if isinstance(resource, dict) else None
         if not isinstance(kind, str):
             raise InvalidInput(
                 f"Bundle.entry[{i}]: needs a resource with a resourceType", f"entry[{i}].resource"
             )
+        try:
+            get_fhir_model_class(kind)
+        except ValueError:
+            raise InvalidInput(
+                f"Bundle.entry[{i}].resource: {kind!r} is not a FHIR R4 resource type",
+                f"entry[{i}].resource.resourceType",
+            ) from None
     try:
         return Bundle.model_validate(payload)
     except ValidationError as exc:

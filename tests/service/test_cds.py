@@ -108,3 +108,10 @@ async def test_card_feedback_is_stored_once_beside_its_prediction(icu_client: ht
     metrics = (await icu_client.get("/metrics")).text
     assert metric_value(metrics, "lrbnn_card_feedback_total", model=ICU, outcome="overridden") == 1.0
     assert metric_value(metrics, "lrbnn_card_feedback_total", model=ICU, outcome="accepted") == 0.0
+
+
+async def test_a_prefetch_bundle_whose_entry_is_not_a_list_is_refused(icu_client: httpx.AsyncClient) -> None:
+    body = hook_request(feverish_patient())
+    body["prefetch"]["observations"]["entry"] = "x"
+    r = await icu_client.post(SERVICE, json=body)
+    assert r.status_code == 422 and r.json()["field"] == "prefetch.observations.entry"

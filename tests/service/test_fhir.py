@@ -155,6 +155,9 @@ async def test_invalid_bundles_get_a_precise_answer(icu_client: httpx.AsyncClien
     assert r.json()["field"] == "entry[1].resource.code"
     r = await icu_client.post(FHIR, json=bundle({"resource": {"resourceType": "NoSuchResource"}}))
     assert r.status_code == 422 and r.json()["resourceType"] == "OperationOutcome"
+    assert r.json()["field"] == "entry[0].resource.resourceType"
+    r = await icu_client.post(FHIR, json={"resourceType": "Bundle", "type": "collection", "entry": "x"})
+    assert r.status_code == 422 and r.json()["field"] == "entry"
     r = await icu_client.post(FHIR, json=bundle(observation("t1", "p1", "8310-5", 37.0, "Cel")))
     assert r.status_code == 422 and "no Patient" in r.json()["error"]
     r = await icu_client.post(FHIR, content=b"{not json")
