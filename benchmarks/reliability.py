@@ -296,6 +296,18 @@ class Driver:
                 window.max_inflight = max(window.max_inflight, float(line.split()[-1]))
 
 
+def cpu_list(text: str) -> set[int]:
+    """``0`` or ``0,2`` -> a set of core numbers for ``os.sched_setaffinity``."""
+    try:
+        cpus = {int(c) for c in text.split(",") if c.strip()}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected core numbers like 0 or 0,2, got {text!r}") from None
+    if not cpus or not cpus <= os.sched_getaffinity(0):
+        have = sorted(os.sched_getaffinity(0))
+        raise argparse.ArgumentTypeError(f"cores {text!r} are not among this process's {have}")
+    return cpus
+
+
 def server_setting(args: argparse.Namespace, name: str) -> Any:
     """The server's value of one setting: what the benchmark passes, else the server's own default."""
     from service.settings import Settings
@@ -320,7 +332,9 @@ def _start(args: argparse.Namespace, workdir: Path) -> tuple[ServerProcess, str,
         env["LRBNN_MAX_BATCH_SIZE"] = str(args.max_batch_size)
     if args.max_queue_wait_ms is not None:
         env["LRBNN_MAX_QUEUE_WAIT_MS"] = str(args.max_queue_wait_ms)
-    srv = ServerProcess(Path(args.model_repository), workdir / "server.log", env=env)
+    if args.client_cpus is not None:
+        os.sched_setaffinity(0, args.client_cpus)  # before any thread: the driver is one asyncio thread
+    srv = ServerProcess(Path(args.model_repository), workdir / "server.log", env=env, cpus=args.server_cpus)
     srv.wait_ready()
     info = httpx.get(srv.url + "/v1/models", timeout=10).json()["models"][0]
     row = {f["name"]: f["imputed_with"] for f in info["features"] if f["imputed_with"] is not None}
@@ -869,6 +883,16 @@ def main(argv: list[str] | None = None) -> int:
         )
         p.add_argument("--unloaded-seconds", type=float, default=20)
         p.add_argument("--saturation-seconds", type=float, default=20)
+        p.add_argument(
+            "--server-cpus",
+            type=cpu_list,
+            default=None,
+            help="pin the server to these cores, e.g. 0 (default: unpinned); with --client-cpus the load "
+            "generator cannot take the server's CPU, so saturation and overload measure the server",
+        )
+        p.add_argument(
+            "--client-cpus", type=cpu_list, default=None, help="pin this load generator to these cores"
+        )
 
     p = sub.add_parser("overload", help="2x saturation for --seconds, then recovery")
     load_args(p, 60)

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import math
 import platform
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -20,6 +22,21 @@ from model_core.reproduce.tables import (
 )
 
 
+def strict_json(obj: Any) -> Any:
+    """``obj`` with NaN and infinities as ``None``: results.json is read by other tools (jq, JavaScript,
+    pandas' strict parsers), and RFC 8259 JSON has no NaN. An undefined metric (the deterministic
+    network's MI ratio 0/0) is ``null`` there; ``results.partial.json`` keeps the floats for ``--merge``."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict_json(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict_json(v) for v in obj]
+    if hasattr(obj, "item") and callable(obj.item):  # numpy / torch scalars
+        return strict_json(obj.item())
+    return obj
+
+
 def write_report(all_results: list[TaskResults], out: Path) -> tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
@@ -28,7 +45,7 @@ def write_report(all_results: list[TaskResults], out: Path) -> tuple[Path, Path]
         "tasks": {r.config.task: {**results_to_json(r), "summary": summary_rows(r)} for r in all_results},
     }
     js = out / "results.json"
-    js.write_text(json.dumps(payload, indent=1, default=float))
+    js.write_text(json.dumps(strict_json(payload), indent=1, allow_nan=False))
     parts = [f"# Reproduction results\n\nMachine: {machine}.\n"]
     for r in all_results:
         parts.append(f"## {r.config.task} (paper: {paper_dataset(r.config.task)})\n")

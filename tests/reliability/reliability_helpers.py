@@ -29,7 +29,11 @@ def free_port() -> int:
 class ServerProcess:
     """``lrbnn serve`` in a subprocess; stdout and stderr (JSON log lines) go to ``log_path``."""
 
-    def __init__(self, repo: Path, log_path: Path, env: dict[str, str] | None = None) -> None:
+    def __init__(
+        self, repo: Path, log_path: Path, env: dict[str, str] | None = None, cpus: set[int] | None = None
+    ) -> None:
+        """``cpus``: pin the server (and every thread it starts) to these cores, so that a load generator
+        pinned elsewhere does not take the server's CPU (benchmarks on a small machine)."""
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.log_path = log_path
@@ -37,7 +41,10 @@ class ServerProcess:
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), "LRBNN_LOG_LEVEL": "INFO", **(env or {})}
         cmd = [sys.executable, "-m", "model_core.cli", "serve", "--model-repository", str(repo)]
         cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
-        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT)
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+        self.proc = subprocess.Popen(
+            cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=pin
+        )
 
     def wait_ready(self, timeout_s: float = 180.0) -> None:
         deadline = time.monotonic() + timeout_s
