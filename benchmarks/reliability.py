@@ -332,8 +332,6 @@ def _start(args: argparse.Namespace, workdir: Path) -> tuple[ServerProcess, str,
         env["LRBNN_MAX_BATCH_SIZE"] = str(args.max_batch_size)
     if args.max_queue_wait_ms is not None:
         env["LRBNN_MAX_QUEUE_WAIT_MS"] = str(args.max_queue_wait_ms)
-    if args.client_cpus is not None:
-        os.sched_setaffinity(0, args.client_cpus)  # before any thread: the driver is one asyncio thread
     srv = ServerProcess(Path(args.model_repository), workdir / "server.log", env=env, cpus=args.server_cpus)
     srv.wait_ready()
     info = httpx.get(srv.url + "/v1/models", timeout=10).json()["models"][0]
@@ -927,6 +925,8 @@ def main(argv: list[str] | None = None) -> int:
         sp.add_argument("--out", default=None, help="also write the JSON here")
 
     args = parser.parse_args(argv)
+    if getattr(args, "client_cpus", None) is not None:
+        os.sched_setaffinity(0, args.client_cpus)  # before any thread: the driver is one asyncio thread
     result = args.func(args)
     text = json.dumps(result, indent=2, default=str)
     print(text)

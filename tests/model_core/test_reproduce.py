@@ -46,8 +46,8 @@ def test_quick_reproduction_writes_tables_plots_and_finite_metrics(data_dir: Pat
         )
         == 0
     )
-    text = (out / "results.json").read_text()
-    results = json.loads(text, parse_constant=lambda c: pytest.fail(f"results.json is not strict JSON: {c}"))
+    strict = {"parse_constant": lambda c: pytest.fail(f"results.json is not strict JSON: {c}")}
+    results = json.loads((out / "results.json").read_text(), **strict)
     icu = results["tasks"]["icu"]
     methods = {r["method"] for r in icu["runs"]}
     assert methods == {m.value for m in Method}
