@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
     result: dict[str, Any] = {"dry_run": not cuda, "torch": torch.__version__, "errors": []}
     result["device"] = torch.cuda.get_device_name(device) if cuda else "cpu (dry run)"
     result["triton"] = triton.__version__ if HAVE_TRITON else None
-    from model_core.sampling.api import register_triton_backend
+    from model_core.sampling.backends import register_triton_backend
 
     triton_ok = result["triton"] is not None and register_triton_backend()
     result["triton_backend"] = triton_ok

@@ -84,7 +84,9 @@ async def load_models(state: AppState) -> None:
     if any(FeatureIndex(s.inputs.features()) for s in state.repository.models()):
         await asyncio.to_thread(fhir.warm)
     if state.sync is not None:  # one of several workers: follow the reloads the others publish
-        state.following = asyncio.create_task(state.sync.follow(state), name="follow-reloads")
+        state.following = asyncio.create_task(
+            state.sync.follow(state.repository, state.inference.attach), name="follow-reloads"
+        )
     state.inference.start_sharing()  # with several workers: the drift windows, merged by every scrape
     state.loaded = True
     if state.store is not None:

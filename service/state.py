@@ -58,7 +58,7 @@ class AppState:
     store: PredictionStore | None = None
     performance: PerformancePublisher | None = None
     following: asyncio.Task[None] | None = None
-    #: where the OIP gRPC server listens (set by ``service.main.run_server``; None: no gRPC, e.g. tests
+    #: where the OIP gRPC server listens (set by ``service.server.run_server``; None: no gRPC, e.g. tests
     #: of the ASGI app alone) and the running server
     grpc_host: str | None = None
     grpc_server: Any = None

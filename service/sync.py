@@ -20,13 +20,13 @@ import json
 import logging
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
 
 if TYPE_CHECKING:
-    from service.repository import ModelRepository
-    from service.state import AppState
+    from service.repository import ModelRepository, ServedModel
 
 log = logging.getLogger("lrbnn.service.sync")
 
@@ -92,29 +92,38 @@ class ReloadBroadcast:
                         extra={"model": name, "version": version, "error": str(exc), "serving": current},
                     )
 
-    async def apply(self, state: AppState, changed_only: bool = True) -> None:
-        """Reload every model whose published version is not the one this worker serves."""
+    async def apply(
+        self,
+        repository: ModelRepository,
+        attach: Callable[[ServedModel], None],
+        changed_only: bool = True,
+    ) -> None:
+        """Reload every model whose published version is not the one this worker serves.
+
+        ``attach`` starts serving the reloaded model (the inference service's); the broadcast needs
+        nothing else of the server.
+        """
         for name, version in self.desired(changed_only).items():
-            current = state.repository.version_of(name)
+            current = repository.version_of(name)
             if current == version:
                 continue
             try:
-                served = await asyncio.to_thread(state.repository.reload, name, version)
+                served = await asyncio.to_thread(repository.reload, name, version)
             except Exception as exc:  # the publisher validated it; a failure here is logged, old one serves
                 log.error(
                     "reload published by another worker failed here",
                     extra={"model": name, "version": version, "error": str(exc), "serving": current},
                 )
                 continue
-            state.inference.attach(served)
+            attach(served)
             log.info(
                 "reloaded, following another worker",
                 extra={"model": name, "version": version, "previous_version": current},
             )
 
-    async def follow(self, state: AppState) -> None:
+    async def follow(self, repository: ModelRepository, attach: Callable[[ServedModel], None]) -> None:
         """Apply published reloads until cancelled (the first pass sees every record)."""
-        await self.apply(state, changed_only=False)
+        await self.apply(repository, attach, changed_only=False)
         while True:
             await asyncio.sleep(self.interval_s)
-            await self.apply(state)
+            await self.apply(repository, attach)

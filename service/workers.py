@@ -6,7 +6,7 @@ runs in a compute thread and is the smaller part). n processes use n cores.
 
 How: this supervisor binds the socket once and starts n workers with multiprocessing's ``spawn`` (a
 fresh interpreter each: no torch or thread state is forked). Each worker is a whole server
-(``service.main.run_server``): it loads every model, has its own batching queues, admission estimate
+(``service.server.run_server``): it loads every model, has its own batching queues, admission estimate
 and drift window, and accepts connections from the shared socket. Shared across workers:
 
 * metrics: ``PROMETHEUS_MULTIPROC_DIR`` (a fresh temporary folder per run, removed at exit), so
@@ -71,7 +71,7 @@ def _worker(sock: socket.socket, host: str, port: int, parent: int) -> None:
     """A worker process's entry point: a whole server on the inherited socket."""
     os.setsid()  # out of the supervisor's process group: only the supervisor signals a worker
     _die_with_parent(parent)
-    from service.main import run_server  # imported here: the worker is a fresh interpreter
+    from service.server import run_server  # imported here: the worker is a fresh interpreter
 
     sys.exit(run_server(Settings(), host, port, sockets=[sock], preload=True))
 

@@ -28,13 +28,13 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from model_core.sampling.api import (
+from model_core.sampling.api import sample_lowrank
+from model_core.sampling.backends import (
     COST_MODEL,
     CpuCostModel,
     choose_backend,
     estimated_seconds,
     register_triton_backend,
-    sample_lowrank,
     work,
 )
 from model_core.sampling.cpu import draw_factor_samples

@@ -19,6 +19,7 @@ from typing import Optional
 import torch
 from torch import Tensor
 
+from model_core.sampling.backends import check_arguments, choose_backend, dispatch
 from model_core.sampling.noise import NoiseSource
 from model_core.sampling.types import Backend, FactorPosterior
 
@@ -26,14 +27,12 @@ OP_NAME = "lrbnn::sample_lowrank"
 _SHARED_NOISE = (Backend.LRT_A, Backend.FACTORED, Backend.MATERIALIZE)
 
 
-def _resolve(backend: str, x: Tensor) -> Backend:
+def _resolve(backend: str, x: Tensor, post: FactorPosterior, samples: int) -> Backend:
     b = Backend(backend)
     if b is Backend.CACHED:
         raise ValueError("the cached backend needs factor samples; call sample_lowrank with a cache")
-    if b is Backend.AUTO:
-        from model_core.sampling.api import register_triton_backend
-
-        return Backend.TRITON if x.is_cuda and register_triton_backend() else Backend.LRT
+    if b is Backend.AUTO:  # row-seeded noise is per example: the rule picks triton on CUDA, else lrt
+        return choose_backend(x, post, samples, per_example=True)
     return b
 
 
@@ -52,10 +51,9 @@ def sample_lowrank_op(
     backend: str,
 ) -> Tensor:
     """S×N×m sampled outputs of the low-rank layer, noise derived from ``row_seeds`` (N,) int64."""
-    from model_core.sampling.api import sample_lowrank
-
     post = FactorPosterior(mu_a, sigma_a, mu_b, sigma_b, bias_mu, bias_sigma)
-    b = _resolve(backend, x)
+    check_arguments(x, post, samples)
+    b = _resolve(backend, x, post, samples)
     seeds = row_seeds.reshape(-1)
     n_rows = int(x.shape[-2])
     if seeds.numel() != n_rows:
@@ -73,7 +71,7 @@ def sample_lowrank_op(
         raise ValueError(f"unsupported backend {backend!r}")
     # always a fresh tensor (never aliases an input); contiguous as the fake implementation promises (the
     # row-wise serving pass returns an (S, N, m) view of rows-outer memory)
-    return sample_lowrank(x, post, samples, noise, b).contiguous()
+    return dispatch(x, post, samples, noise, b).contiguous()
 
 
 @sample_lowrank_op.register_fake

@@ -18,8 +18,9 @@ gives four normals (``tl.randn4x``, two Box–Muller pairs), used for four conse
 normal costs a quarter of a Philox block. Column tiles recompute the same stage-1 noise, so every column
 sees the same h_s.
 
-Triton is optional: this module imports without it, and :func:`register_triton_backend` only registers
-the backend when Triton imports and can run (CUDA, or the CPU interpreter with ``TRITON_INTERPRET=1``).
+Triton is optional: this module imports without it. It only exposes kernels:
+:func:`model_core.sampling.backends.register_triton_backend` registers :func:`lrt_triton` when Triton
+imports and can run (CUDA, or the CPU interpreter with ``TRITON_INTERPRET=1``).
 """
 
 import os
@@ -377,25 +378,9 @@ def compile_for_cuda(
 
 
 def lrt_triton(x: Tensor, post: FactorPosterior, samples: int, noise: NoiseSource) -> Tensor:
-    """The ``triton`` backend (a :data:`~model_core.sampling.api.SamplerFn`): one seed per row."""
+    """The ``triton`` backend (a :data:`~model_core.sampling.backends.SamplerFn`): one seed per row."""
     seeds = noise.seeds(1)
     return lrt_triton_from_seeds(x, post, samples, seeds)
-
-
-def register_triton_backend() -> bool:
-    """Register ``Backend.TRITON`` if Triton imports and CUDA (or ``TRITON_INTERPRET=1``) is there.
-
-    Returns whether the backend is registered. Safe to call any number of times.
-    """
-    from model_core.sampling.api import BACKENDS, register_backend
-    from model_core.sampling.types import Backend
-
-    if Backend.TRITON in BACKENDS:
-        return True
-    if not triton_runnable():
-        return False
-    register_backend(Backend.TRITON, lrt_triton)
-    return True
 
 
 __all__ = [
@@ -404,6 +389,5 @@ __all__ = [
     "lrt_triton",
     "lrt_triton_from_seeds",
     "padded_rank",
-    "register_triton_backend",
     "triton_runnable",
 ]

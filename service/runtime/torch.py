@@ -32,7 +32,7 @@ from model_core.checkpoint.manifest import Manifest, SamplingMode
 from model_core.layers.base import BayesianModule
 from model_core.plan import RowwisePlan
 from model_core.predict import DEFAULT_CHUNK_ELEMENTS, Prediction, batch_invariant, predict
-from model_core.sampling.api import register_triton_backend
+from model_core.sampling.backends import register_triton_backend
 from model_core.sampling.noise import NoiseSource
 from model_core.sampling.types import Backend
 from service.runtime.base import Outputs

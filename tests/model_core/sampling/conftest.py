@@ -23,7 +23,7 @@ def triton_interpreter(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     registry is restored so that no other test sees a ``triton`` backend on this CUDA-less machine.
     """
     pytest.importorskip("triton")
-    from model_core.sampling.api import BACKENDS
+    from model_core.sampling.backends import BACKENDS
 
     monkeypatch.setenv("TRITON_INTERPRET", "1")
     saved = dict(BACKENDS)

@@ -15,7 +15,7 @@ from model_core.sampling import (
     draw_factor_samples,
     sample_lowrank,
 )
-from model_core.sampling.api import available_backends, work
+from model_core.sampling.backends import available_backends, work
 from model_core.sampling.cache import packed_a_t, packed_b_flat
 from model_core.sampling.types import FactorPosterior, FactorSamples
 

@@ -16,7 +16,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_leaves
 
 from model_core.sampling import Backend, FactorPosterior, NoiseSource, sample_lowrank
-from model_core.sampling.api import BACKENDS, register_triton_backend
+from model_core.sampling.backends import BACKENDS, register_triton_backend
 
 pytestmark = pytest.mark.usefixtures("triton_interpreter")
 
