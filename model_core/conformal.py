@@ -20,10 +20,27 @@ coverage is not guaranteed; ``docs/model.md`` says so and the monitoring measure
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-__all__ = ["conformal_quantile", "interval_scores", "label_scores", "prediction_sets"]
+if TYPE_CHECKING:
+    from model_core.checkpoint.manifest import Calibration
+
+__all__ = [
+    "SERVED_INTERVAL_LEVEL",
+    "conformal_quantile",
+    "gaussian_half_width",
+    "interval_scores",
+    "label_scores",
+    "prediction_sets",
+    "served_interval",
+]
+
+#: The level of the regression interval every prediction carries (the contract: central 90 %). The one
+#: definition: the service, the evaluation and the calibration read it here.
+SERVED_INTERVAL_LEVEL = 0.9
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:
@@ -41,6 +58,28 @@ def interval_scores(y: np.ndarray, mean: np.ndarray, variance: np.ndarray) -> np
     """Normalised residuals |y − mean| / sd (sd floored at 1e-12 so a zero-variance model still works)."""
     sd = np.sqrt(np.maximum(np.asarray(variance, dtype=np.float64), 1e-24))
     return np.abs(np.asarray(y, dtype=np.float64) - np.asarray(mean, dtype=np.float64)) / sd
+
+
+def gaussian_half_width(sd: np.ndarray, level: float, scale: float = 1.0) -> np.ndarray:
+    """``scale · z · sd``, the half width of the central ``level`` interval of N(mean, sd²) widened by a
+    validation-fitted factor (``calibration.interval_scales``; no finite-sample guarantee)."""
+    return scale * NormalDist().inv_cdf(0.5 + level / 2.0) * np.asarray(sd, dtype=np.float64)
+
+
+def served_interval(
+    calibration: Calibration, mean: np.ndarray, variance: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """The regression interval a prediction carries, (low, high) in float32: mean ± q̂ · sd with the
+    manifest's split-conformal q̂; a checkpoint calibrated before conformal calibration existed gets the
+    Gaussian interval at :data:`SERVED_INTERVAL_LEVEL` widened by its validation-fitted factor."""
+    sd = np.sqrt(np.asarray(variance, dtype=np.float64))
+    if calibration.conformal is not None:
+        half = calibration.conformal.quantile * sd
+    else:
+        scale = calibration.interval_scales.get(str(SERVED_INTERVAL_LEVEL), 1.0)
+        half = gaussian_half_width(sd, SERVED_INTERVAL_LEVEL, scale)
+    m = np.asarray(mean, dtype=np.float64)
+    return (m - half).astype(np.float32), (m + half).astype(np.float32)
 
 
 def label_probabilities(mean: np.ndarray) -> np.ndarray:

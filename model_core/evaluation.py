@@ -11,7 +11,7 @@ import torch
 
 from model_core.checkpoint.io import LoadedCheckpoint
 from model_core.checkpoint.manifest import Manifest, Task
-from model_core.conformal import prediction_sets
+from model_core.conformal import gaussian_half_width, prediction_sets
 from model_core.data.air import SequenceSplits
 from model_core.data.dataset import TabularSplits
 from model_core.data.sentiment import TextSplits
@@ -162,10 +162,9 @@ def conformal_report(manifest: Manifest, pred: Prediction, y: np.ndarray) -> dic
     if manifest.task is Task.REGRESSION:
         half = conf.quantile * sd
         cover = np.abs(y - mean) <= half
-        from statistics import NormalDist
-
-        z = NormalDist().inv_cdf(0.5 + conf.level / 2.0)
-        scaled = manifest.calibration.interval_scales.get(str(conf.level), 1.0) * z * sd
+        scaled = gaussian_half_width(
+            sd, conf.level, manifest.calibration.interval_scales.get(str(conf.level), 1.0)
+        )
         return {
             "level": conf.level,
             "conformal_coverage": float(cover.mean()),

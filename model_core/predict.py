@@ -9,8 +9,8 @@ Definitions (per example):
   splits into mean_s p_s(1 − p_s) + Var_s p_s; ``ood_score`` = the mutual information.
 * Regression (heteroscedastic Gaussian head, μ_s, σ_s): ``mean`` = mean_s μ_s; ``epistemic`` = Var_s μ_s
   (population variance of the sampled means); ``aleatoric`` = mean_s σ_s²; ``variance`` = their sum;
-  ``ood_score`` = predictive std; ``interval`` = central 90 % interval of the Gaussian with that mean and
-  variance (a moment-matched approximation of the predictive mixture).
+  ``ood_score`` = predictive std. Intervals are calibration's job, not the model's: the served one is
+  :func:`model_core.conformal.served_interval` (split-conformal, from these moments).
 
 Memory stays bounded for large S·N: rows are processed in chunks that keep whole noise blocks together,
 so the noise a request gets never depends on what else shares its batch. With per-request noise
@@ -34,7 +34,6 @@ from model_core.sampling.types import Backend
 
 #: Upper bound on S·rows·width floats held by one chunk's widest activation (~256 MB in fp32).
 DEFAULT_CHUNK_ELEMENTS = 64 * 1024 * 1024
-_Z90 = 1.6448536269514722  # standard normal quantile at 0.95
 REGRESSION_SCALE_FLOOR = 1e-3
 
 
@@ -48,8 +47,6 @@ class Prediction:
     aleatoric: Tensor
     entropy: Tensor
     ood_score: Tensor
-    interval_low: Tensor | None = None
-    interval_high: Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.mean.shape[0])
@@ -79,9 +76,7 @@ def summarize(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
         variance = epistemic + aleatoric
         std = variance.sqrt()
         gauss_entropy = 0.5 * torch.log(2 * math.pi * math.e * variance)
-        return Prediction(
-            mean, variance, epistemic, aleatoric, gauss_entropy, std, mean - _Z90 * std, mean + _Z90 * std
-        )
+        return Prediction(mean, variance, epistemic, aleatoric, gauss_entropy, std)
     if lik is Likelihood.BERNOULLI:
         p1 = torch.sigmoid(outputs[..., 0])
         probs = torch.stack([1 - p1, p1], dim=-1)
@@ -162,9 +157,7 @@ def _summarize_block(o: Tensor, spec: ArchitectureSpec) -> Prediction:
         std = variance.sqrt()
         log_var = torch.log(_padded(2 * math.pi * math.e * variance.unsqueeze(1), 1.0))[:, 0]
         gauss_entropy = 0.5 * log_var
-        return Prediction(
-            mean, variance, epistemic, aleatoric, gauss_entropy, std, mean - _Z90 * std, mean + _Z90 * std
-        )
+        return Prediction(mean, variance, epistemic, aleatoric, gauss_entropy, std)
     if lik is Likelihood.BERNOULLI:
         return _bernoulli_rows(o[:, 0])
     z = o - o.amax(1, keepdim=True)

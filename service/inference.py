@@ -14,13 +14,12 @@ import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from statistics import NormalDist
 from typing import Any, TypeVar
 
 import numpy as np
 
-from model_core.checkpoint.manifest import Calibration, Task
-from model_core.conformal import prediction_sets
+from model_core.checkpoint.manifest import Task
+from model_core.conformal import prediction_sets, served_interval
 from model_core.ood import reasons
 from service.batching import ModelBatcher
 from service.errors import InvalidInput, PayloadTooLarge
@@ -59,31 +58,6 @@ def new_ids(n: int) -> list[str]:
     the inputs, so an id reveals nothing and cannot be forged to attach an outcome to another's
     prediction. About 0.3 us each."""
     return [secrets.token_hex(16) for _ in range(n)]
-
-
-#: The contract's regression interval: central 90 %.
-INTERVAL_LEVEL = 0.9
-
-
-def calibrated_interval(calib: Calibration, outputs: Outputs) -> Outputs:
-    """The central 90 % interval: split-conformal where the manifest has it, mean ± q̂ · sqrt(variance)
-    (finite-sample coverage under exchangeability, ``model_core.conformal``).
-
-    A checkpoint calibrated before conformal calibration existed keeps its old interval: the Gaussian
-    moment match widened by the factor fitted on validation data (``calibration.interval_scales["0.9"]``;
-    c = 1 without it), which has no finite-sample guarantee.
-    """
-    sd = np.sqrt(np.asarray(outputs["variance"], dtype=np.float64))
-    if calib.conformal is not None:
-        half = calib.conformal.quantile * sd
-    else:
-        z = NormalDist().inv_cdf(0.5 + INTERVAL_LEVEL / 2.0)
-        half = calib.interval_scales.get(str(INTERVAL_LEVEL), 1.0) * z * sd
-    mean = np.asarray(outputs["mean"], dtype=np.float64)
-    return {
-        "interval_low": (mean - half).astype(np.float32),
-        "interval_high": (mean + half).astype(np.float32),
-    }
 
 
 @dataclass(frozen=True)
@@ -329,7 +303,8 @@ class InferenceService:
             served, enc.x, s, seed, self.settings.request_timeout_s, disconnected
         )
         if served.manifest.task is Task.REGRESSION:
-            outputs = {**outputs, **calibrated_interval(served.manifest.calibration, outputs)}
+            low, high = served_interval(served.manifest.calibration, outputs["mean"], outputs["variance"])
+            outputs = {**outputs, "interval_low": low, "interval_high": high}
         outputs, ood, why = decide(served, outputs, enc.z, enc.implausible)
         self.record(served, outputs, ood, why, enc.z)
         ids = new_ids(len(rows))

@@ -40,7 +40,7 @@ from model_core.layers.base import BayesianModule, Mode, PredictiveContext, expa
 from model_core.layers.lowrank import LowRankBayesLinear
 from model_core.models.ensemble import Ensemble
 from model_core.models.mlp import BayesMLP
-from model_core.models.spec import ArchitectureSpec, Likelihood, Method
+from model_core.models.spec import ArchitectureSpec, Method
 from model_core.predict import summarize
 from model_core.sampling import cpu
 from model_core.sampling.noise import NoiseError, NoiseSource
@@ -60,7 +60,6 @@ SUPPORTED_METHODS = (
     Method.LOWRANK_ENS,
 )
 BASE_OUTPUTS = ("mean", "variance", "epistemic", "aleatoric", "entropy", "ood_score")
-INTERVAL_OUTPUTS = ("interval_low", "interval_high")
 
 
 class ExportError(ValueError):
@@ -208,8 +207,9 @@ def _in_features(model: BayesianModule) -> int:
 
 
 def output_names(spec: ArchitectureSpec) -> list[str]:
-    extra = INTERVAL_OUTPUTS if spec.likelihood is Likelihood.GAUSSIAN else ()
-    return [*BASE_OUTPUTS, *extra]
+    """The graph's outputs: the predictive moments (intervals are the calibration's, applied by the
+    service with :func:`model_core.conformal.served_interval`)."""
+    return list(BASE_OUTPUTS)
 
 
 class PredictiveGraph(nn.Module):

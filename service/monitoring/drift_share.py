@@ -40,7 +40,6 @@ class SharedState(Protocol):
     def to_array(self) -> np.ndarray: ...
 
 
-
 def _alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

@@ -49,17 +49,13 @@ def resolve_device(requested: str) -> torch.device:
 
 
 def _numpy(pred: Prediction) -> Outputs:
-    out: Outputs = {
+    return {
         "mean": pred.mean.cpu().numpy(),
         "variance": pred.variance.cpu().numpy(),
         "epistemic": pred.epistemic.cpu().numpy(),
         "aleatoric": pred.aleatoric.cpu().numpy(),
         "ood_score": pred.ood_score.cpu().numpy(),
     }
-    if pred.interval_low is not None and pred.interval_high is not None:
-        out["interval_low"] = pred.interval_low.cpu().numpy()
-        out["interval_high"] = pred.interval_high.cpu().numpy()
-    return out
 
 
 class TorchRuntime:

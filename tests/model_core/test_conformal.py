@@ -24,7 +24,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from model_core.conformal import conformal_quantile, interval_scores, label_scores, prediction_sets
+from model_core.checkpoint.manifest import Calibration, ConformalCalibration, OODScore
+from model_core.conformal import (
+    SERVED_INTERVAL_LEVEL,
+    conformal_quantile,
+    interval_scores,
+    label_scores,
+    prediction_sets,
+    served_interval,
+)
 from model_core.data import load_csv
 from model_core.data.dataset import TabularSplits
 from model_core.training.pipeline import CALIBRATION_FRACTION, split_calibration
@@ -228,6 +236,37 @@ def test_conformal_quantile_rejects_bad_scores(scores: np.ndarray) -> None:
     """Empty or non-finite calibration scores are an error."""
     with pytest.raises(ValueError, match="finite"):
         conformal_quantile(scores, 0.9)
+
+
+def _calibration(conformal_q: float | None, scale_90: float | None) -> Calibration:
+    return Calibration(
+        ood_score=OODScore.PREDICTIVE_STD,
+        ood_threshold=1.0,
+        conformal=None
+        if conformal_q is None
+        else ConformalCalibration(
+            level=SERVED_INTERVAL_LEVEL, score="normalized_residual", quantile=conformal_q, n=99
+        ),
+        interval_scales={} if scale_90 is None else {"0.9": scale_90},
+    )
+
+
+def test_the_served_interval_is_the_conformal_one_where_the_manifest_has_it() -> None:
+    mean, variance = np.array([10.0, -2.0]), np.array([4.0, 0.25])
+    low, high = served_interval(_calibration(1.5, 2.0), mean, variance)
+    assert low.dtype == np.float32 and high.dtype == np.float32
+    np.testing.assert_allclose(low, [10.0 - 3.0, -2.0 - 0.75])
+    np.testing.assert_allclose(high, [10.0 + 3.0, -2.0 + 0.75])
+
+
+def test_an_older_checkpoint_gets_the_scaled_gaussian_90_percent_interval() -> None:
+    z90 = 1.6448536269514722
+    mean, variance = np.array([11.0]), np.array([5.0])
+    low, high = served_interval(_calibration(None, 1.25), mean, variance)
+    assert float(high[0] - low[0]) == pytest.approx(2 * 1.25 * z90 * math.sqrt(5), rel=1e-6)
+    low, high = served_interval(_calibration(None, None), mean, variance)  # no factor: the model's own
+    assert float(high[0] - low[0]) == pytest.approx(2 * z90 * math.sqrt(5), rel=1e-6)
+    assert float((low[0] + high[0]) / 2) == pytest.approx(11.0)
 
 
 def test_interval_scores_with_zero_variance_are_finite() -> None:
