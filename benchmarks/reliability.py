@@ -41,12 +41,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
-for _p in (ROOT, ROOT / "tests" / "reliability"):
+for _p in (Path(__file__).resolve().parent, ROOT):  # the sibling stats module; service from a checkout
     if str(_p) not in sys.path:
         sys.path.insert(0, str(_p))
 
 import httpx  # noqa: E402
-from reliability_helpers import ServerProcess  # noqa: E402
+from stats import percentile  # noqa: E402
+
+from service.testing import ServerProcess  # noqa: E402
 
 DEFAULT_REPO = ROOT / "deploy" / "models"
 
@@ -59,13 +61,6 @@ def machine() -> dict[str, Any]:
         "python": platform.python_version(),
         "load_average": [round(v, 2) for v in os.getloadavg()],
     }
-
-
-def pct(values: list[float], q: float) -> float | None:
-    if not values:
-        return None
-    ordered = sorted(values)
-    return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
 
 
 RECOVERY_BIN_S = 0.5
@@ -87,8 +82,8 @@ def recovered_after(
     last_bad = -1
     for k in sorted(bins):
         got = bins[k]
-        p90 = pct([sec for _, sec in got], 90)
-        if any(code != "200" for code, _ in got) or (p90 is not None and p90 > slow_s):
+        p90 = percentile([sec for _, sec in got], 90)
+        if any(code != "200" for code, _ in got) or p90 > slow_s:
             last_bad = k
     return (last_bad + 1) * bin_s
 
@@ -126,9 +121,9 @@ class Window:
             "sent": sent,
             "codes": dict(sorted(self.codes.items())),
             "goodput_rps": round(ok / self.seconds, 2),
-            "admitted_p50_ms": _r(pct(ms, 50)),
-            "admitted_p90_ms": _r(pct(ms, 90)),
-            "admitted_p99_ms": _r(pct(ms, 99)),
+            "admitted_p50_ms": _r(percentile(ms, 50)),
+            "admitted_p90_ms": _r(percentile(ms, 90)),
+            "admitted_p99_ms": _r(percentile(ms, 99)),
             "admitted_max_ms": _r(max(ms) if ms else None),
             "refusals_without_retry_after": self.retry_after_missing,
             "errors": self.errors,
@@ -165,8 +160,12 @@ def _frac(num: int, den: int) -> float | None:
     return round(num / den, 4) if den else None
 
 
+def _or0(v: float) -> float:
+    return 0.0 if math.isnan(v) else v
+
+
 def _r(v: float | None) -> float | None:
-    return None if v is None else round(v, 2)
+    return None if v is None or math.isnan(v) else round(v, 2)
 
 
 class Driver:
@@ -385,11 +384,11 @@ def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def judge_overload(args: argparse.Namespace, res: dict[str, Any], budget_s: float) -> dict[str, Any]:
-    unloaded_p99 = pct(res["cal"]["unloaded"].latencies_ok, 99) or float("nan")
+    unloaded_p99 = percentile(res["cal"]["unloaded"].latencies_ok, 99)
     sat = res["cal"]["saturation_rps"]
     over, rec = res["over"], res["recovery"]
-    over_p99 = pct(over.latencies_ok, 99) or float("nan")
-    with_retries_p99 = pct(over.latencies_ok + over.retry_latencies_ok, 99) or float("nan")
+    over_p99 = percentile(over.latencies_ok, 99)
+    with_retries_p99 = percentile(over.latencies_ok + over.retry_latencies_ok, 99)
     refused = sum(v for k, v in over.codes.items() if k in ("429", "503"))
     sent = sum(over.codes.values())
     retries = retry_summary(over.retries, over.seconds)
@@ -400,7 +399,7 @@ def judge_overload(args: argparse.Namespace, res: dict[str, Any], budget_s: floa
     drain_bound_s = budget_s / (1 - 0.5) + RECOVERY_BIN_S  # one budget of backlog, drained at half load
     after = [sec for t, code, sec in rec.events if t >= recovered_after_s]
     after_ok = all(code == "200" for t, code, _ in rec.events if t >= recovered_after_s)
-    after_p99 = pct(after, 99) or float("nan")
+    after_p99 = percentile(after, 99)
     late = [t for t, code, sec in rec.events if code != "200" or sec > slow]
     by_work = math.ceil(budget_s * sat) + batch_requests(args)
     max_queue = int(server_setting(args, "max_queue"))
@@ -554,7 +553,7 @@ def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
             cal, windows = asyncio.run(run())
         finally:
             srv.stop()
-    p99s = [pct(w.latencies_ok, 99) or 0.0 for w in windows]
+    p99s = [_or0(percentile(w.latencies_ok, 99)) for w in windows]
     errors = sum(w.errors + sum(v for k, v in w.codes.items() if k != "200") for w in windows)
     first_rss = windows[1].rss_start if len(windows) > 1 else windows[0].rss_start  # after one window
     rss_growth = 100 * (windows[-1].rss_end / max(1, first_rss) - 1)
@@ -570,7 +569,7 @@ def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
         "config": vars(args) | {"func": None},
         "saturation_rps": round(cal["saturation_rps"], 2),
         "offered_rps": round(args.fraction * cal["saturation_rps"], 2),
-        "unloaded_p99_ms": _r(1000 * (pct(cal["unloaded"].latencies_ok, 99) or 0.0)),
+        "unloaded_p99_ms": _r(1000 * _or0(percentile(cal["unloaded"].latencies_ok, 99))),
         "windows": [w.summary() for w in windows],
         "rss_growth_after_first_window_pct": round(rss_growth, 2),
         "verdict": verdict,

@@ -56,7 +56,6 @@ import platform
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -67,6 +66,14 @@ from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+for _p in (Path(__file__).resolve().parent, ROOT):  # the sibling stats module; service from a checkout
+    if str(_p) not in sys.path:
+        sys.path.insert(0, str(_p))
+
+from stats import percentile  # noqa: E402
+
+from service.testing import free_port, wait_until_ready  # noqa: E402
+
 RUNTIME_DIR = ROOT / "benchmarks" / "mlserver_runtime"
 DEFAULT_CHECKPOINT = ROOT / "deploy" / "models" / "icu-mortality" / "1"
 DEFAULT_MLSERVER_PYTHON = Path("/tmp/mlserver-venv/bin/python")
@@ -191,20 +198,6 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.warmup < 0:
         build_parser().error("--warmup must be >= 0")
     return args
-
-
-# -- statistics ----------------------------------------------------------------------------------
-def percentile(values: Sequence[float], q: float) -> float:
-    """Linear-interpolated percentile (numpy's default), q in [0, 100]; NaN for no values."""
-    if not 0 <= q <= 100:
-        raise ValueError(f"q must be in [0, 100], got {q}")
-    if not values:
-        return math.nan
-    xs = sorted(values)
-    pos = (len(xs) - 1) * q / 100.0
-    lo = math.floor(pos)
-    hi = min(lo + 1, len(xs) - 1)
-    return xs[lo] + (xs[hi] - xs[lo]) * (pos - lo)
 
 
 @dataclass
@@ -678,12 +671,6 @@ async def measure(
 
 
 # -- servers -------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @dataclass
 class Server:
     name: str
@@ -810,19 +797,9 @@ def start_mlserver(
 
 
 def wait_ready(server: Server, model: str, timeout_s: float = 240.0) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout_s
+    """Until the model's V2 ready endpoint answers 200 (the same for lrbnn and MLServer)."""
     url = f"{server.base}/v2/models/{model}/ready"
-    while time.monotonic() < deadline:
-        if not server.alive():
-            tail = server.log.read_text(errors="replace")[-3000:]
-            raise RuntimeError(f"{server.name} exited with {server.proc.returncode}:\n{tail}")
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url, timeout=2.0).status_code == 200:
-                return
-        time.sleep(0.5)
-    raise RuntimeError(f"{server.name} not ready after {timeout_s:.0f} s; log {server.log}")
+    wait_until_ready(url, server.proc, server.log, timeout_s=timeout_s, interval_s=0.5)
 
 
 def check_answer(server: Server, body: bytes) -> dict[str, Any]:

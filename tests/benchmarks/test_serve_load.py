@@ -83,6 +83,12 @@ def test_percentile_edges():
         sl.percentile([1.0], 101)
 
 
+def test_every_load_benchmark_reports_the_same_percentile():
+    """One definition (benchmarks/stats.py): the reliability benchmark's p99 is serve_load's."""
+    rel = load_benchmark("reliability.py", "reliability_for_percentile")
+    assert rel.percentile is sl.percentile
+
+
 def test_summarize_counts_and_units():
     lat = [0.001 * i for i in range(1, 101)]  # 1..100 ms
     r = sl.summarize("x", 8, lat, errors=3, elapsed_s=2.0, error_kinds={"HTTP 503": 3})

@@ -17,7 +17,8 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 from fhir_helpers import bundle, feverish_patient  # noqa: E402
-from reliability_helpers import ServerProcess, free_port  # noqa: E402
+
+from service.testing import ServerProcess, free_port  # noqa: E402
 
 grpcclient = pytest.importorskip("tritonclient.grpc")
 from tritonclient.utils import InferenceServerException  # noqa: E402

@@ -30,7 +30,9 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from test_service_process import ICU_MODEL, ICU_REPO, Server  # noqa: E402
+from test_service_process import ICU_MODEL, ICU_REPO  # noqa: E402
+
+from service.testing import ServerProcess  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.realdata]
 BATCH = 256
@@ -73,7 +75,7 @@ def icu_server(tmp_path_factory: pytest.TempPathFactory) -> object:
         pytest.skip("LRBNN_DATA_DIR with support2/support2.csv is not available")
     repo = tmp_path_factory.mktemp("icu-only")
     shutil.copytree(source, repo / ICU_MODEL)  # the ICU model alone: start-up in seconds
-    srv = Server(repo)
+    srv = ServerProcess(repo)
     try:
         srv.wait_ready(180)
         yield srv, Path(data_dir)
@@ -149,7 +151,7 @@ def test_unit_errors_move_exactly_the_gauges_of_their_features(icu_server: objec
     for name, feature in (("units_temp_fahrenheit", "temp"), ("units_crea_umol", "crea")):
         rows = shifted[name]
         unchanged = test.loc[rows.index]
-        srv = Server(repo, env={"LRBNN_DRIFT_WINDOW": str(len(rows))})
+        srv = ServerProcess(repo, env={"LRBNN_DRIFT_WINDOW": str(len(rows))})
         try:
             srv.wait_ready(180)
             _predict(srv.url, _records(unchanged))

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -28,17 +27,13 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "deploy"))
 from deploy_helpers import dashboard_exprs, load_script, rule_exprs  # noqa: E402
 
+from service.testing import ServerNotReady, free_port, wait_until_ready  # noqa: E402
+
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 MODEL = "icu-mortality"
 REPO = Path(os.environ.get("LRBNN_E2E_MODEL_REPOSITORY", ROOT / "deploy" / "models"))
 LRBNN = Path(sys.executable).parent / "lrbnn"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
@@ -51,17 +46,10 @@ def _get(url: str, timeout: float = 5.0) -> tuple[int, Any]:
 
 
 def _wait(url: str, timeout: float, proc: subprocess.Popen[bytes], log: Path) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            pytest.fail(f"{proc.args!r} exited {proc.returncode}:\n{log.read_text()[-3000:]}")
-        try:
-            if _get(url, 2)[0] == 200:
-                return
-        except OSError:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"{url} not ready after {timeout}s:\n{log.read_text()[-3000:]}")
+    try:
+        wait_until_ready(url, proc, log, timeout_s=timeout, interval_s=0.5)
+    except ServerNotReady as exc:
+        pytest.fail(f"{proc.args!r}: {exc}")
 
 
 def _stop(proc: subprocess.Popen[bytes]) -> None:
@@ -85,7 +73,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, str]]:
     if not manifest.is_file():
         pytest.skip(f"bundled model missing: {manifest}")
     tmp = tmp_path_factory.mktemp("e2e")
-    svc_port, prom_port = _free_port(), _free_port()
+    svc_port, prom_port = free_port(), free_port()
     env = dict(
         os.environ,
         LRBNN_DRIFT_WINDOW="200",

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -25,65 +23,11 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 import toy  # noqa: E402
 
+from service.testing import ServerProcess  # noqa: E402
+
 pytestmark = pytest.mark.slow
 ICU_REPO = ROOT / "deploy" / "models"
 ICU_MODEL = "icu-mortality"
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    def __init__(self, repo: Path, env: dict[str, str] | None = None) -> None:
-        self.port = _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "model_core.cli",
-                "serve",
-                "--model-repository",
-                str(repo),
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            cwd=ROOT,
-            env=full_env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
-
-    def wait_ready(self, timeout_s: float = 90.0) -> None:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited {self.proc.returncode}: {self.output()}")
-            try:
-                if httpx.get(self.url + "/readyz", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            time.sleep(0.2)
-        raise AssertionError("server never became ready")
-
-    def output(self) -> str:
-        if self.proc.poll() is None:
-            return ""
-        assert self.proc.stdout is not None
-        return self.proc.stdout.read()
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
 
 
 @pytest.fixture(scope="module")
@@ -94,9 +38,9 @@ def toy_repo(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def server(toy_repo: Path) -> Iterator[Server]:
+def server(toy_repo: Path) -> Iterator[ServerProcess]:
     # admission by estimated wait off: these tests hold several slow requests in the queue on purpose
-    srv = Server(toy_repo, env={"LRBNN_MAX_QUEUE_WAIT_MS": "0"})
+    srv = ServerProcess(toy_repo, env={"LRBNN_MAX_QUEUE_WAIT_MS": "0"})
     try:
         srv.wait_ready()
         yield srv
@@ -104,7 +48,7 @@ def server(toy_repo: Path) -> Iterator[Server]:
         srv.stop()
 
 
-def test_v1_predict_over_http(server: Server) -> None:
+def test_v1_predict_over_http(server: ServerProcess) -> None:
     r = httpx.post(
         server.url + "/v1/models/toy:predict",
         json={"instances": [toy.instance()], "parameters": {"samples": 16, "seed": 1}},
@@ -115,7 +59,7 @@ def test_v1_predict_over_http(server: Server) -> None:
     assert "lrbnn_model_info" in httpx.get(server.url + "/metrics").text
 
 
-def test_v2_with_tritonclient(server: Server) -> None:
+def test_v2_with_tritonclient(server: ServerProcess) -> None:
     httpclient = pytest.importorskip("tritonclient.http")
     client = httpclient.InferenceServerClient(url=f"127.0.0.1:{server.port}")
     assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("toy")
@@ -142,7 +86,7 @@ def test_v2_with_tritonclient(server: Server) -> None:
     assert res.as_numpy("epistemic").shape == (2,)
 
 
-def _metric(srv: Server, series: str) -> float:
+def _metric(srv: ServerProcess, series: str) -> float:
     """The value of one series (name and labels exactly as exported), 0 when absent."""
     for line in httpx.get(srv.url + "/metrics", timeout=10).text.splitlines():
         if line.split(" ")[0] == series:
@@ -150,7 +94,7 @@ def _metric(srv: Server, series: str) -> float:
     return 0.0
 
 
-def test_disconnected_client_frees_its_slot(server: Server) -> None:
+def test_disconnected_client_frees_its_slot(server: ServerProcess) -> None:
     """A client that gives up while queued leaves the queue (uvicorn's disconnect) and costs no compute."""
     heavy = {"instances": [toy.instance()] * 512, "parameters": {"samples": 1024, "seed": 1}}
     predicted = 'lrbnn_predictions_total{model="toy"}'
@@ -178,7 +122,7 @@ def test_disconnected_client_frees_its_slot(server: Server) -> None:
     assert _metric(server, 'lrbnn_inflight_requests{model="toy"}') == 0.0
 
 
-def _wait_in_flight(srv: Server, at_least: int, timeout_s: float = 60.0) -> int:
+def _wait_in_flight(srv: ServerProcess, at_least: int, timeout_s: float = 60.0) -> int:
     """Poll /metrics until ``at_least`` requests are in flight; returns how many were."""
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
@@ -192,7 +136,7 @@ def _wait_in_flight(srv: Server, at_least: int, timeout_s: float = 60.0) -> int:
 
 
 def test_sigterm_drains_in_flight_requests_and_exits_zero(toy_repo: Path) -> None:
-    srv = Server(
+    srv = ServerProcess(
         toy_repo,
         env={"LRBNN_MAX_BATCH_SIZE": "4", "LRBNN_DRAIN_TIMEOUT_S": "60", "LRBNN_MAX_QUEUE_WAIT_MS": "0"},
     )
@@ -217,7 +161,7 @@ def test_sigterm_drains_in_flight_requests_and_exits_zero(toy_repo: Path) -> Non
             codes = [f.result() for f in futures]
         # every request admitted before the signal finishes; later ones are refused cleanly (503)
         assert set(codes) <= {200, 503} and codes.count(200) >= in_flight, (in_flight, codes)
-        assert srv.proc.wait(60) == 0, srv.output()
+        assert srv.proc.wait(60) == 0, srv.log_text()
     finally:
         srv.stop()
 
@@ -261,7 +205,7 @@ def test_icu_model_on_real_support2_patients() -> None:
     if not data_dir or not (Path(data_dir) / "support2" / "support2.csv").is_file():
         pytest.skip("LRBNN_DATA_DIR with support2/support2.csv is not available")
     rows = _support2_rows(Path(data_dir), 20)
-    srv = Server(repo)
+    srv = ServerProcess(repo)
     try:
         srv.wait_ready(180)
         r = httpx.post(

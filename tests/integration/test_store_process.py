@@ -8,7 +8,6 @@ import glob
 import os
 import shutil
 import signal
-import socket
 import sqlite3
 import subprocess
 import tempfile
@@ -19,7 +18,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.integration.test_service_process import Server, toy, toy_repo  # noqa: F401 (fixture)
+from service.testing import ServerProcess, free_port
+from tests.integration.test_service_process import toy, toy_repo  # noqa: F401 (fixture)
 
 pytestmark = pytest.mark.slow
 PREDICT, FEEDBACK = "/v1/models/toy:predict", "/v1/models/toy/feedback"
@@ -48,7 +48,7 @@ def _feedback(url: str, ids: list[str], value: int = 1) -> dict[str, list[str]]:
 
 def test_store_survives_a_restart_and_an_outcome_survives_sigkill(toy_repo: Path, tmp_path: Path) -> None:  # noqa: F811
     env = {"LRBNN_STATE_DIR": str(tmp_path / "state")}
-    first = Server(toy_repo, env=env)
+    first = ServerProcess(toy_repo, env=env)
     try:
         first.wait_ready()
         ids = _predict(first.url, 6)
@@ -57,7 +57,7 @@ def test_store_survives_a_restart_and_an_outcome_survives_sigkill(toy_repo: Path
         assert first.proc.wait(30) == 0
     finally:
         first.stop()
-    second = Server(toy_repo, env=env)
+    second = ServerProcess(toy_repo, env=env)
     try:
         second.wait_ready()
         got = _feedback(second.url, ids)
@@ -77,7 +77,7 @@ def test_store_survives_a_restart_and_an_outcome_survives_sigkill(toy_repo: Path
 
 
 def test_two_workers_share_one_store(toy_repo: Path, tmp_path: Path) -> None:  # noqa: F811
-    srv = Server(toy_repo, env={"LRBNN_STATE_DIR": str(tmp_path / "state"), "LRBNN_WORKERS": "2"})
+    srv = ServerProcess(toy_repo, env={"LRBNN_STATE_DIR": str(tmp_path / "state"), "LRBNN_WORKERS": "2"})
     try:
         srv.wait_ready()
         ids = [i for _ in range(20) for i in _predict(srv.url, 2)]  # spread over both workers
@@ -106,12 +106,6 @@ def _pg_bin(name: str) -> str | None:
     return candidates[-1] if candidates else None
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="module")
 def postgres_url() -> Iterator[str]:
     """A throw-away PostgreSQL cluster on loopback (trust auth), or skip with the reason."""
@@ -133,7 +127,7 @@ def postgres_url() -> Iterator[str]:
             pytest.skip("running as root and no runuser to drop to the postgres user")
         os.chown(root, pg_user.pw_uid, pg_user.pw_gid)
         prefix = [runuser, "-u", "postgres", "--"]
-    data, port = root / "data", _free_port()
+    data, port = root / "data", free_port()
     try:
         subprocess.run(
             [*prefix, initdb, "-D", str(data), "-A", "trust", "-U", "lrbnn"],
@@ -164,7 +158,7 @@ def postgres_url() -> Iterator[str]:
 def test_postgresql_end_to_end(toy_repo: Path, postgres_url: str) -> None:  # noqa: F811
     from sqlalchemy import create_engine, text
 
-    srv = Server(toy_repo, env={"LRBNN_STORE_URL": postgres_url})
+    srv = ServerProcess(toy_repo, env={"LRBNN_STORE_URL": postgres_url})
     try:
         srv.wait_ready()
         ids = _predict(srv.url, 5)

@@ -26,10 +26,10 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 sys.path.insert(0, str(ROOT / "tests" / "reliability"))
 import toy  # noqa: E402
-from reliability_helpers import ServerProcess  # noqa: E402
 from service_helpers import copy_version, metric_value, without_ids  # noqa: E402
 
 from service.monitoring.drift import DriftMonitor  # noqa: E402
+from service.testing import ServerProcess  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ADMIN = "admin-secret-for-tests"

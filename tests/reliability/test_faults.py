@@ -22,8 +22,10 @@ from typing import Any
 import httpx
 import pytest
 import toy
-from reliability_helpers import ServerProcess, captured_logs
+from reliability_helpers import captured_logs
 from service_helpers import ServeApp, copy_version, metric_value
+
+from service.testing import ServerProcess
 
 PREDICT = "/v1/models/toy:predict"
 BODY = {"instances": [toy.instance()], "parameters": {"seed": 1}}

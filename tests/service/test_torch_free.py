@@ -13,16 +13,16 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 
 import pytest
 import toy
+
+from service.testing import free_port, wait_until_ready
 
 pytest.importorskip("onnxruntime")
 
@@ -151,12 +151,6 @@ def test_onnx_backend_serves_v1_and_v2_without_torch(onnx_repo: Path) -> None:
     assert {o["name"] for o in v2["outputs"]} >= {"mean"}
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def _post(url: str, body: dict) -> tuple[int, dict]:
     req = urllib.request.Request(
         url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
@@ -168,7 +162,7 @@ def _post(url: str, body: dict) -> tuple[int, dict]:
 @pytest.mark.slow
 def test_lrbnn_serve_onnx_without_torch(onnx_repo: Path, tmp_path: Path) -> None:
     """The image's entry point, ``lrbnn serve``, on a real socket with torch absent."""
-    port = _free_port()
+    port = free_port()
     repo = tmp_path / "models"
     shutil.copytree(onnx_repo, repo)
     script = (
@@ -190,17 +184,7 @@ def test_lrbnn_serve_onnx_without_torch(onnx_repo: Path, tmp_path: Path) -> None
         )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, log.read_text()[-4000:]
-            try:
-                with urllib.request.urlopen(base + "/readyz", timeout=2) as resp:
-                    if resp.status == 200:
-                        break
-            except (urllib.error.URLError, ConnectionError, TimeoutError):
-                pass
-            assert time.monotonic() < deadline, log.read_text()[-4000:]
-            time.sleep(0.2)
+        wait_until_ready(base + "/readyz", proc, log, timeout_s=120)
         status, v1 = _post(base + "/v1/models/toy:predict", V1_BODY)
         assert status == 200 and len(v1["predictions"]) == 2
         status, v2 = _post(base + "/v2/models/toy/infer", V2_BODY)
