@@ -67,13 +67,17 @@ def _die_with_parent(parent: int) -> None:
         sys.exit(1)
 
 
-def _worker(sock: socket.socket, host: str, port: int, parent: int) -> None:
-    """A worker process's entry point: a whole server on the inherited socket."""
+def _worker(sock: socket.socket, settings: Settings, host: str, port: int, parent: int) -> None:
+    """A worker process's entry point: a whole server on the inherited socket.
+
+    ``settings`` is the supervisor's object (pickled by ``spawn``), not re-read from the environment, so
+    settings made in code reach every worker as they reach a single server.
+    """
     os.setsid()  # out of the supervisor's process group: only the supervisor signals a worker
     _die_with_parent(parent)
     from service.server import run_server  # imported here: the worker is a fresh interpreter
 
-    sys.exit(run_server(Settings(), host, port, sockets=[sock], preload=True))
+    sys.exit(run_server(settings, host, port, sockets=[sock], preload=True))
 
 
 class Supervisor:
@@ -99,7 +103,10 @@ class Supervisor:
 
     def _spawn(self, sock: socket.socket) -> BaseProcess:
         proc = self._ctx.Process(
-            target=_worker, args=(sock, self.host, self.port, os.getpid()), name="lrbnn-worker", daemon=False
+            target=_worker,
+            args=(sock, self.settings, self.host, self.port, os.getpid()),
+            name="lrbnn-worker",
+            daemon=False,
         )
         proc.start()
         return proc
@@ -195,11 +202,11 @@ def run_workers(settings: Settings, host: str, port: int, workers: int) -> int:
     metrics_dir, sync_dir = shared / "metrics", shared / "reload"
     metrics_dir.mkdir()
     sync_dir.mkdir()
-    # the workers are spawned with this environment: their Settings() and prometheus-client read it
-    saved = {k: os.environ.get(k) for k in (METRICS_DIR_ENV, SYNC_DIR_ENV, "LRBNN_MODEL_REPOSITORY")}
+    # the workers get ``settings`` itself; the environment carries only the two shared folders (the
+    # prometheus-client library reads its folder from there)
+    saved = {k: os.environ.get(k) for k in (METRICS_DIR_ENV, SYNC_DIR_ENV)}
     os.environ[METRICS_DIR_ENV] = str(metrics_dir)
     os.environ[SYNC_DIR_ENV] = str(sync_dir)
-    os.environ["LRBNN_MODEL_REPOSITORY"] = str(settings.model_repository)
     try:
         return Supervisor(settings, host, port, workers).run()
     finally:

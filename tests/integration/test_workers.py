@@ -9,9 +9,11 @@ supervisor outright takes its workers with it.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -29,7 +31,7 @@ import toy  # noqa: E402
 from service_helpers import copy_version, metric_value, without_ids  # noqa: E402
 
 from service.monitoring.drift import DriftMonitor  # noqa: E402
-from service.testing import ServerProcess  # noqa: E402
+from service.testing import ServerProcess, free_port, wait_until_ready  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ADMIN = "admin-secret-for-tests"
@@ -312,3 +314,52 @@ def test_sigterm_while_workers_still_load_exits_zero(two_version_repo: Path, tmp
         assert srv.proc.wait(90) == 0, srv.log_text()[-3000:]
     finally:
         srv.stop()
+
+
+def test_settings_made_in_code_reach_every_worker(two_version_repo: Path, tmp_path: Path) -> None:
+    """The supervisor hands its ``Settings`` object to each worker: a value set in code (here
+    ``max_samples=7``, not in the environment) holds on both workers, as it does on one server."""
+    port = free_port()
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "from service.settings import Settings\n"
+        "from service.workers import run_workers\n"
+        f"settings = Settings(model_repository=Path({str(two_version_repo)!r}), max_samples=7)\n"
+        f"sys.exit(run_workers(settings, '127.0.0.1', {port}, 2))\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("LRBNN_")}
+    log = tmp_path / "server.log"
+    with open(log, "wb") as fh:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", code], cwd=ROOT, env={**env, "PYTHONPATH": str(ROOT)}, stdout=fh, stderr=fh
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_until_ready(url + "/readyz", proc, log)
+        deadline = time.monotonic() + 120
+        while len({r.get("pid") for r in _log_records(log) if r.get("msg") == "ready"}) < 2:
+            assert time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.2)
+        body = {"instances": [toy.instance()], "parameters": {"samples": 8, "seed": 1}}
+        for _ in range(20):  # new connections, spread over both workers by the kernel
+            r = httpx.post(
+                url + "/v1/models/toy:predict", json=body, headers={"Connection": "close"}, timeout=30
+            )
+            assert r.status_code == 422 and "between 1 and 7" in r.text, r.text
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+
+
+def _log_records(log: Path) -> list[dict[str, object]]:
+    out = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+    return out
