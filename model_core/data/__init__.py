@@ -1,23 +1,37 @@
 """Data loading and preprocessing for the tabular tasks.
 
-Importing this package is cheap and safe on any machine: no data set is read, pandas is only imported
-when a loader runs, and :mod:`model_core.data.preprocessing` (what the server replays per request)
-needs only numpy and pydantic. Data sets are located through :func:`resolve_data_dir` (``--data-dir``,
-else ``$LRBNN_DATA_DIR``), never through a path baked into the code.
+Importing this package is cheap and safe on any machine: no data set is read, and nothing is imported
+until a name is used (PEP 562 ``__getattr__``), so the server, which imports
+:mod:`model_core.data.preprocessing` (replayed per request; numpy and pydantic only), loads none of the
+data-set loaders. Data sets are located through :func:`resolve_data_dir` (``--data-dir``, else
+``$LRBNN_DATA_DIR``), never through a path baked into the code.
 """
 
 from __future__ import annotations
 
+import importlib
 import os
-from typing import Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
-from model_core.data.air import AIR_FEATURES, SequenceSplits, load_air
-from model_core.data.dataset import SPLIT_FRACTIONS, TabularSplits, Task, split_indices
-from model_core.data.icu import ICU_EXCLUDED, ICU_FEATURES, ICU_OOD_CLASS, load_icu
-from model_core.data.paths import DATA_DIR_ENV, DataDirError, resolve_data_dir
-from model_core.data.preprocessing import FeatureSpec, PreprocessingError, Preprocessor
-from model_core.data.sentiment import TextSplits, load_sentiment
-from model_core.data.table import load_csv
+if TYPE_CHECKING:
+    from model_core.data.air import AIR_FEATURES, SequenceSplits, load_air
+    from model_core.data.dataset import SPLIT_FRACTIONS, TabularSplits, Task, split_indices
+    from model_core.data.icu import ICU_EXCLUDED, ICU_FEATURES, ICU_OOD_CLASS, load_icu
+    from model_core.data.paths import DATA_DIR_ENV, DataDirError, resolve_data_dir
+    from model_core.data.preprocessing import FeatureSpec, PreprocessingError, Preprocessor
+    from model_core.data.sentiment import TextSplits, load_sentiment
+    from model_core.data.table import load_csv
+
+#: public name -> the submodule that defines it
+_LAZY: dict[str, str] = {
+    **dict.fromkeys(("AIR_FEATURES", "SequenceSplits", "load_air"), "air"),
+    **dict.fromkeys(("SPLIT_FRACTIONS", "TabularSplits", "Task", "split_indices"), "dataset"),
+    **dict.fromkeys(("ICU_EXCLUDED", "ICU_FEATURES", "ICU_OOD_CLASS", "load_icu"), "icu"),
+    **dict.fromkeys(("DATA_DIR_ENV", "DataDirError", "resolve_data_dir"), "paths"),
+    **dict.fromkeys(("FeatureSpec", "PreprocessingError", "Preprocessor"), "preprocessing"),
+    **dict.fromkeys(("TextSplits", "load_sentiment"), "sentiment"),
+    "load_csv": "table",
+}
 
 __all__ = [
     "AIR_FEATURES",
@@ -51,11 +65,30 @@ class TaskLoader(Protocol):
     def __call__(self, data_dir: str | os.PathLike[str], seed: int = 0) -> TabularSplits: ...
 
 
-#: Built-in tasks by the name the CLI and benchmarks use.
-#: "air" returns :class:`SequenceSplits` (a TabularSplits with (n, 24, 15) windows); "sentiment"
-#: (Rotten Tomatoes) returns :class:`TextSplits` (int64 (n, max_len) token ids, tokenizer as preprocessor).
-TASK_LOADERS: dict[str, TaskLoader] = {
-    "icu": load_icu,
-    "air": load_air,
-    "sentiment": load_sentiment,
-}
+def _task_loaders() -> dict[str, TaskLoader]:
+    """Built-in tasks by the name the CLI and benchmarks use.
+
+    "air" returns :class:`SequenceSplits` (a TabularSplits with (n, 24, 15) windows); "sentiment"
+    (Rotten Tomatoes) returns :class:`TextSplits` (int64 (n, max_len) token ids, tokenizer as
+    preprocessor).
+    """
+    from model_core.data.air import load_air
+    from model_core.data.icu import load_icu
+    from model_core.data.sentiment import load_sentiment
+
+    return {"icu": load_icu, "air": load_air, "sentiment": load_sentiment}
+
+
+def __getattr__(name: str) -> Any:
+    if name == "TASK_LOADERS":
+        value: Any = _task_loaders()
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(f"model_core.data.{_LAZY[name]}"), name)
+    else:
+        raise AttributeError(f"module 'model_core.data' has no attribute {name!r}")
+    globals()[name] = value  # looked up once
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
