@@ -186,7 +186,7 @@ def _shown(args: list[str], base: str, grpc: str) -> str:
     if args[0] == "python":
         return " ".join([".venv/bin/python", *(a.replace(grpc, "localhost:8001") for a in args[1:])])
     words = ["curl", "-s", *(a.replace(base, "localhost:8000") for a in args)]
-    return " ".join(shlex.quote(w) if any(ch in w for ch in " {\"&?") else w for w in words)
+    return " ".join(shlex.quote(w) if any(ch in w for ch in ' {"&?') else w for w in words)
 
 
 def run(repo: Path, width: int) -> str:

@@ -34,8 +34,10 @@ from typing import Any
 import numpy as np
 
 from model_core.checkpoint.manifest import FeatureDistribution, InputSchema
-from model_core.data.preprocessing import FeatureSpec, PreprocessingError, Preprocessor
+from model_core.data.features import FeatureSpec
+from model_core.data.preprocessing import Preprocessor
 from model_core.data.tokenizer import WordTokenizer
+from model_core.data.values import PreprocessingError
 from model_core.feature_reference import FeatureBinner
 from service.api.body import whole_number
 from service.errors import InvalidInput

@@ -16,11 +16,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 if TYPE_CHECKING:
     from model_core.data.air import AIR_FEATURES, SequenceSplits, load_air
     from model_core.data.dataset import SPLIT_FRACTIONS, TabularSplits, Task, split_indices
+    from model_core.data.features import FeatureSpec
     from model_core.data.icu import ICU_EXCLUDED, ICU_FEATURES, ICU_OOD_CLASS, load_icu
     from model_core.data.paths import DATA_DIR_ENV, DataDirError, resolve_data_dir
-    from model_core.data.preprocessing import FeatureSpec, PreprocessingError, Preprocessor
+    from model_core.data.preprocessing import Preprocessor
     from model_core.data.sentiment import TextSplits, load_sentiment
     from model_core.data.table import load_csv
+    from model_core.data.values import PreprocessingError
 
 #: public name -> the submodule that defines it
 _LAZY: dict[str, str] = {
@@ -28,7 +30,9 @@ _LAZY: dict[str, str] = {
     **dict.fromkeys(("SPLIT_FRACTIONS", "TabularSplits", "Task", "split_indices"), "dataset"),
     **dict.fromkeys(("ICU_EXCLUDED", "ICU_FEATURES", "ICU_OOD_CLASS", "load_icu"), "icu"),
     **dict.fromkeys(("DATA_DIR_ENV", "DataDirError", "resolve_data_dir"), "paths"),
-    **dict.fromkeys(("FeatureSpec", "PreprocessingError", "Preprocessor"), "preprocessing"),
+    "FeatureSpec": "features",
+    "PreprocessingError": "values",
+    "Preprocessor": "preprocessing",
     **dict.fromkeys(("TextSplits", "load_sentiment"), "sentiment"),
     "load_csv": "table",
 }

@@ -26,152 +26,34 @@ unit or data-entry errors; clinical extremes survive), then MinMax-scale with th
 maximum taken after clipping and imputation. Categorical features are one-hot encoded over the sorted
 training categories; an unseen category encodes as all zeros (no evidence for any known category rather
 than a crash), and a missing value is imputed with the training mode.
+
+One feature's fitted constants and their fitting live in :mod:`model_core.data.features`, the rules for
+reading a raw value (and :class:`~model_core.data.values.PreprocessingError`) in
+:mod:`model_core.data.values`; this module is the whole table's replay.
 """
 
 from __future__ import annotations
 
-import math
-import sys
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
-from numbers import Integral, Real
-from typing import TYPE_CHECKING, Any, Literal, TypeAlias
+from typing import Any
 
 import numpy as np
 from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
 from model_core.data.coding import FeatureCoding
+from model_core.data.features import FeatureSpec, fit_categorical, fit_numeric
+from model_core.data.values import (
+    ColumnSource,
+    PreprocessingError,
+    category_column,
+    category_value,
+    get_column,
+    numeric_column,
+    numeric_value,
+)
 
-if TYPE_CHECKING:  # pandas is optional on the serving path; only the type checker needs it here.
-    import pandas as pd
-
-__all__ = [
-    "CLIP_IQR_MULTIPLIER",
-    "FeatureSpec",
-    "PreprocessingError",
-    "Preprocessor",
-]
-
-#: Outlier clipping bound in IQRs beyond the quartiles. Wide on purpose: it targets data-entry and unit
-#: errors, not genuine extreme physiology, which is exactly what an uncertainty-aware model must see.
-CLIP_IQR_MULTIPLIER = 8.0
-
-#: Scalar types accepted as numbers (numpy floats/ints are also registered as numbers.Real).
-_NUMBER_TYPES = (Real, np.integer, np.floating, np.bool_)
-#: The largest finite double: an integer beyond it is refused rather than rounded (or overflowing), so
-#: "a finite double" is exactly what a numeric feature accepts.
-_MAX_FLOAT = sys.float_info.max
-
-#: A table to fit or transform: a pandas DataFrame or any mapping of column name -> 1-D array.
-ColumnSource: TypeAlias = "pd.DataFrame | Mapping[str, Any]"
-
-
-class PreprocessingError(ValueError):
-    """A request value or table column that cannot be preprocessed.
-
-    Subclasses ValueError so generic callers still catch it, and carries ``field`` (the feature name, or
-    None for errors about the whole row) and ``row`` (the request row's index, set by
-    :meth:`Preprocessor.transform`) so the server can point the client at the offending input.
-    """
-
-    def __init__(self, message: str, field: str | None = None, row: int | None = None) -> None:
-        super().__init__(message)
-        self.field = field
-        self.row = row
-
-
-class FeatureSpec(BaseModel):
-    """Fitted preprocessing for one raw input feature.
-
-    Everything is stored explicitly (rather than, say, a pickled scikit-learn transformer) so that the
-    manifest is human-readable, diffable and loadable by a process without scikit-learn.
-    """
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    name: str
-    unit: str = ""
-    kind: Literal["numeric", "categorical"]
-    # numeric only
-    clip_low: float | None = None
-    clip_high: float | None = None
-    min: float | None = None
-    max: float | None = None
-    plausible_low: float | None = None
-    plausible_high: float | None = None
-    # categorical only
-    categories: list[str] | None = None
-    # training median (numeric) or training mode (categorical)
-    impute: float | str | None = None
-    #: clinical codes and canonical UCUM unit (FHIR input); None where the task has none
-    coding: FeatureCoding | None = None
-
-    @model_validator(mode="after")
-    def _check_complete(self) -> FeatureSpec:
-        """Reject half-filled specs at load time, so a corrupt manifest fails loudly, not per request."""
-        if self.kind == "numeric":
-            needed = {
-                "clip_low": self.clip_low,
-                "clip_high": self.clip_high,
-                "min": self.min,
-                "max": self.max,
-                "plausible_low": self.plausible_low,
-                "plausible_high": self.plausible_high,
-                "impute": self.impute,
-            }
-            absent = [key for key, value in needed.items() if value is None]
-            if absent:
-                raise ValueError(f"numeric feature {self.name!r} lacks {', '.join(absent)}")
-            if not isinstance(self.impute, (int, float)) or isinstance(self.impute, bool):
-                raise ValueError(f"numeric feature {self.name!r} needs a numeric impute value")
-            values = [float(v) for v in needed.values() if isinstance(v, (int, float))]
-            if not all(math.isfinite(v) for v in values):
-                raise ValueError(f"numeric feature {self.name!r} has non-finite constants")
-            if self.categories is not None:
-                raise ValueError(f"numeric feature {self.name!r} must not list categories")
-        else:
-            if not self.categories:
-                raise ValueError(f"categorical feature {self.name!r} needs at least one category")
-            if len(set(self.categories)) != len(self.categories):
-                raise ValueError(f"categorical feature {self.name!r} has duplicate categories")
-            if not isinstance(self.impute, str) or self.impute not in self.categories:
-                raise ValueError(
-                    f"categorical feature {self.name!r} needs its mode (a known category) as impute"
-                )
-        return self
-
-    @property
-    def output_names(self) -> list[str]:
-        """Names of the model inputs this feature expands to (``name=category`` for one-hot columns)."""
-        if self.kind == "numeric":
-            return [self.name]
-        assert self.categories is not None
-        return [f"{self.name}={category}" for category in self.categories]
-
-    @property
-    def n_outputs(self) -> int:
-        """Width of this feature in the model input."""
-        return 1 if self.kind == "numeric" else len(self.categories or ())
-
-    def scale(self, values: np.ndarray, clip: bool = True) -> np.ndarray:
-        """Clip and MinMax-scale already-imputed numeric values (float64 in, float64 out).
-
-        A constant training column (max == min) maps to 0 rather than dividing by zero: it carried no
-        information during training, so it must not inject any at serving time either. ``clip=False``
-        scales without clipping: what the novelty detector sees, so that a unit error is not hidden.
-        """
-        assert self.clip_low is not None and self.clip_high is not None
-        assert self.min is not None and self.max is not None
-        clipped = np.clip(values, self.clip_low, self.clip_high) if clip else values
-        span = self.max - self.min
-        if span <= 0.0:
-            return np.zeros_like(clipped)
-        return (clipped - self.min) / span
-
-    def is_plausible(self, value: float) -> bool:
-        """Whether a raw numeric value lies in the widened training range (servers flag it otherwise)."""
-        assert self.plausible_low is not None and self.plausible_high is not None
-        return self.plausible_low <= value <= self.plausible_high
+__all__ = ["Preprocessor"]
 
 
 @dataclass(frozen=True, eq=False)
@@ -304,12 +186,12 @@ class Preprocessor(BaseModel):
         units = dict(units or {})
         specs: list[FeatureSpec] = []
         for name in names:
-            column = _get_column(data, name)
+            column = get_column(data, name)
             unit = units.get(name, "")
             if name in categorical:
-                specs.append(_fit_categorical(name, unit, column))
+                specs.append(fit_categorical(name, unit, column))
             else:
-                specs.append(_fit_numeric(name, unit, column))
+                specs.append(fit_numeric(name, unit, column))
         return cls(features=specs)
 
     # ------------------------------------------------------------------ introspection
@@ -367,7 +249,7 @@ class Preprocessor(BaseModel):
                 for spec, offset in plan:
                     value = row.get(spec.name)
                     if spec.kind == "numeric":
-                        number = _numeric_value(value, spec.name)
+                        number = numeric_value(value, spec.name)
                         if number is None:
                             filled.append(spec.name)
                             assert isinstance(spec.impute, (int, float))
@@ -376,7 +258,7 @@ class Preprocessor(BaseModel):
                             odd.append(spec.name)
                         out_i[offset] = number  # raw for now; scaled column-wise below
                     else:
-                        category = _category_value(value, spec.name)
+                        category = category_value(value, spec.name)
                         if category is None:
                             filled.append(spec.name)
                             assert isinstance(spec.impute, str)
@@ -451,7 +333,7 @@ class Preprocessor(BaseModel):
             if spec.kind != "numeric":
                 continue
             try:
-                number = _numeric_value(row.get(spec.name), spec.name)
+                number = numeric_value(row.get(spec.name), spec.name)
             except PreprocessingError:
                 continue
             if number is not None and not spec.is_plausible(number):
@@ -470,7 +352,7 @@ class Preprocessor(BaseModel):
         columns: list[np.ndarray] = []
         n_rows: int | None = None
         for spec in self.features:
-            raw = _get_column(data, spec.name)
+            raw = get_column(data, spec.name)
             if n_rows is None:
                 n_rows = len(raw)
             elif len(raw) != n_rows:
@@ -478,13 +360,13 @@ class Preprocessor(BaseModel):
                     f"column {spec.name!r} has {len(raw)} rows, expected {n_rows}", field=spec.name
                 )
             if spec.kind == "numeric":
-                values = _numeric_column(raw, spec.name)
+                values = numeric_column(raw, spec.name)
                 assert isinstance(spec.impute, (int, float))
                 values = np.where(np.isnan(values), float(spec.impute), values)
                 columns.append(spec.scale(values, clip)[:, None])
             else:
                 assert spec.categories is not None and isinstance(spec.impute, str)
-                labels = _category_column(raw, spec.name)
+                labels = category_column(raw, spec.name)
                 index = {category: j for j, category in enumerate(spec.categories)}
                 codes = np.fromiter(
                     (index.get(spec.impute if label is None else label, -1) for label in labels),
@@ -529,147 +411,3 @@ class Preprocessor(BaseModel):
 
 
 # ---------------------------------------------------------------------- helpers
-
-
-def _get_column(data: ColumnSource, name: str) -> np.ndarray:
-    """Fetch one column as a 1-D numpy array from a DataFrame or mapping, without importing pandas."""
-    try:
-        present = name in data
-    except TypeError:
-        present = False
-    if not present:
-        raise PreprocessingError(f"column {name!r} is missing from the table", field=name)
-    column = data[name]
-    to_numpy = getattr(column, "to_numpy", None)
-    array = np.asarray(to_numpy() if callable(to_numpy) else column)
-    if array.ndim != 1:
-        raise PreprocessingError(f"column {name!r} must be one-dimensional, got shape {array.shape}", name)
-    return array
-
-
-def _is_missing_scalar(value: Any) -> bool:
-    """None, NaN, NaT or pandas' NA. Used only where a table cell means missing (fit / frame paths)."""
-    if value is None:
-        return True
-    if type(value).__name__ in {"NAType", "NaTType"}:
-        return True
-    return isinstance(value, (float, np.floating)) and bool(np.isnan(value))
-
-
-def _numeric_column(raw: np.ndarray, name: str) -> np.ndarray:
-    """A column as float64 with NaN for missing; non-numeric cells and infinities raise."""
-    if raw.dtype.kind in "biuf":
-        values = raw.astype(np.float64)
-    else:
-        values = np.empty(len(raw), dtype=np.float64)
-        for i, cell in enumerate(raw):
-            if _is_missing_scalar(cell):
-                values[i] = np.nan
-            elif isinstance(cell, _NUMBER_TYPES):
-                values[i] = float(cell)
-            else:
-                raise PreprocessingError(f"feature {name!r} is numeric, got {cell!r} in row {i}", field=name)
-    if np.isinf(values).any():
-        row = int(np.flatnonzero(np.isinf(values))[0])
-        raise PreprocessingError(f"feature {name!r} has an infinite value in row {row}", field=name)
-    return values
-
-
-def _category_column(raw: np.ndarray, name: str) -> list[str | None]:
-    """A column as category strings with None for missing."""
-    return [None if _is_missing_scalar(cell) else _category_string(cell, name) for cell in raw]
-
-
-def _category_string(value: Any, name: str) -> str:
-    """Canonical string of a category value, so 3, 3.0 and "3" from different sources agree."""
-    if isinstance(value, str):
-        return value
-    if isinstance(value, (bool, np.bool_)):
-        return str(bool(value))
-    if isinstance(value, Integral):
-        return str(int(value))
-    if isinstance(value, (Real, np.floating)):
-        number = float(value)
-        if not math.isfinite(number):
-            raise PreprocessingError(f"feature {name!r} is categorical, got {value!r}", field=name)
-        return str(int(number)) if number.is_integer() else repr(number)
-    raise PreprocessingError(f"feature {name!r} is categorical, got a {type(value).__name__}", field=name)
-
-
-def _numeric_value(value: Any, name: str) -> float | None:
-    """A request value for a numeric feature: None means missing; anything not a finite number raises.
-
-    Booleans are accepted as 1/0 because JSON clients naturally send ``true`` for 0/1 indicators.
-    Strings are rejected even when they look numeric: a string here means the client serialised the
-    wrong thing, and guessing would hide that.
-    """
-    if value is None:
-        return None
-    kind = type(value)
-    if kind is not float and kind is not int and not isinstance(value, _NUMBER_TYPES):  # JSON's two first
-        raise PreprocessingError(
-            f"feature {name!r} must be a number or null, got {type(value).__name__} {value!r}", field=name
-        )
-    if kind is int and not -_MAX_FLOAT <= value <= _MAX_FLOAT:  # float() would round it, or overflow
-        raise PreprocessingError(
-            f"feature {name!r} is out of range (an integer beyond the float range)", field=name
-        )
-    number = float(value)
-    if math.isnan(number):
-        raise PreprocessingError(f"feature {name!r} is NaN; send null for a missing value", field=name)
-    if math.isinf(number):
-        raise PreprocessingError(f"feature {name!r} is infinite", field=name)
-    return number
-
-
-def _category_value(value: Any, name: str) -> str | None:
-    """A request value for a categorical feature: None means missing; NaN is rejected like for numbers."""
-    if value is None:
-        return None
-    if isinstance(value, (float, np.floating)) and math.isnan(float(value)):
-        raise PreprocessingError(f"feature {name!r} is NaN; send null for a missing value", field=name)
-    return _category_string(value, name)
-
-
-def _fit_numeric(name: str, unit: str, raw: np.ndarray) -> FeatureSpec:
-    """Fit clipping, imputation, scaling and the plausible range of one numeric training column."""
-    values = _numeric_column(raw, name)
-    observed = values[~np.isnan(values)]
-    if observed.size == 0:
-        raise PreprocessingError(f"feature {name!r} has no observed values in the training split", field=name)
-    q1, median, q3 = (float(q) for q in np.percentile(observed, [25.0, 50.0, 75.0]))
-    iqr = q3 - q1
-    lowest, highest = float(observed.min()), float(observed.max())
-    if iqr > 0.0:
-        clip_low, clip_high = q1 - CLIP_IQR_MULTIPLIER * iqr, q3 + CLIP_IQR_MULTIPLIER * iqr
-    else:
-        # A zero IQR (indicators such as diabetes 0/1, or near-constant columns) would make the 8*IQR
-        # bounds collapse onto one value and erase every minority value, so clip to the observed range.
-        clip_low, clip_high = lowest, highest
-    scaled_basis = np.clip(np.where(np.isnan(values), median, values), clip_low, clip_high)
-    return FeatureSpec(
-        name=name,
-        unit=unit,
-        kind="numeric",
-        clip_low=clip_low,
-        clip_high=clip_high,
-        impute=median,
-        min=float(scaled_basis.min()),
-        max=float(scaled_basis.max()),
-        plausible_low=lowest - iqr,
-        plausible_high=highest + iqr,
-    )
-
-
-def _fit_categorical(name: str, unit: str, raw: np.ndarray) -> FeatureSpec:
-    """Fit the sorted category list and the mode of one categorical training column."""
-    labels = [label for label in _category_column(raw, name) if label is not None]
-    if not labels:
-        raise PreprocessingError(f"feature {name!r} has no observed values in the training split", field=name)
-    counts: dict[str, int] = {}
-    for label in labels:
-        counts[label] = counts.get(label, 0) + 1
-    categories = sorted(counts)
-    # Most frequent; ties go to the alphabetically first category so refits are deterministic.
-    mode = min(categories, key=lambda category: (-counts[category], category))
-    return FeatureSpec(name=name, unit=unit, kind="categorical", categories=categories, impute=mode)

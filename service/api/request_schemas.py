@@ -24,7 +24,7 @@ import sys
 from dataclasses import dataclass
 from typing import Any
 
-from model_core.data.preprocessing import FeatureSpec
+from model_core.data.features import FeatureSpec
 from service.inference import MAX_SEED
 from service.inputs import MAX_TEXT_CHARS, InputAdapter, SequenceInput, TextInput
 from service.settings import Settings

@@ -27,7 +27,7 @@ from datetime import date, datetime, timezone
 from typing import Any
 
 from model_core.data.coding import UCUM, FeatureCoding, PatientField
-from model_core.data.preprocessing import FeatureSpec
+from model_core.data.features import FeatureSpec
 from service.errors import BadRequest, InvalidInput
 from service.fhir.units import UnitError, convert
 

@@ -19,7 +19,9 @@ import pandas as pd
 import pytest
 from pydantic import ValidationError
 
-from model_core.data.preprocessing import FeatureSpec, PreprocessingError, Preprocessor
+from model_core.data.features import FeatureSpec
+from model_core.data.preprocessing import Preprocessor
+from model_core.data.values import PreprocessingError
 
 REPO_ROOT = Path(__file__).resolve().parents[3]
 
