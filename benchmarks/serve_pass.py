@@ -100,7 +100,9 @@ def outcome_tracking(ckpt: Any, x: torch.Tensor, samples: int) -> Callable[[], o
         from model_core.feature_reference import FeatureBinner
         from service.inference import new_ids
         from service.monitoring.feature_drift import FeatureDriftMonitor
-        from service.store.db import PredictionBatch, PredictionStore, default_url
+        from service.store.db import PredictionStore
+        from service.store.engine import default_url
+        from service.store.records import PredictionBatch
     except ImportError:  # a checkout from before issue #15
         return None
     manifest = ckpt.manifest

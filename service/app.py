@@ -30,7 +30,8 @@ from service.repository import ModelRepository
 from service.security import TokenSet
 from service.settings import Settings
 from service.state import AppState
-from service.store.db import PredictionStore, StoreResult
+from service.store.db import PredictionStore
+from service.store.records import StoreResult
 from service.sync import ReloadBroadcast
 
 log = logging.getLogger("lrbnn.service")

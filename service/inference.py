@@ -31,7 +31,8 @@ from service.monitoring.performance import estimated_metrics, realized_metrics
 from service.repository import ServedModel
 from service.runtime.base import Outputs
 from service.settings import Settings
-from service.store.db import PredictionBatch, PredictionStore, StoreResult
+from service.store.db import PredictionStore
+from service.store.records import PredictionBatch, StoreResult
 
 log = logging.getLogger("lrbnn.service.inference")
 S = TypeVar("S", WindowState, FeatureWindowState)

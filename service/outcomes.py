@@ -19,7 +19,8 @@ from typing import Any
 from model_core.checkpoint.manifest import Manifest, Task
 from service.errors import ServiceError
 from service.monitoring.metrics import Metrics
-from service.store.db import OutcomeStatus, PredictionStore
+from service.store.db import PredictionStore
+from service.store.records import OutcomeStatus
 
 #: how long a feedback request waits for this process's queued predictions to be written, so that an
 #: outcome sent right after its prediction finds it (the writer flushes every 50 ms)

@@ -126,7 +126,7 @@ class Settings(BaseSettings):
         return self.store_url.strip().lower() != "none"
 
     def resolved_store_url(self) -> str:
-        from service.store.db import default_url
+        from service.store.engine import default_url
 
         url = self.store_url.strip()
         return url if url else default_url(self.state_dir)

@@ -26,7 +26,7 @@ from sklearn.metrics import mean_absolute_error, roc_auc_score
 
 from model_core.checkpoint.manifest import Task
 from model_core.metrics.classification import accuracy, auroc, brier, ece
-from service.store.db import JoinedOutcome
+from service.store.records import JoinedOutcome
 
 
 class Realized(str, Enum):

@@ -19,153 +19,25 @@ migration with an advisory lock (``migrations/env.py``).
 
 from __future__ import annotations
 
-import contextlib
-import fcntl
 import logging
 import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
-from enum import Enum
-from importlib.resources import files
-from pathlib import Path
 from typing import Any
 
-import numpy as np
 import orjson
-from alembic import command
-from alembic.config import Config
-from sqlalchemy import Engine, Table, create_engine, delete, event, func, insert, make_url, select
+from sqlalchemy import Engine, Table, delete, func, insert, select
 from sqlalchemy.exc import IntegrityError, OperationalError, SQLAlchemyError
 
+from service.store.engine import make_engine, migrate
+from service.store.records import JoinedOutcome, PredictionBatch, StoreResult
 from service.store.schema import card_feedback, outcomes, predictions
 
 log = logging.getLogger("lrbnn.service.store")
 
-#: the file name of the embedded store under ``LRBNN_STATE_DIR``
-SQLITE_NAME = "predictions.sqlite"
 RETRY_S = 1.0
 PURGE_EVERY_S = 3600.0
-
-
-class StoreResult(str, Enum):
-    """Values of the ``result`` label of ``lrbnn_store_predictions_total``."""
-
-    STORED = "stored"
-    QUEUE_FULL = "queue_full"
-    ERROR = "error"
-
-
-class OutcomeStatus(str, Enum):
-    ACCEPTED = "accepted"
-    UNKNOWN = "unknown"
-    DUPLICATE = "duplicate"
-    INVALID = "invalid"
-
-
-@dataclass(frozen=True)
-class PredictionBatch:
-    """One answered request, as queued: turned into rows on the writer thread, not the event loop."""
-
-    ids: Sequence[str]
-    created: float
-    model: str
-    version: str
-    sha256: str
-    outputs: dict[str, np.ndarray]
-    ood: np.ndarray
-    reasons: list[list[str]]
-    sets: list[list[str]] | None
-    #: the preprocessed inputs (instance axis first); None when storing features is off
-    features: np.ndarray | None
-
-    def rows(self) -> list[dict[str, Any]]:
-        n = len(self.ids)
-        cols = {k: np.asarray(v).reshape(n, -1) for k, v in self.outputs.items()}
-        feats = None
-        if self.features is not None:
-            feats = np.ascontiguousarray(self.features, dtype="<f4").reshape(n, -1)
-        ood = self.ood.tolist()
-        out = []
-        for i, pid in enumerate(self.ids):
-            record: dict[str, Any] = {
-                k: (c[i, 0].item() if c.shape[1] == 1 else c[i].tolist()) for k, c in cols.items()
-            }
-            record["ood"] = ood[i]
-            record["ood_reasons"] = self.reasons[i]
-            if self.sets is not None:
-                record["prediction_set"] = self.sets[i]
-            out.append(
-                {
-                    "id": pid,
-                    "created": self.created,
-                    "model": self.model,
-                    "version": self.version,
-                    "sha256": self.sha256,
-                    "ood": bool(ood[i]),
-                    "outputs": orjson.dumps(record, option=orjson.OPT_SERIALIZE_NUMPY).decode(),
-                    "features": None if feats is None else feats[i].tobytes(),
-                }
-            )
-        return out
-
-
-@dataclass(frozen=True)
-class JoinedOutcome:
-    """An outcome with the prediction it belongs to."""
-
-    value: float
-    received: float
-    created: float
-    outputs: dict[str, Any]
-
-
-def default_url(state_dir: Path) -> str:
-    return f"sqlite:///{(state_dir / SQLITE_NAME).resolve()}"
-
-
-def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
-    cur = dbapi_conn.cursor()
-    cur.execute("PRAGMA journal_mode=WAL")
-    cur.execute("PRAGMA synchronous=FULL")
-    cur.execute("PRAGMA foreign_keys=ON")
-    cur.execute("PRAGMA busy_timeout=5000")
-    cur.close()
-
-
-def make_engine(url: str) -> Engine:
-    """An engine for ``url``; SQLite files get WAL, full sync, foreign keys and a busy timeout."""
-    if url.startswith("sqlite"):
-        path = make_url(url).database
-        if path and path != ":memory:":
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-        engine = create_engine(url, connect_args={"check_same_thread": False, "timeout": 5.0})
-        event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    return create_engine(url, pool_pre_ping=True, pool_size=4, max_overflow=4)
-
-
-@contextlib.contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
-
-
-def migrate(engine: Engine) -> None:
-    """Upgrade the database to the newest schema (Alembic ``head``); safe for processes starting at once."""
-    cfg = Config()
-    cfg.set_main_option("script_location", str(files("service.store") / "migrations"))
-    database = engine.url.database if engine.dialect.name == "sqlite" else None
-    lock = contextlib.nullcontext() if not database else _file_lock(Path(f"{database}.lock"))
-    with lock, engine.begin() as conn:
-        cfg.attributes["connection"] = conn
-        command.upgrade(cfg, "head")
 
 
 class PredictionStore:
@@ -470,13 +342,4 @@ def _chunks(items: list[str], size: int) -> Iterator[list[str]]:
         yield items[i : i + size]
 
 
-__all__ = [
-    "JoinedOutcome",
-    "OutcomeStatus",
-    "PredictionBatch",
-    "PredictionStore",
-    "StoreResult",
-    "default_url",
-    "make_engine",
-    "migrate",
-]
+__all__ = ["PredictionStore"]

@@ -14,14 +14,9 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import inspect
 
-from service.store.db import (
-    PredictionBatch,
-    PredictionStore,
-    StoreResult,
-    default_url,
-    make_engine,
-    migrate,
-)
+from service.store.db import PredictionStore
+from service.store.engine import default_url, make_engine, migrate
+from service.store.records import PredictionBatch, StoreResult
 
 
 def _batch(

@@ -1,4 +1,4 @@
-"""Alembic environment: migrations run on the connection :func:`service.store.db.migrate` passes in.
+"""Alembic environment: migrations run on the connection :func:`service.store.engine.migrate` passes in.
 
 On PostgreSQL a transaction-scoped advisory lock serialises the upgrade, so several server processes
 starting at once on one database migrate it once (SQLite: the caller holds a file lock).
