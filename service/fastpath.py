@@ -18,6 +18,16 @@ The handlers take only string path/query parameters and the ``Request`` (bodies 
 see ``api/body``), so the direct call answers the same bytes: a route whose signature needs more
 (a dependency, a body parameter, a typed query parameter) is left to the router. With FastAPI's
 OpenTelemetry instrumentation active the router handles every request, so spans stay complete.
+
+Why a second dispatcher is kept (issue #18, item 1, measured 2026-12-07 with ``benchmarks/loop_cpu.py``,
+event-loop CPU per V2 request, base vs variant alternated in one run on the 2-core VM): serving the
+three routes inside FastAPI 0.165's router costs more than the 3 % allowed, because everything inside
+the app's middleware stack (``ExceptionMiddleware``, the ``AsyncExitStack`` and body-limit layers, the
+included-router matching) runs on every request. A custom ``route_class`` with a lean
+``get_route_handler`` (FastAPI's documented extension point): 641 vs 529 us (+21 %; V1 549 vs 502,
++9 %). Plain Starlette ``Route`` s placed first in ``app.router.routes``: 620 vs 548 us (+13 %). This
+layer sits outside that stack, under the same exception handlers, and is tested byte for byte against
+the router (``tests/service/test_fastpath.py``).
 """
 
 from __future__ import annotations
