@@ -32,21 +32,19 @@ from typing import Any
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from loadgen import Samples, closed_loop, run_wrk, wrk_script
+from procfs import tree_cpu_seconds
 from serve_load import (
     DEFAULT_CHECKPOINT,
-    Samples,
     _interleaved,
-    closed_loop,
     format_table,
-    free_port,
     request_bodies,
-    run_wrk,
     start_lrbnn,
     summarize,
-    tree_cpu_seconds,
     wait_ready,
-    wrk_script,
 )
+
+from service.testing import free_port
 
 
 def grpc_inputs(bodies: Sequence[bytes]) -> list[np.ndarray]:

@@ -17,3 +17,12 @@ def load_benchmark(filename: str, module_name: str) -> ModuleType:
     sys.modules[module_name] = module  # dataclasses resolve their module through sys.modules
     spec.loader.exec_module(module)
     return module
+
+
+def benchmark_module(name: str) -> ModuleType:
+    """A helper module under ``benchmarks/`` (``loadgen``, ``procfs``, ``stats``) imported by name, the way
+    the scripts import it: the same module object they use."""
+    folder = str(ROOT / "benchmarks")
+    if folder not in sys.path:
+        sys.path.insert(0, folder)
+    return importlib.import_module(name)

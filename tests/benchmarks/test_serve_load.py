@@ -14,10 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from benchmark_modules import load_benchmark
+from benchmark_modules import benchmark_module, load_benchmark
 
 ROOT = Path(__file__).resolve().parents[2]
 sl = load_benchmark("serve_load.py", "serve_load")
+lg = benchmark_module("loadgen")
+procfs = benchmark_module("procfs")
 MANIFEST = json.loads((ROOT / "deploy" / "models" / "icu-mortality" / "1" / "manifest.json").read_text())
 
 
@@ -187,7 +189,7 @@ def test_request_bodies_fall_back_to_synthetic(tmp_path):
 
 
 def test_cycle_wraps():
-    gen = sl.cycle([b"a", b"b", b"c"], start=2)
+    gen = lg.cycle([b"a", b"b", b"c"], start=2)
     assert [next(gen) for _ in range(4)] == [b"c", b"a", b"b", b"c"]
 
 
@@ -222,7 +224,7 @@ class _FakeClient:
 
 def test_closed_loop_respects_concurrency_and_cap():
     client = _FakeClient()
-    out = asyncio.run(sl.closed_loop(client, "u", [b"x"], concurrency=4, duration_s=10.0, max_requests=40))
+    out = asyncio.run(lg.closed_loop(client, "u", [b"x"], concurrency=4, duration_s=10.0, max_requests=40))
     assert client.calls == 40 and len(out.latencies_s) == 40 and out.errors == 0
     assert client.max_inflight == 4
     assert out.elapsed_s < 5
@@ -230,14 +232,14 @@ def test_closed_loop_respects_concurrency_and_cap():
 
 def test_closed_loop_counts_errors_by_kind():
     client = _FakeClient(fail_every=5)
-    out = asyncio.run(sl.closed_loop(client, "u", [b"x"], concurrency=2, duration_s=10.0, max_requests=20))
+    out = asyncio.run(lg.closed_loop(client, "u", [b"x"], concurrency=2, duration_s=10.0, max_requests=20))
     assert len(out.latencies_s) + out.errors == 20
     assert out.error_kinds == {"HTTP 503": 2, "ConnectionError": 2}
 
 
 def test_closed_loop_stops_at_the_deadline():
     client = _FakeClient()
-    out = asyncio.run(sl.closed_loop(client, "u", [b"x"], concurrency=2, duration_s=0.05, max_requests=10**9))
+    out = asyncio.run(lg.closed_loop(client, "u", [b"x"], concurrency=2, duration_s=0.05, max_requests=10**9))
     assert 0 < client.calls < 10**9 and out.elapsed_s < 1.0
 
 
@@ -250,7 +252,7 @@ def test_client_cpu_share():
 
 def test_closed_loop_records_client_cpu():
     out = asyncio.run(
-        sl.closed_loop(_FakeClient(), "u", [b"x"], concurrency=2, duration_s=10.0, max_requests=10)
+        lg.closed_loop(_FakeClient(), "u", [b"x"], concurrency=2, duration_s=10.0, max_requests=10)
     )
     assert out.cpu_s >= 0.0
 
@@ -265,24 +267,24 @@ def test_server_cpu_per_request():
 def test_tree_cpu_seconds_counts_this_process():
     import os
 
-    before = sl.tree_cpu_seconds(os.getpid())
+    before = procfs.tree_cpu_seconds(os.getpid())
     sum(i * i for i in range(200_000))
-    assert sl.tree_cpu_seconds(os.getpid()) >= before > 0
+    assert procfs.tree_cpu_seconds(os.getpid()) >= before > 0
 
 
 # -- the wrk client --------------------------------------------------------------------------------
 def test_wrk_script_embeds_every_body_verbatim():
     bodies = [b'{"a":[1,2]}', b'{"b":"x\\"y"}']
-    script = sl.wrk_script(bodies)
+    script = lg.wrk_script(bodies)
     for b in bodies:
         assert f"[==[{b.decode()}]==]" in script
     with pytest.raises(ValueError, match="delimiter"):
-        sl.wrk_script([b'{"a":"]==]"}'])
+        lg.wrk_script([b'{"a":"]==]"}'])
 
 
 def test_parse_wrk_output_expands_the_histogram_and_counts_errors():
     text = "Running 1s test\nWRK_SUMMARY 10 2000000 0 1 0 2 0\nWRK_HISTOGRAM 1000:3,2500:5,90000:2\n"
-    out = sl.parse_wrk_output(text)
+    out = lg.parse_wrk_output(text)
     assert out.elapsed_s == 2.0
     assert out.errors == 3 and out.error_kinds == {"read": 1, "HTTP status": 2}
     # 10 responses, 2 of them non-2xx: 8 latencies kept, the two slowest dropped
@@ -293,7 +295,7 @@ def test_parse_wrk_output_expands_the_histogram_and_counts_errors():
 
 def test_parse_wrk_output_rejects_other_text():
     with pytest.raises(ValueError, match="wrk script"):
-        sl.parse_wrk_output("Requests/sec: 100\n")
+        lg.parse_wrk_output("Requests/sec: 100\n")
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed (.ci/install-system-deps.sh)")
@@ -324,9 +326,9 @@ def test_wrk_against_a_local_server_counts_answers_and_bodies(tmp_path):
     try:
         script = tmp_path / "s.lua"
         bodies = [b'{"ok":1}', b'{"ok":2}', b'{"fail":1}']
-        script.write_text(sl.wrk_script(bodies))
+        script.write_text(lg.wrk_script(bodies))
         url = f"http://127.0.0.1:{server.server_address[1]}/infer"
-        out = sl.run_wrk(url, script, concurrency=2, duration_s=1.0, timeout_s=5.0)
+        out = lg.run_wrk(url, script, concurrency=2, duration_s=1.0, timeout_s=5.0)
     finally:
         server.shutdown()
     assert set(seen) == set(bodies)
