@@ -25,7 +25,7 @@ from model_core.checkpoint.manifest import (
     SamplingMode,
     Task,
 )
-from model_core.conformal import conformal_quantile, interval_scores, label_scores
+from model_core.conformal import REPORT_INTERVAL_LEVEL, conformal_quantile, interval_scores, label_scores
 from model_core.ood import joint_thresholds
 
 #: The contract's conformal level: central 90 % intervals and 90 % prediction sets.
@@ -69,7 +69,7 @@ def calibrate(
     n_quantiles: int = DRIFT_QUANTILES,
     sampling_mode: SamplingMode = SamplingMode.FRESH,
     interval_scale: float = 1.0,
-    interval_level: float = 0.95,
+    interval_level: float = REPORT_INTERVAL_LEVEL,
     interval_scales: dict[str, float] | None = None,
     novelty: NoveltyScores | None = None,
     implausible: np.ndarray | None = None,

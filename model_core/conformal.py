@@ -29,6 +29,7 @@ if TYPE_CHECKING:
     from model_core.checkpoint.manifest import Calibration
 
 __all__ = [
+    "REPORT_INTERVAL_LEVEL",
     "SERVED_INTERVAL_LEVEL",
     "conformal_quantile",
     "gaussian_half_width",
@@ -41,6 +42,8 @@ __all__ = [
 #: The level of the regression interval every prediction carries (the contract: central 90 %). The one
 #: definition: the service, the evaluation and the calibration read it here.
 SERVED_INTERVAL_LEVEL = 0.9
+#: The level of the reported PICP/MPIW metrics of the Gaussian interval (the paper's 95 %).
+REPORT_INTERVAL_LEVEL = 0.95
 
 
 def conformal_quantile(scores: np.ndarray, level: float) -> float:

@@ -11,7 +11,7 @@ import torch
 
 from model_core.checkpoint.io import LoadedCheckpoint
 from model_core.checkpoint.manifest import Manifest, Task
-from model_core.conformal import gaussian_half_width, prediction_sets
+from model_core.conformal import REPORT_INTERVAL_LEVEL, gaussian_half_width, prediction_sets
 from model_core.data.air import SequenceSplits
 from model_core.data.dataset import TabularSplits
 from model_core.data.sentiment import TextSplits
@@ -75,7 +75,7 @@ def evaluate_predictions(
     y_test: np.ndarray,
     ood: Prediction | None,
     interval_scale: float = 1.0,
-    interval_level: float = 0.95,
+    interval_level: float = REPORT_INTERVAL_LEVEL,
 ) -> dict[str, Any]:
     out: dict[str, Any] = {}
     if task is Task.REGRESSION:

@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
 import urllib.request
 from collections.abc import Mapping
 from contextlib import suppress
@@ -65,6 +64,16 @@ def wait_until_ready(
     raise ServerNotReady(f"{url} not ready after {timeout_s:.0f} s:\n{_tail(log)}")
 
 
+def log_records(log: Path) -> list[dict[str, Any]]:
+    """The JSON lines of a server log (other lines, e.g. a traceback, skipped)."""
+    records = []
+    for line in log.read_text(errors="replace").splitlines():
+        if line.startswith("{"):
+            with suppress(ValueError):
+                records.append(json.loads(line))
+    return records
+
+
 class ServerProcess:
     """``lrbnn serve`` in a subprocess on a free loopback port; stdout and stderr go to ``log_path`` (a
     temporary file when not given).
@@ -79,7 +88,6 @@ class ServerProcess:
         log_path: Path | None = None,
         env: Mapping[str, str] | None = None,
         cpus: set[int] | None = None,
-        args: tuple[str, ...] = (),
     ) -> None:
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -91,7 +99,7 @@ class ServerProcess:
         self._log: IO[bytes] = open(log_path, "wb")  # noqa: SIM115 - closed in stop()
         full_env = {**os.environ, "PYTHONPATH": str(ROOT), "LRBNN_LOG_LEVEL": "INFO", **(env or {})}
         cmd = [sys.executable, "-m", "model_core.cli", "serve", "--model-repository", str(repo)]
-        cmd += ["--host", "127.0.0.1", "--port", str(self.port), *args]
+        cmd += ["--host", "127.0.0.1", "--port", str(self.port)]
         pin = None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
         self.proc = subprocess.Popen(
             cmd, cwd=ROOT, env=full_env, stdout=self._log, stderr=subprocess.STDOUT, preexec_fn=pin
@@ -106,12 +114,9 @@ class ServerProcess:
         return self.log_path.read_text(errors="replace")
 
     def log_records(self) -> list[dict[str, Any]]:
-        records = []
-        for line in self.log_text().splitlines():
-            if line.startswith("{"):
-                with suppress(ValueError):
-                    records.append(json.loads(line))
-        return records
+        if not self._log.closed:
+            self._log.flush()
+        return log_records(self.log_path)
 
     def metric(self, series: str) -> float | None:
         """The value of one exact series line, e.g. ``lrbnn_inflight_requests{model="toy"}``."""
@@ -137,4 +142,4 @@ class ServerProcess:
         self._log.close()
 
 
-__all__ = ["ServerNotReady", "ServerProcess", "free_port", "wait_until_ready"]
+__all__ = ["ServerNotReady", "ServerProcess", "free_port", "log_records", "wait_until_ready"]

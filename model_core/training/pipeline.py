@@ -20,7 +20,7 @@ from model_core.checkpoint.manifest import (
     OutputSchema,
     Task,
 )
-from model_core.conformal import SERVED_INTERVAL_LEVEL
+from model_core.conformal import REPORT_INTERVAL_LEVEL, SERVED_INTERVAL_LEVEL
 from model_core.data.air import SequenceSplits
 from model_core.data.dataset import TabularSplits
 from model_core.data.sentiment import TextSplits
@@ -49,9 +49,6 @@ MLP_DEFAULT_HIDDEN: tuple[int, ...] = (128, 128)
 LSTM_DEFAULT_HIDDEN: tuple[int, ...] = (64, 64)
 #: ``TrainOptions.rank``'s default (the ICU paper's r = 15); text tasks read it as the paper's r = 16.
 MLP_DEFAULT_RANK = 15
-#: Regression: the level of the reported PICP/MPIW metrics (the paper's 95 %); the served interval's
-#: level is ``model_core.conformal.SERVED_INTERVAL_LEVEL``.
-REPORT_INTERVAL_LEVEL = 0.95
 #: Regression: every level whose validation width factor the manifest records (``interval_scales``).
 INTERVAL_LEVELS = (SERVED_INTERVAL_LEVEL, REPORT_INTERVAL_LEVEL)
 TEXT_DEFAULT_RANK = 16

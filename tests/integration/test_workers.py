@@ -9,7 +9,6 @@ supervisor outright takes its workers with it.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import signal
@@ -31,7 +30,7 @@ import toy  # noqa: E402
 from service_helpers import copy_version, metric_value, without_ids  # noqa: E402
 
 from service.monitoring.drift import DriftMonitor  # noqa: E402
-from service.testing import ServerProcess, free_port, wait_until_ready  # noqa: E402
+from service.testing import ServerProcess, free_port, log_records, wait_until_ready  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ADMIN = "admin-secret-for-tests"
@@ -338,7 +337,7 @@ def test_settings_made_in_code_reach_every_worker(two_version_repo: Path, tmp_pa
     try:
         wait_until_ready(url + "/readyz", proc, log)
         deadline = time.monotonic() + 120
-        while len({r.get("pid") for r in _log_records(log) if r.get("msg") == "ready"}) < 2:
+        while len({r.get("pid") for r in log_records(log) if r.get("msg") == "ready"}) < 2:
             assert time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.2)
         body = {"instances": [toy.instance()], "parameters": {"samples": 8, "seed": 1}}
@@ -354,12 +353,3 @@ def test_settings_made_in_code_reach_every_worker(two_version_repo: Path, tmp_pa
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(10)
-
-
-def _log_records(log: Path) -> list[dict[str, object]]:
-    out = []
-    for line in log.read_text(errors="replace").splitlines():
-        if line.startswith("{"):
-            with contextlib.suppress(ValueError):
-                out.append(json.loads(line))
-    return out
