@@ -8,9 +8,11 @@
     .venv/bin/python benchmarks/reliability.py audit-latest             # PyPI project JSON (see below)
 
 ``overload`` and ``soak`` start ``lrbnn serve`` on a free loopback port over the bundled model repository
-(``deploy/models``, or ``--model-repository``) and drive it with an open-loop asyncio client: requests are
-sent on a fixed schedule whatever the answers, as real clients do, so an overloaded server cannot slow
-the offered load down. Each prints one JSON object (also written to ``--out``).
+(``deploy/models``, or ``--model-repository``) and drive it with wrk (``loadgen.run_wrk_schedule``: one
+connection per wrk thread, each on its own send schedule): requests are sent on a fixed schedule whatever
+the answers, as real clients do, so an overloaded server cannot slow the offered load down, and a C load
+generator costs the machine a few percent of a core where the former asyncio client saturated a core of
+its own before the server did (session 6). Each prints one JSON object (also written to ``--out``).
 
 ``overload`` reports the unloaded p99, the admitted p99 under 2x load and their ratio, the 429/503
 counts (and any without ``Retry-After``), the most requests in flight (the server's
@@ -35,6 +37,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -46,6 +49,7 @@ for _p in (Path(__file__).resolve().parent, ROOT):  # the sibling stats module; 
         sys.path.insert(0, str(_p))
 
 import httpx  # noqa: E402
+from loadgen import Phase, ScheduledRun, run_wrk_schedule  # noqa: E402
 from stats import percentile  # noqa: E402
 
 from service.testing import ServerProcess  # noqa: E402
@@ -109,6 +113,7 @@ class Window:
     retry: bool = False  # retry each refused request once, after its Retry-After
     retries: list[tuple[float, float, str]] = field(default_factory=list)  # (hint s, sent at, code)
     retry_latencies_ok: list[float] = field(default_factory=list)
+    transport_errors: dict[str, int] = field(default_factory=dict)  # wrk's, by kind (never answered)
 
     def summary(self) -> dict[str, Any]:
         sent = sum(self.codes.values())
@@ -127,6 +132,7 @@ class Window:
             "admitted_max_ms": _r(max(ms) if ms else None),
             "refusals_without_retry_after": self.retry_after_missing,
             "errors": self.errors,
+            "transport_errors": self.transport_errors,
             "max_inflight_seen": self.max_inflight,
             "rss_mb_start": round(self.rss_start / 2**20, 1),
             "rss_mb_max": round(max(self.rss_max, self.rss_end) / 2**20, 1),
@@ -168,131 +174,145 @@ def _r(v: float | None) -> float | None:
     return None if v is None or math.isnan(v) else round(v, 2)
 
 
-class Driver:
-    def __init__(self, srv: ServerProcess, model: str, body: dict[str, Any]) -> None:
-        self.srv = srv
-        self.phase_start = time.perf_counter()
-        self.url = f"{srv.url}/v1/models/{model}:predict"
-        self.model = model
-        self.payload = json.dumps(body).encode()
-        self.pending: set[asyncio.Task[None]] = set()  # answers (and retries) still due from past phases
+class Sampler:
+    """Polls the server's in-flight gauge and RSS once a second while a wrk run lasts (a thread: the
+    load itself comes from wrk, so this process only sleeps and scrapes)."""
 
-    def spawn(self, coro: Any) -> asyncio.Task[None]:
-        task = asyncio.ensure_future(coro)
-        self.pending.add(task)
-        task.add_done_callback(self.pending.discard)
-        return task
+    def __init__(self, srv: ServerProcess, model: str, every_s: float = 1.0) -> None:
+        self.srv, self.every_s = srv, every_s
+        self.series = f'lrbnn_inflight_requests{{model="{model}"}}'
+        self.samples: list[tuple[float, float, int]] = []  # (time.monotonic(), in flight, RSS bytes)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    async def post(self, client: httpx.AsyncClient) -> tuple[str, float, httpx.Response | None]:
-        t0 = time.perf_counter()
-        try:
-            r = await client.post(
-                self.url, content=self.payload, headers={"content-type": "application/json"}
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            inflight = self.srv.metric(self.series) or 0.0
+            self.samples.append((time.monotonic(), inflight, self.srv.rss_bytes()))
+            self._stop.wait(self.every_s)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+@dataclass
+class Load:
+    """A server under test and the request every benchmark client sends to it."""
+
+    srv: ServerProcess
+    model: str
+    payload: bytes
+    workdir: Path
+    timeout_s: float = 60.0
+    server_view: dict[str, float | None] = field(default_factory=dict)
+
+    @property
+    def url(self) -> str:
+        return f"{self.srv.url}/v1/models/{self.model}:predict"
+
+    def run(self, phases: list[Phase], threads: int, tail_s: float = 0.0) -> list[Window]:
+        """Offer ``phases`` from ``threads`` wrk connections; one :class:`Window` per phase. wrk's
+        transport errors (never answered) are counted in the last window. ``self.server_view``: the
+        server's own histograms over the run (time inside the server vs the client's latency)."""
+        before = httpx.get(self.srv.url + "/metrics", timeout=10).text
+        with Sampler(self.srv, self.model) as sampler:
+            run = run_wrk_schedule(
+                self.url, [self.payload], phases, threads, self.timeout_s, tail_s, self.workdir
             )
-        except httpx.HTTPError as exc:
-            return type(exc).__name__, time.perf_counter() - t0, None
-        return str(r.status_code), time.perf_counter() - t0, r
+        after = httpx.get(self.srv.url + "/metrics", timeout=10).text
+        self.server_view = {}
+        for key, name, labels in (
+            (
+                "request_duration_200",
+                "lrbnn_request_duration_seconds",
+                {"endpoint": "v1_predict", "code": "200"},
+            ),
+            ("queue_wait", "lrbnn_queue_wait_seconds", {}),
+            ("inference_duration", "lrbnn_inference_duration_seconds", {}),
+        ):
+            b, a = bucket_counts(before, name, labels), bucket_counts(after, name, labels)
+            for q in (50, 99):
+                value = histogram_quantile(q / 100, b, a)
+                self.server_view[f"{key}_p{q}_ms"] = None if value is None else round(1000 * value, 1)
+        out = windows(run, phases, sampler.samples)
+        out[-1].errors += sum(run.transport_errors.values())
+        out[-1].transport_errors = dict(run.transport_errors)
+        return out
 
-    async def one(self, client: httpx.AsyncClient, window: Window) -> None:
-        start = self.phase_start  # the phase this request was sent in, even if it ends before the answer
-        t0 = time.perf_counter()
-        code, sec, r = await self.post(client)
-        if r is None:
-            window.errors += 1
-        elif r.status_code == 200:
-            window.latencies_ok.append(sec)
-        elif r.status_code in (429, 503):
-            hint = r.headers.get("retry-after")
-            if not hint:
-                window.retry_after_missing += 1
-            elif window.retry:
-                self.spawn(self._retry(client, window, float(hint), start))
-        else:
-            window.errors += 1
-        window.codes[code] = window.codes.get(code, 0) + 1
-        window.events.append((t0 - start, code, sec))
 
-    async def _retry(self, client: httpx.AsyncClient, window: Window, hint: float, start: float) -> None:
-        """A well-behaved client: waits the Retry-After it was given, then tries once more."""
-        await asyncio.sleep(hint)
-        sent = time.perf_counter() - start
-        code, sec, _ = await self.post(client)
-        window.retries.append((hint, sent, code))
-        if code == "200":
-            window.retry_latencies_ok.append(sec)
+def bucket_counts(text: str, name: str, labels: dict[str, str]) -> dict[float, float]:
+    """Cumulative ``le`` -> count of one histogram series in a Prometheus scrape."""
+    from prometheus_client.parser import text_string_to_metric_families
 
-    async def closed_loop(self, concurrency: int, seconds: float, name: str) -> Window:
-        window = Window(name, 0.0, seconds)
-        self.phase_start = time.perf_counter()
-        deadline = time.perf_counter() + seconds
-        limits = httpx.Limits(max_connections=concurrency + 8, max_keepalive_connections=concurrency + 8)
-        async with httpx.AsyncClient(timeout=60, limits=limits) as client:
-
-            async def worker() -> None:
-                while time.perf_counter() < deadline:
-                    refused = window.codes.get("429", 0) + window.codes.get("503", 0)
-                    await self.one(client, window)
-                    if window.codes.get("429", 0) + window.codes.get("503", 0) > refused:
-                        await asyncio.sleep(0.05)  # a refusal: back off instead of spinning on 429s
-
-            await asyncio.gather(*(worker() for _ in range(concurrency)))
-        window.offered_rps = sum(window.codes.values()) / seconds
-        return window
-
-    async def open_loop(
-        self,
-        client: httpx.AsyncClient,
-        rps: float,
-        seconds: float,
-        name: str,
-        sample_every_s: float = 1.0,
-        drain: bool = True,
-        retry: bool = False,
-    ) -> Window:
-        """Send at ``rps`` on a fixed schedule for ``seconds``; sample RSS and the in-flight gauge.
-
-        ``drain=False``: return when the schedule ends, leaving the answers still due in ``self.pending``,
-        so that the next phase starts at once (a pause here would let the server's queue drain and hide
-        how it recovers). ``retry``: each refused request is retried once after its ``Retry-After``."""
-        window = Window(name, rps, seconds, retry=retry)
-        window.rss_start = self.srv.rss_bytes()
-        tasks: set[asyncio.Task[None]] = set()
-        start = self.phase_start = time.perf_counter()
-        n = 0
-        next_sample = start
-        while True:
-            now = time.perf_counter()
-            if now - start >= seconds:
-                break
-            due = start + n / rps
-            if due > now:
-                await asyncio.sleep(min(due - now, 0.05))
+    out: dict[float, float] = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name != f"{name}_bucket":
                 continue
-            tasks.add(self.spawn(self.one(client, window)))
-            n += 1
-            if now >= next_sample:
-                next_sample = now + sample_every_s
-                tasks.add(self.spawn(self._sample(client, window)))
-        if drain and tasks:
-            await asyncio.gather(*tasks)
-        window.rss_end = self.srv.rss_bytes()
-        window.load_end = os.getloadavg()[0]
-        return window
+            if all(sample.labels.get(k) == v for k, v in labels.items()):
+                out[float(sample.labels["le"])] = sample.value
+    return out
 
-    def client(self) -> httpx.AsyncClient:
-        limits = httpx.Limits(max_connections=4000, max_keepalive_connections=512)
-        return httpx.AsyncClient(timeout=60, limits=limits)
 
-    async def _sample(self, client: httpx.AsyncClient, window: Window) -> None:
-        window.rss_max = max(window.rss_max, self.srv.rss_bytes())
-        try:
-            text = (await client.get(self.srv.url + "/metrics")).text
-        except httpx.HTTPError:
-            return
-        series = f'lrbnn_inflight_requests{{model="{self.model}"}} '
-        for line in text.splitlines():
-            if line.startswith(series):
-                window.max_inflight = max(window.max_inflight, float(line.split()[-1]))
+def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float | None:
+    """PromQL's ``histogram_quantile`` of the observations between two scrapes (linear within a bucket;
+    the last finite bound where the quantile falls in the +Inf bucket); None without observations."""
+    bounds = sorted(after)
+    counts = [after[b] - before.get(b, 0.0) for b in bounds]
+    if not counts or counts[-1] <= 0:
+        return None
+    rank = q * counts[-1]
+    lower, below = 0.0, 0.0
+    for bound, count in zip(bounds, counts, strict=True):
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            return lower + (bound - lower) * (rank - below) / max(count - below, 1e-12)
+        lower, below = bound, count
+    return lower
+
+
+def windows(run: ScheduledRun, phases: list[Phase], samples: list[tuple[float, float, int]]) -> list[Window]:
+    """Cut a scheduled run into one :class:`Window` per phase: fresh requests by the phase they were sent
+    in, retries by the phase of the refusal they answer, server samples by time."""
+    out, at = [], 0.0
+    for i, phase in enumerate(phases):
+        start = run.start_s + at
+        w = Window(phase.name, phase.rps, phase.seconds, retry=phase.retry)
+        for e in run.events:
+            if e.phase != i:
+                continue
+            code = str(e.status)
+            if e.retry:
+                w.retries.append((e.retry_after_s or 0.0, e.sent_s - start, code))
+                if e.status == 200:
+                    w.retry_latencies_ok.append(e.seconds)
+                continue
+            w.codes[code] = w.codes.get(code, 0) + 1
+            w.events.append((e.sent_s - start, code, e.seconds))
+            if e.status == 200:
+                w.latencies_ok.append(e.seconds)
+            elif e.status in (429, 503):
+                if e.retry_after_s is None:
+                    w.retry_after_missing += 1
+            else:
+                w.errors += 1
+        if phase.rps == 0:  # closed loop: the offered load is what was sent
+            w.offered_rps = sum(w.codes.values()) / phase.seconds
+        inside = [s for s in samples if start <= s[0] < start + phase.seconds]
+        if inside:
+            w.max_inflight = max(s[1] for s in inside)
+            w.rss_start, w.rss_end = inside[0][2], inside[-1][2]
+            w.rss_max = max(s[2] for s in inside)
+        w.load_end = os.getloadavg()[0]
+        out.append(w)
+        at += phase.seconds
+    return out
 
 
 def cpu_list(text: str) -> set[int]:
@@ -320,10 +340,16 @@ def batch_requests(args: argparse.Namespace) -> int:
     return max(1, int(server_setting(args, "max_batch_size")) // args.instances)
 
 
+#: the server's keep-alive in these benchmarks: an open-loop wrk connection may idle several seconds
+#: between requests at low rates, and uvicorn's 5 s default would close it (wrk counts a read error)
+KEEP_ALIVE_S = 75
+
+
 def _start(args: argparse.Namespace, workdir: Path) -> tuple[ServerProcess, str, dict[str, Any]]:
     env = {
         "LRBNN_DEVICE": "cpu",
         "LRBNN_LOG_LEVEL": "WARNING",  # no access log lines: the log would grow by the request count
+        "LRBNN_KEEP_ALIVE_S": str(KEEP_ALIVE_S),
     }
     if args.max_queue is not None:
         env["LRBNN_MAX_QUEUE"] = str(args.max_queue)
@@ -339,47 +365,61 @@ def _start(args: argparse.Namespace, workdir: Path) -> tuple[ServerProcess, str,
     return srv, info["name"], body
 
 
-async def _calibrate(driver: Driver, args: argparse.Namespace) -> dict[str, Any]:
-    await driver.closed_loop(2, 5, "warm-up")
-    unloaded = await driver.closed_loop(1, args.unloaded_seconds, "unloaded (1 client)")
+def _calibrate(load: Load, args: argparse.Namespace) -> dict[str, Any]:
+    """Unloaded latency (one client) and saturation (a closed loop of ``--concurrency`` clients), both
+    from wrk: a closed loop of clients that never back off measures the server's capacity."""
+    load.run([Phase("warm-up", 5)], threads=2)
+    (unloaded,) = load.run([Phase("unloaded (1 client)", args.unloaded_seconds)], threads=1)
     concurrency = args.concurrency or 2 * batch_requests(args)
-    saturated = await driver.closed_loop(concurrency, args.saturation_seconds, "saturation (closed loop)")
-    # a closed loop that backs off on 429s under-measures capacity when the server refuses early (the
-    # queue-wait budget); capacity is at least what one client alone got answered
+    (saturated,) = load.run([Phase("saturation (closed loop)", args.saturation_seconds)], threads=concurrency)
     sat_rps = max(
         saturated.codes.get("200", 0) / saturated.seconds, unloaded.codes.get("200", 0) / unloaded.seconds
     )
     return {"unloaded": unloaded, "saturated": saturated, "saturation_rps": sat_rps}
 
 
+def open_loop_threads(args: argparse.Namespace, peak_rps: float, slowest_s: float) -> int:
+    """wrk connections for an open-loop schedule. Each connection sends every ``threads / rps`` seconds,
+    which at the peak rate should exceed the slowest admitted answer (else a connection still waits when
+    its next request is due and sends it late): twice ``peak x slowest_s``. The server under test keeps
+    idle connections open ``KEEP_ALIVE_S`` (``_start``), longer than any connection idles here."""
+    if args.connections:
+        return int(args.connections)
+    return max(4, math.ceil(2 * peak_rps * slowest_s))
+
+
 def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
     """2x the measured saturation for ``--seconds``, then half of it, judged by issue #13's criteria.
 
-    Every refused request is retried once after its ``Retry-After`` (a well-behaved client), and the
-    overload phase hands over to the recovery phase at once (its answers still due are awaited later).
+    One wrk run offers 0.5x for 10 s (warm-up), 2x for ``--seconds`` and 0.5x for 20 s back to back, so the
+    recovery phase starts the moment the overload ends. Every request refused in the overload phase is
+    sent once more after its ``Retry-After`` (a well-behaved client).
     """
     budget_s = float(server_setting(args, "max_queue_wait_ms")) / 1000.0
     with tempfile.TemporaryDirectory() as tmp:
         srv, model, body = _start(args, Path(tmp))
         try:
-            driver = Driver(srv, model, body)
-
-            async def run() -> dict[str, Any]:
-                cal = await _calibrate(driver, args)
-                sat = cal["saturation_rps"]
-                async with driver.client() as client:
-                    warm = await driver.open_loop(client, sat, 10, "warm-up at 1x")
-                    over = await driver.open_loop(
-                        client, 2 * sat, args.seconds, "overload 2x", drain=False, retry=True
-                    )
-                    recovery = await driver.open_loop(client, 0.5 * sat, 20, "recovery at 0.5x", drain=False)
-                    while driver.pending:
-                        await asyncio.gather(*list(driver.pending))
-                return {"cal": cal, "warm": warm, "over": over, "recovery": recovery}
-
-            res = asyncio.run(run())
+            load = Load(srv, model, json.dumps(body).encode(), Path(tmp))
+            cal = _calibrate(load, args)
+            sat = cal["saturation_rps"]
+            unloaded_p99 = percentile(cal["unloaded"].latencies_ok, 99)
+            phases = [
+                Phase("warm-up at 0.5x", 10, rps=0.5 * sat),
+                Phase("overload 2x", args.seconds, rps=2 * sat, retry=True),
+                Phase("recovery at 0.5x", 20, rps=0.5 * sat),
+            ]
+            threads = open_loop_threads(args, 2 * sat, budget_s + unloaded_p99)
+            warm, over, recovery = load.run(phases, threads, tail_s=budget_s + 5)
         finally:
             srv.stop()
+    res = {
+        "cal": cal,
+        "warm": warm,
+        "over": over,
+        "recovery": recovery,
+        "connections": threads,
+        "server_view": load.server_view,
+    }
     return judge_overload(args, res, budget_s)
 
 
@@ -495,6 +535,8 @@ def judge_overload(args: argparse.Namespace, res: dict[str, Any], budget_s: floa
         "config": vars(args) | {"func": None},
         "budget_s": budget_s,
         "saturation_rps": round(sat, 2),
+        "connections": res["connections"],
+        "server_view_of_the_scheduled_run": res["server_view"],
         "unloaded_p99_ms": round(unloaded_p99 * 1000, 2),
         "phases": phases,
         "goodput_during_overload_rps": round(goodput, 2),
@@ -533,24 +575,20 @@ def print_table(header: list[str], rows: list[list[Any]]) -> None:
 
 
 def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
+    """``--fraction`` of the measured saturation for ``--seconds``, one window per ``--window`` seconds."""
     with tempfile.TemporaryDirectory() as tmp:
         srv, model, body = _start(args, Path(tmp))
         try:
-            driver = Driver(srv, model, body)
-
-            async def run() -> tuple[dict[str, Any], list[Window]]:
-                cal = await _calibrate(driver, args)
-                rate = args.fraction * cal["saturation_rps"]
-                windows = []
-                elapsed = 0.0
-                while elapsed < args.seconds:
-                    span = min(args.window, args.seconds - elapsed)
-                    async with driver.client() as client:
-                        windows.append(await driver.open_loop(client, rate, span, f"t={int(elapsed)}s"))
-                    elapsed += span
-                return cal, windows
-
-            cal, windows = asyncio.run(run())
+            load = Load(srv, model, json.dumps(body).encode(), Path(tmp))
+            cal = _calibrate(load, args)
+            rate = args.fraction * cal["saturation_rps"]
+            phases, elapsed = [], 0.0
+            while elapsed < args.seconds:
+                span = min(args.window, args.seconds - elapsed)
+                phases.append(Phase(f"t={int(elapsed)}s", span, rps=rate))
+                elapsed += span
+            threads = open_loop_threads(args, rate, 2 * percentile(cal["unloaded"].latencies_ok, 99) + 0.1)
+            windows = load.run(phases, threads, tail_s=5)
         finally:
             srv.stop()
     p99s = [_or0(percentile(w.latencies_ok, 99)) for w in windows]
@@ -682,10 +720,10 @@ def cmd_burst(args: argparse.Namespace) -> dict[str, Any]:
     verdict: dict[str, bool] = {}
     for r in rows:
         n = r["requests"]
-        for name, run in (("run 1", r["run1"]), ("run 2 after idle", r["run2_after_idle"])):
-            fits = run["work_s"] * (1 + min(n, full_batch) / n) <= budget_s
+        for name, got in (("run 1", r["run1"]), ("run 2 after idle", r["run2_after_idle"])):
+            fits = got["work_s"] * (1 + min(n, full_batch) / n) <= budget_s
             if fits:
-                verdict[f"{n} requests, {name}: work {run['work_s']} s fits, no refusal"] = run["codes"] == {
+                verdict[f"{n} requests, {name}: work {got['work_s']} s fits, no refusal"] = got["codes"] == {
                     "200": n
                 }
         ret = r["run1"].get("retries", {})
@@ -877,6 +915,13 @@ def main(argv: list[str] | None = None) -> int:
             default=None,
             help="closed-loop clients for saturation (default: two full batches' worth of requests, enough "
             "to keep the compute thread busy)",
+        )
+        p.add_argument(
+            "--connections",
+            type=int,
+            default=None,
+            help="wrk connections (one thread each) for the open-loop phases (default: twice the peak "
+            "rate x the slowest admitted answer, so that no connection still waits when its next is due)",
         )
         p.add_argument("--unloaded-seconds", type=float, default=20)
         p.add_argument("--saturation-seconds", type=float, default=20)

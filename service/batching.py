@@ -254,6 +254,24 @@ class ModelBatcher:
             return 1
         return max(1, math.ceil(wait_s))
 
+    def check_admission(self) -> None:
+        """Refuse (QueueFull) before the request is even read when the queued work alone already exceeds
+        the budget: any request would wait at least that long, so :meth:`submit` would refuse it too, and
+        refusing it here spares the body's parsing and preprocessing, which under sustained overload cost
+        the same core the admitted work needs (issue #13, docs/reliability.md). The decision is
+        :meth:`submit`'s, taken one body read earlier (the queue can drain a few milliseconds meanwhile),
+        and only where the queue alone is over budget: whatever the request, submit would refuse it.
+        """
+        if not self._queue or self.max_wait_s <= 0:
+            return
+        wait_s = self.estimated_wait_s()
+        if wait_s is not None and wait_s > self.max_wait_s:
+            raise QueueFull(
+                f"model {self.name!r}: the work already queued takes {wait_s * 1000:.0f} ms, more than "
+                f"the {self.max_wait_s * 1000:.0f} ms budget",
+                retry_after_s=self.retry_after_s(wait_s),
+            )
+
     async def submit(
         self,
         served: ServedModel,

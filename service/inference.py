@@ -288,6 +288,11 @@ class InferenceService:
             )
 
     # -- the path ------------------------------------------------------------------------------
+    def check_admission(self, served: ServedModel) -> None:
+        """Refuse before the body is parsed when the model's queue is already over budget
+        (:meth:`ModelBatcher.check_admission`)."""
+        self.batchers[served.name].check_admission()
+
     async def predict(
         self,
         served: ServedModel,

@@ -11,6 +11,7 @@ both import it without importing each other.
 from __future__ import annotations
 
 import logging
+import math
 import signal
 import socket
 import time
@@ -87,6 +88,7 @@ def run_server(
         loop="auto",
         http="auto",
         timeout_graceful_shutdown=max(1, int(settings.drain_timeout_s)),
+        timeout_keep_alive=max(1, math.ceil(settings.keep_alive_s)),
     )
     server = DrainingServer(config, app.state.lrbnn)
     server.run(sockets=sockets)

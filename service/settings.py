@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     )
     max_instances: int = Field(default=1024, ge=1, description="instances per request before 413")
     request_timeout_s: float = Field(default=10.0, gt=0.0)
+    keep_alive_s: float = Field(default=5.0, gt=0.0)
+    """How long an idle keep-alive connection stays open (uvicorn's ``timeout_keep_alive``; 5 s, its default).
+
+    Behind a load balancer set it above the balancer's idle timeout (AWS ALB: 60 s), else the server
+    closes a connection the balancer is about to reuse and the client gets a 502."""
     api_tokens: SecretStr = SecretStr("")
     api_tokens_file: Path | None = None
     admin_token: SecretStr | None = None

@@ -39,6 +39,11 @@ class Endpoint(str, Enum):
     CDS_FEEDBACK = "cds_feedback"
     GRPC_INFER = "grpc_infer"
 
+    @property
+    def computes(self) -> bool:
+        """Whether a request to this endpoint queues model work (and so meets admission control)."""
+        return self not in (Endpoint.V1_FEEDBACK, Endpoint.CDS_FEEDBACK)
+
 
 @dataclass
 class AppState:
@@ -102,6 +107,8 @@ class AppState:
             served = self.lookup(name)
             if not self.inference.attached(served.name):
                 raise ModelNotReady(f"model {name!r} is still loading", retry_after_s=1)
+            if endpoint.computes:
+                self.inference.check_admission(served)
             if request is not None:
                 request.state.model = served.name
             self.inflight += 1

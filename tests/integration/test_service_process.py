@@ -135,6 +135,36 @@ def _wait_in_flight(srv: ServerProcess, at_least: int, timeout_s: float = 60.0) 
     raise AssertionError(f"never {at_least} requests in flight together")
 
 
+def _idle_connection_closed_after(url: str, wait_s: float) -> bool:
+    """Send one request on a raw keep-alive connection, idle ``wait_s``, and say whether the server
+    closed the connection meanwhile (recv returns b"" on a closed one)."""
+    import socket
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    with socket.create_connection((parts.hostname, parts.port), timeout=5) as sock:
+        sock.sendall(b"GET /livez HTTP/1.1\r\nHost: x\r\n\r\n")
+        assert b" 200 " in sock.recv(4096).split(b"\r\n", 1)[0]
+        time.sleep(wait_s)
+        sock.settimeout(0.5)
+        try:
+            return sock.recv(4096) == b""
+        except TimeoutError:
+            return False
+
+
+def test_keep_alive_setting_reaches_the_http_server(server: ServerProcess, toy_repo: Path) -> None:
+    """LRBNN_KEEP_ALIVE_S is uvicorn's keep-alive: 1 s closes an idle connection that the 5 s default
+    keeps open (a load balancer reusing it would otherwise meet a closed socket)."""
+    assert not _idle_connection_closed_after(server.url, 2.0)
+    short = ServerProcess(toy_repo, env={"LRBNN_KEEP_ALIVE_S": "1"})
+    try:
+        short.wait_ready()
+        assert _idle_connection_closed_after(short.url, 2.0)
+    finally:
+        short.stop()
+
+
 def test_sigterm_drains_in_flight_requests_and_exits_zero(toy_repo: Path) -> None:
     srv = ServerProcess(
         toy_repo,

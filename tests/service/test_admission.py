@@ -385,3 +385,26 @@ def test_setting_default_and_off() -> None:
     assert pytest.approx(1.0) == DEFAULT_MAX_WAIT_S
     assert Settings(max_queue_wait_ms=0).max_queue_wait_ms == 0.0
     assert ModelBatcher("m", Metrics(), 1, 0.0, 1).max_wait_s == DEFAULT_MAX_WAIT_S
+
+
+async def test_early_check_refuses_only_what_submit_would_refuse(harness: Any) -> None:
+    """``check_admission`` runs before the body is read: it refuses when the queued work alone is over
+    the budget (then submit would refuse any request too), and lets submit decide otherwise."""
+    h = harness()
+    h.batcher.check_admission()  # nothing measured, nothing queued
+    await h.run_one()
+    running = await h.hold_running()
+    admitted, _ = await h.admitted_until_refused()
+    assert h.batcher.estimated_wait_s() == pytest.approx(0.4)  # under the 0.45 budget
+    h.batcher.check_admission()  # the wait fits: submit decides (it refuses: 0.5 s to answer)
+    h.batcher.max_wait_s = 0.35
+    with pytest.raises(QueueFull, match="already queued takes 400 ms") as info:
+        h.batcher.check_admission()
+    assert info.value.retry_after_s == 1
+    _, refused = await h.admitted_until_refused()  # submit agrees
+    assert refused.retry_after_s >= info.value.retry_after_s
+    h.batcher.max_wait_s = 0.0  # budget off: count bound only, never refused early
+    h.batcher.check_admission()
+    await h.release([running, *admitted])
+    h.batcher.max_wait_s = 0.35
+    h.batcher.check_admission()  # drained

@@ -102,6 +102,35 @@ async def test_full_queue_is_429_with_retry_after(
         assert value == len(rejected)
 
 
+async def test_an_over_budget_queue_refuses_before_reading_the_body(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Under overload a refusal must be cheap: when the queued work alone exceeds the budget, V1 and V2
+    answer 429 before the body is parsed (a malformed body gets the 429, not its 400); feedback is not
+    model work and is never refused for it; once the queue drains, the same body gets its 400."""
+    async with serve_app(max_queue_wait_ms=500, max_batch_size=1) as client:
+        served = served_model(client)
+        slow_down(monkeypatch, client, 0.3)
+        batcher = client.app.state.lrbnn.inference.batchers["toy"]  # type: ignore[attr-defined]
+        x = served.inputs.encode([toy.instance()]).x
+        busy = [asyncio.create_task(batcher.submit(served, x, 8, i, 5.0)) for i in range(3)]
+        await asyncio.sleep(0.05)  # one running, two queued
+        batcher.cost.seconds_per_unit = 1.0  # the queued work is estimated at far over 0.5 s
+        for path in (PREDICT, "/v2/models/toy/infer"):
+            r = await client.post(path, content=b"{not json", headers={"content-type": "application/json"})
+            assert r.status_code == 429, (path, r.text)
+            assert int(r.headers["retry-after"]) >= 1
+            assert "already queued" in r.json()["error"]
+        feedback = await client.post(
+            "/v1/models/toy/feedback", content=b"{not json", headers={"content-type": "application/json"}
+        )
+        assert feedback.status_code == 400
+        batcher.cost.seconds_per_unit = None
+        await asyncio.gather(*busy)
+        r = await client.post(PREDICT, content=b"{not json", headers={"content-type": "application/json"})
+        assert r.status_code == 400
+
+
 async def test_timeout_is_504_and_frees_the_slot(
     serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
