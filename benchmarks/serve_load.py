@@ -14,8 +14,8 @@ What runs (every server a subprocess on a free loopback port, started once and k
   ``lrbnn-merged`` - the same with ``LRBNN_BATCH_EXACT=false`` (one network pass per merged batch, the
   computation MLServer's adaptive batching does; answers equal up to float32 rounding);
 * ``mlserver`` - MLServer 1.7 (its own venv, ``--mlserver-python``) with the custom runtime
-  ``benchmarks/mlserver_runtime/runtime.py`` (``model_core`` load, preprocessing and
-  ``predict(..., samples=S, backend="lrt")``) and adaptive batching (``max_batch_size`` 32,
+  ``benchmarks/mlserver_runtime/runtime.py`` (``model_core`` load, the service's own V2 row decoding,
+  preprocessing and ``TorchRuntime``) and adaptive batching (``max_batch_size`` 32,
   ``max_batch_time`` 2 ms), otherwise MLServer's default settings (one parallel worker, metrics on);
 * ``deterministic`` - this service on a deterministic ICU model (``--deterministic-repo``, or one trained
   here for 5 epochs with ``lrbnn train --method deterministic``), asked for S=1.
