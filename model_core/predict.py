@@ -37,6 +37,13 @@ DEFAULT_CHUNK_ELEMENTS = 64 * 1024 * 1024
 REGRESSION_SCALE_FLOOR = 1e-3
 
 
+def gaussian_scale(raw: Tensor) -> Tensor:
+    """The Gaussian head's standard deviation from its raw output, in standardised units: softplus plus
+    a floor (no zero scale, so the NLL stays finite). The one definition for training's NLL and both
+    predictive summaries; elementwise, so slicing before or after it gives the same bits."""
+    return nn.functional.softplus(raw) + REGRESSION_SCALE_FLOOR
+
+
 @dataclass
 class Prediction:
     """Per-example predictive summaries; ``mean`` is (N,) for binary/regression and (N, C) for multiclass."""
@@ -69,7 +76,7 @@ def summarize(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
     lik = spec.likelihood
     if lik is Likelihood.GAUSSIAN:
         mu = outputs[..., 0] * spec.target_scale + spec.target_loc
-        sigma = (nn.functional.softplus(outputs[..., 1]) + REGRESSION_SCALE_FLOOR) * spec.target_scale
+        sigma = gaussian_scale(outputs[..., 1]) * spec.target_scale
         mean = mu.mean(0)
         epistemic = mu.var(0, unbiased=False)
         aleatoric = (sigma * sigma).mean(0)
@@ -147,8 +154,7 @@ def _summarize_block(o: Tensor, spec: ArchitectureSpec) -> Prediction:
     if lik is Likelihood.GAUSSIAN:
         raw = _padded(o[:, :2])  # (R, L): [μ raw (S), σ raw (S), pad]
         mu = (raw[:, :samples] * spec.target_scale + spec.target_loc).contiguous()
-        soft = nn.functional.softplus(raw)[:, samples : 2 * samples]
-        sigma = (soft + REGRESSION_SCALE_FLOOR) * spec.target_scale
+        sigma = gaussian_scale(raw)[:, samples : 2 * samples] * spec.target_scale
         mean = mu.mean(1)
         dev = mu - mean.unsqueeze(1)
         epistemic = (dev * dev).mean(1)

@@ -14,7 +14,7 @@ from __future__ import annotations
 from torch import Tensor, nn
 
 from model_core.models.spec import Likelihood
-from model_core.predict import REGRESSION_SCALE_FLOOR
+from model_core.predict import gaussian_scale
 
 
 def nll_terms(outputs: Tensor, target: Tensor, likelihood: Likelihood) -> Tensor:
@@ -27,7 +27,7 @@ def nll_terms(outputs: Tensor, target: Tensor, likelihood: Likelihood) -> Tensor
         y = target.long().expand(outputs.shape[:-1]).reshape(-1)
         return nn.functional.cross_entropy(flat, y, reduction="none").view(outputs.shape[:-1])
     mu = outputs[..., 0]
-    sigma = nn.functional.softplus(outputs[..., 1]) + REGRESSION_SCALE_FLOOR
+    sigma = gaussian_scale(outputs[..., 1])
     return nn.functional.gaussian_nll_loss(
         mu, target.expand(mu.shape), sigma * sigma, full=True, reduction="none"
     )
