@@ -17,6 +17,10 @@ What runs (every server a subprocess on a free loopback port, started once and k
   ``benchmarks/mlserver_runtime/runtime.py`` (``model_core`` load, the service's own V2 row decoding,
   preprocessing and ``TorchRuntime``) and adaptive batching (``max_batch_size`` 32,
   ``max_batch_time`` 2 ms), otherwise MLServer's default settings (one parallel worker, metrics on);
+* ``bare-asgi`` - ``benchmarks/bare_asgi.py``: uvicorn (same loop and parser) and a handler that
+  parses the JSON body and answers a real answer's bytes; the server CPU per request of every other
+  server over this one is the ``fixed_path_cost`` (at c = 1 also in the uncertainty pair's rounds,
+  where the deterministic model's ratio is the request path's fixed cost: issue #18's <= 2x);
 * ``deterministic`` - this service on a deterministic ICU model (``--deterministic-repo``, or one trained
   here for 5 epochs with ``lrbnn train --method deterministic``), asked for S=1.
 
@@ -171,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
         "'lrbnn', n > 1 'lrbnn-<n>w')",
     )
     p.add_argument("--no-mlserver", action="store_true", help="skip MLServer")
+    p.add_argument("--no-bare", action="store_true", help="skip the bare-ASGI baseline (bare_asgi.py)")
     p.add_argument("--no-merged", action="store_true", help="skip the LRBNN_BATCH_EXACT=false variant")
     p.add_argument(
         "--no-store-off",
@@ -506,6 +511,10 @@ def store_cost(results: list[LevelResult]) -> list[dict[str, Any]]:
     return rows
 
 
+#: the bare-ASGI baseline's name in the results
+BARE = "bare-asgi"
+
+
 def lrbnn_name(workers: int) -> str:
     return "lrbnn" if workers == 1 else f"lrbnn-{workers}w"
 
@@ -525,6 +534,47 @@ def start_lrbnn(name: str, repo: Path, model: str, workdir: Path, extra_env: dic
     log = workdir / f"{name}.log"
     base = f"http://127.0.0.1:{port}"
     return Server(name, f"{base}/v2/models/{model}/infer", base, _spawn(cmd, env, log, ROOT), log)
+
+
+def start_bare(reference: Server, body: bytes, model: str, workdir: Path) -> Server:
+    """The bare-ASGI baseline (``benchmarks/bare_asgi.py``), answering the bytes of ``reference``'s real
+    answer to ``body``, so that both move the same bytes."""
+    import httpx
+
+    answer = workdir / "bare-answer.json"
+    resp = httpx.post(reference.url, content=body, headers={"Content-Type": "application/json"}, timeout=30)
+    resp.raise_for_status()
+    answer.write_bytes(resp.content)
+    port = free_port()
+    cmd = [sys.executable, "-m", "uvicorn", "bare_asgi:app", "--app-dir", str(ROOT / "benchmarks")]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), "--no-access-log", "--log-level", "warning"]
+    cmd += ["--loop", "auto", "--http", "auto"]  # what lrbnn serve uses
+    base = f"http://127.0.0.1:{port}"
+    env = {**os.environ, "LRBNN_BARE_ANSWER": str(answer)}
+    log = workdir / "bare-asgi.log"
+    return Server(BARE, f"{base}/v2/models/{model}/infer", base, _spawn(cmd, env, log, ROOT), log)
+
+
+def fixed_path_cost(results: Sequence[LevelResult], names: Sequence[str]) -> list[dict[str, Any]]:
+    """Server CPU per request of each lrbnn variant over the bare-ASGI baseline's, per concurrency level,
+    measured in the same interleaved rounds (issue #18: the request path's fixed cost within 2x of it,
+    judged on the deterministic model, whose pass costs next to nothing)."""
+    by = {(r.server, r.concurrency): r for r in results}
+    rows = []
+    for (server, c), r in sorted(by.items(), key=lambda kv: (kv[0][1], kv[0][0])):
+        bare = by.get((BARE, c))
+        if server not in names or bare is None or not bare.server_cpu_ms_per_req > 0:
+            continue
+        rows.append(
+            {
+                "server": server,
+                "concurrency": c,
+                "cpu_ms_per_req": r.server_cpu_ms_per_req,
+                "bare_cpu_ms_per_req": bare.server_cpu_ms_per_req,
+                "ratio": r.server_cpu_ms_per_req / bare.server_cpu_ms_per_req,
+            }
+        )
+    return rows
 
 
 def prepare_mlserver_dir(
@@ -799,6 +849,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         for s in servers:
             wait_ready(s, model)
             check_answer(s, bodies[0])
+        if not args.no_bare:
+            bare = start_bare(servers[0], bodies[0], model, workdir)
+            wait_ready(bare, model)
+            check_answer(bare, bodies[0])
+            servers.append(bare)
         print(
             f"servers ready: {', '.join(s.name for s in servers)}; rows: {source}",
             file=sys.stderr,
@@ -848,6 +903,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                 (f"lrbnn S={args.samples}", servers[0].url, bodies),
                 ("deterministic", det_server.url, det_bodies),
             ]
+            bare_server = next((s for s in servers if s.name == BARE), None)
+            if bare_server is not None:  # the fixed request path, judged at c = 1 in the same rounds
+                pair_targets.append((BARE, bare_server.url, bodies))
             if args.client == "wrk":
                 pair = measure_wrk(pair_targets, 1, args.single_duration, 4, args.warmup, args.timeout, pids)
             else:
@@ -870,6 +928,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 "ratio": pair[0].p50_ms / pair[1].p50_ms,
             }
             report["uncertainty_cost"] = uncertainty
+            if bare_server is not None:
+                report["fixed_path_cost_c1"] = fixed_path_cost(pair, ["deterministic", pair[0].server])
 
         report["results"] = [asdict(r) for r in results]
         report["targets"] = {
@@ -882,6 +942,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             report["targets"]["lrbnn-merged"] = evaluate_targets(results, "lrbnn-merged", mlserver_name, None)
         if not args.no_store_off:
             report["store_cost"] = store_cost(results)
+        if not args.no_bare:
+            report["fixed_path_cost"] = fixed_path_cost(results, [s.name for s in servers if s.name != BARE])
         report["machine"]["loadavg_end"] = _loadavg()
 
         print(format_table(results))
@@ -902,6 +964,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 f"store cost c={row['concurrency']}: store on {row['on_rps']:.0f} req/s, off "
                 f"{row['off_rps']:.0f} req/s, ratio {row['ratio']:.3f} "
                 f"({'MET' if row['met'] else 'MISSED'}: >= 0.90)"
+            )
+        for row in report.get("fixed_path_cost", []) + report.get("fixed_path_cost_c1", []):
+            print(
+                f"server CPU over bare ASGI, {row['server']} c={row['concurrency']}: "
+                f"{row['cpu_ms_per_req']:.2f} / {row['bare_cpu_ms_per_req']:.2f} ms = {row['ratio']:.2f}x"
             )
         for variant, t in report["targets"].items():
             for key, v in t.items():

@@ -336,3 +336,53 @@ def test_wrk_against_a_local_server_counts_answers_and_bodies(tmp_path):
     assert abs(answered - len(seen)) <= 2  # the in-flight requests at wrk's deadline
     assert out.error_kinds.get("HTTP status", 0) == pytest.approx(len(seen) / 3, rel=0.2, abs=3)
     assert out.elapsed_s > 0.9 and out.cpu_s >= 0.0
+
+
+# -- the bare-ASGI baseline ---------------------------------------------------------------------------
+def _level(server: str, c: int, cpu_ms: float) -> object:
+    return sl.LevelResult(server, c, 100, 0, 1.0, 100.0, 1.0, 1.0, 1.0, 1.0, server_cpu_ms_per_req=cpu_ms)
+
+
+def test_fixed_path_cost_is_server_cpu_over_the_bare_baseline_per_level():
+    results = [
+        _level("lrbnn", 1, 3.0),
+        _level("bare-asgi", 1, 0.5),
+        _level("lrbnn", 32, 1.0),
+        _level("bare-asgi", 32, 0.4),
+        _level("mlserver", 32, 2.0),
+        _level("lrbnn", 128, 1.0),  # no baseline at this level: no row
+    ]
+    rows = sl.fixed_path_cost(results, ["lrbnn"])
+    assert [(r["server"], r["concurrency"]) for r in rows] == [("lrbnn", 1), ("lrbnn", 32)]
+    assert [r["ratio"] for r in rows] == pytest.approx([6.0, 2.5])
+    assert sl.fixed_path_cost([_level("lrbnn", 1, 3.0), _level("bare-asgi", 1, math.nan)], ["lrbnn"]) == []
+
+
+def test_bare_asgi_parses_the_body_and_answers_the_recorded_bytes(tmp_path, monkeypatch):
+    answer = b'{"outputs": [{"name": "mean", "data": [0.25]}]}'
+    (tmp_path / "answer.json").write_bytes(answer)
+    monkeypatch.setenv("LRBNN_BARE_ANSWER", str(tmp_path / "answer.json"))
+    bare = load_benchmark("bare_asgi.py", "bare_asgi_under_test")
+
+    async def call(method: str, body: bytes) -> list[dict]:
+        chunks = [{"type": "http.request", "body": body[:3], "more_body": True}]
+        chunks.append({"type": "http.request", "body": body[3:], "more_body": False})
+        sent: list[dict] = []
+
+        async def receive() -> dict:
+            return chunks.pop(0)
+
+        async def send(message: dict) -> None:
+            sent.append(message)
+
+        await bare.app({"type": "http", "method": method, "path": "/x"}, receive, send)
+        return sent
+
+    sent = asyncio.run(call("POST", b'{"inputs": []}'))
+    assert (
+        sent[0]["status"] == 200 and dict(sent[0]["headers"])[b"content-length"] == str(len(answer)).encode()
+    )
+    assert sent[1]["body"] == answer
+    with pytest.raises(json.JSONDecodeError):  # it really parses what it is sent
+        asyncio.run(call("POST", b"{not json"))
+    assert asyncio.run(call("GET", b""))[0]["status"] == 200  # the readiness probe
