@@ -34,7 +34,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from model_core.checkpoint import load_checkpoint  # noqa: E402
-from model_core.predict import predict, summarize, summarize_rows  # noqa: E402
+from model_core.predict import predict, summarize  # noqa: E402
 from model_core.sampling.noise import NoiseSource  # noqa: E402
 from model_core.sampling.types import Backend  # noqa: E402
 
@@ -148,7 +148,7 @@ def variants(ckpt: Any, x: torch.Tensor, samples: int) -> dict[str, Callable[[],
         out["plan"] = lambda: plan.predict(x, samples, noise())
     with torch.inference_mode():
         outputs = predict_outputs(model, x, samples, noise())
-    out["summary (row-wise)"] = lambda: summarize_rows(outputs, model.spec)
+    out["summary (row-wise)"] = lambda: summarize(outputs, model.spec, rowwise=True)
     out["summary (vectorised)"] = lambda: summarize(outputs, model.spec)
     out["trust outputs"] = trust_outputs(ckpt, x, samples)
     tracking = outcome_tracking(ckpt, x, samples)

@@ -27,7 +27,7 @@ from model_core.predict import (
     Prediction,
     batch_invariant,
     noise_chunks,
-    summarize_rows,
+    summarize,
 )
 from model_core.sampling.cpu import RowConstants, lrt_rows, meanfield_rows, row_constants
 from model_core.sampling.noise import NoiseSource
@@ -107,9 +107,12 @@ class RowwisePlan:
         """:func:`model_core.predict.predict` for per-request noise (``NoiseSource.from_seeds``)."""
         if samples < 1:
             raise ValueError(f"samples must be >= 1, got {samples}")
-        if not noise.batch_invariant or noise.rows != x.shape[0]:
+        if not noise.rowwise or noise.rows != x.shape[0]:
             raise ValueError("a plan needs per-request noise (NoiseSource.from_seeds) covering every row")
         max_rows = max(1, chunk_elements // (samples * self.max_width))
         chunks = noise_chunks(noise, max_rows)
-        parts = [summarize_rows(self.predictive(x[lo:hi], samples, sub), self.spec) for lo, hi, sub in chunks]
+        parts = [
+            summarize(self.predictive(x[lo:hi], samples, sub), self.spec, rowwise=True)
+            for lo, hi, sub in chunks
+        ]
         return parts[0] if len(parts) == 1 else Prediction.concat(parts)

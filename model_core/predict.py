@@ -14,9 +14,10 @@ Definitions (per example):
 
 Memory stays bounded for large S·N: rows are processed in chunks that keep whole noise blocks together,
 so the noise a request gets never depends on what else shares its batch. With per-request noise
-(``NoiseSource.from_seeds``, the serving path) :func:`predict` summarises with :func:`summarize_rows`,
-which reduces each row on its own; together with the row-wise ``lrt`` pass (``model_core/sampling/cpu.py``)
-the answers are then bitwise batch invariant where :func:`batch_invariant` says so.
+(``NoiseSource.from_seeds``, the serving path, ``rowwise``) :func:`predict` summarises with
+``summarize(..., rowwise=True)``, which reduces each row on its own; together with the row-wise ``lrt``
+pass (``model_core/sampling/cpu.py``) the answers are then bitwise batch invariant where
+:func:`batch_invariant` says so.
 """
 
 from __future__ import annotations
@@ -71,8 +72,17 @@ def _entropy(p: Tensor, dim: int = -1) -> Tensor:
     return -(torch.xlogy(p, p)).sum(dim)
 
 
-def summarize(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
-    """Turn raw network outputs (S, N, out) into predictive summaries."""
+def summarize(outputs: Tensor, spec: ArchitectureSpec, *, rowwise: bool = False) -> Prediction:
+    """Turn raw network outputs (S, N, out) into predictive summaries.
+
+    ``rowwise`` (the serving mode, ``NoiseSource.rowwise``): each row summarised on its own, so its bits
+    do not depend on the other rows (:func:`_summarize_rows`); otherwise vectorised over the batch. The
+    two agree to float32 rounding.
+    """
+    return _summarize_rows(outputs, spec) if rowwise else _summarize_batch(outputs, spec)
+
+
+def _summarize_batch(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
     lik = spec.likelihood
     if lik is Likelihood.GAUSSIAN:
         mu = outputs[..., 0] * spec.target_scale + spec.target_loc
@@ -120,7 +130,7 @@ def _padded(t: Tensor, fill: float = 0.0) -> Tensor:
     return out
 
 
-def summarize_rows(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
+def _summarize_rows(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
     """:func:`summarize` computed so that each row's summaries do not depend on the other rows.
 
     The same definitions, but every reduction over samples runs over a row's own contiguous samples (its
@@ -130,7 +140,7 @@ def summarize_rows(outputs: Tensor, spec: ArchitectureSpec) -> Prediction:
     """
     samples, n_rows, width = outputs.shape
     if n_rows == 0:  # no rows: the empty fields of the vectorised summary
-        return summarize(outputs, spec)
+        return _summarize_batch(outputs, spec)
     per_row = -(-max(width, 2) * (samples + 1) // _PAD) * _PAD
     step = max(1, _SERIAL_ELEMENTS // per_row - 1)
     parts = []
@@ -224,7 +234,7 @@ def noise_chunks(noise: NoiseSource, max_rows: int) -> list[tuple[int, int, Nois
         nonlocal start, cur_gens, cur_sizes
         if cur_sizes:
             out.append(
-                (start, start + sum(cur_sizes), NoiseSource(cur_gens, cur_sizes, noise.batch_invariant))
+                (start, start + sum(cur_sizes), NoiseSource(cur_gens, cur_sizes, rowwise=noise.rowwise))
             )
             start += sum(cur_sizes)
             cur_gens, cur_sizes = [], []
@@ -234,7 +244,7 @@ def noise_chunks(noise: NoiseSource, max_rows: int) -> list[tuple[int, int, Nois
             flush()
             for lo in range(0, size, max_rows):
                 n = min(max_rows, size - lo)
-                out.append((pos + lo, pos + lo + n, NoiseSource([gen], [n], noise.batch_invariant)))
+                out.append((pos + lo, pos + lo + n, NoiseSource([gen], [n], rowwise=noise.rowwise)))
             start = pos + size
         else:
             if sum(cur_sizes) + size > max_rows:
@@ -253,7 +263,7 @@ def batch_invariant(model: nn.Module, backend: Backend | str, device: torch.devi
 
     True for a ReLU MLP of low-rank and mean-field layers (``lowrank``, ``lrsvd``, ``bbb``) with the ``lrt``
     backend on the CPU: each row's GEMMs have shapes that do not depend on N, and
-    :func:`summarize_rows` reduces each row on its own (``tests/model_core/sampling/
+    ``summarize(..., rowwise=True)`` reduces each row on its own (``tests/model_core/sampling/
     test_batch_invariance.py``). Other architectures and backends may round a row differently with its
     batch's size.
     """
@@ -297,13 +307,12 @@ def predict(
     model.set_mode(Mode.SAMPLE)
     width = max(spec.widths)
     max_rows = max(1, chunk_elements // (samples * width))
-    # per-request noise (serving): row-wise summaries, bitwise batch invariant; otherwise (evaluation,
-    # benchmarks) the vectorised ones, which the recorded checkpoint metrics were computed with
-    summarise = summarize_rows if noise.batch_invariant else summarize
+    # the noise source's mode: row-wise summaries for per-request noise (serving, bitwise batch
+    # invariant), else the vectorised ones, which the recorded checkpoint metrics were computed with
     parts = []
     for lo, hi, sub in noise_chunks(noise, max_rows):
         ctx = PredictiveContext(samples, sub, Backend(backend))
-        parts.append(summarise(model.predictive(x[lo:hi], ctx), spec))
+        parts.append(summarize(model.predictive(x[lo:hi], ctx), spec, rowwise=noise.rowwise))
     if not parts:
         return summarize(model.predictive(x, PredictiveContext(samples, noise, Backend(backend))), spec)
     return parts[0] if len(parts) == 1 else Prediction.concat(parts)

@@ -187,7 +187,7 @@ class BayesLSTM(BayesianModule):
         if not noise.single_block:
             parts, lo = [], 0
             for gen, size in zip(noise.generators, noise.block_sizes, strict=True):
-                sub = PredictiveContext(ctx.samples, NoiseSource([gen], [size], True), ctx.backend)
+                sub = PredictiveContext(ctx.samples, NoiseSource([gen], [size], rowwise=True), ctx.backend)
                 parts.append(self._predictive_block(x[lo : lo + size], sub))
                 lo += size
             return torch.cat(parts, dim=1)
@@ -201,7 +201,10 @@ class BayesLSTM(BayesianModule):
         outs = []
         for lo in range(0, x.shape[0], rows):
             xc = x[lo : lo + rows]
-            sub = PredictiveContext(s, NoiseSource([gen], [xc.shape[0]]), ctx.backend)
+            # rowwise=False: a chunk's sub-source has always been drawn as one evaluation-mode block (the
+            # served air answers were recorded so; carrying the mode through would let ``auto`` pick
+            # another scheme and change them: issue #18 item 5 moves this split into the noise source)
+            sub = PredictiveContext(s, NoiseSource([gen], [xc.shape[0]], rowwise=False), ctx.backend)
             outs.append(self._predictive_chunk(xc, draws, sub))
         if not outs:
             return x.new_zeros((s, 0, self.spec.out_features))

@@ -234,7 +234,7 @@ class BayesTransformer(BayesianModule):
             max_rows = max(1, PREDICTIVE_CHUNK_ELEMENTS // (ctx.samples * length * width))
             for start in range(0, size, max_rows):
                 rows = block[start : start + max_rows]
-                sub = NoiseSource([gen], [int(rows.shape[0])], ctx.noise.batch_invariant)
+                sub = NoiseSource([gen], [int(rows.shape[0])], rowwise=ctx.noise.rowwise)
                 parts.append(self._predictive_chunk(rows, PredictiveContext(ctx.samples, sub, ctx.backend)))
         return torch.cat(parts, dim=1)
 

@@ -107,12 +107,13 @@ def choose_backend(
 ) -> Backend:
     """The ``auto`` rule: Triton on CUDA, else the cheapest exact scheme for this shape.
 
-    Only per-example schemes are eligible when the noise must be batch invariant: a batch-invariant
-    noise source (merged requests) or ``per_example`` (the custom op, whose noise comes from row seeds).
+    Only per-example schemes are eligible when the noise must be batch invariant: a ``rowwise`` noise
+    source (per-request noise, merged or not) or ``per_example`` (the custom op, whose noise comes from
+    row seeds).
     """
     if x.is_cuda and register_triton_backend():
         return Backend.TRITON
-    if per_example or (noise is not None and noise.batch_invariant):
+    if per_example or (noise is not None and noise.rowwise):
         return Backend.LRT
     shared_x = x.dim() == 2
     n_rows = int(x.shape[-2])

@@ -33,7 +33,7 @@ def rowwise(noise: NoiseSource) -> bool:
     """Take the batch-invariant row-wise passes: per-request noise (``NoiseSource.from_seeds``, the
     serving path) drawn by the base-class methods (not an exporter's substitute). Other callers
     (evaluation, the sampling benchmark) keep the one-GEMM passes, which are faster at large N."""
-    return _plain(noise) and noise.batch_invariant
+    return _plain(noise) and noise.rowwise
 
 
 def _plain(noise: NoiseSource) -> bool:

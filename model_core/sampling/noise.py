@@ -32,17 +32,23 @@ class NoiseSource:
     """Gaussian noise for S samples over N rows, split into blocks that each own a generator."""
 
     def __init__(
-        self, generators: Sequence[torch.Generator], block_sizes: Sequence[int], batch_invariant: bool = False
+        self, generators: Sequence[torch.Generator], block_sizes: Sequence[int], *, rowwise: bool = False
     ) -> None:
         if len(generators) != len(block_sizes) or not generators:
             raise ValueError("need one generator per block and at least one block")
         if any(b < 0 for b in block_sizes):
             raise ValueError("block sizes must be non-negative")
+        if len(generators) > 1 and not rowwise:
+            raise ValueError("a noise source of several blocks (merged requests) must be rowwise=True")
         self.generators = list(generators)
         self.block_sizes = [int(b) for b in block_sizes]
-        #: When set (serving), ``auto`` only picks per-example schemes, so a block's answer is the same
-        #: alone or merged with other blocks; a multi-block source is always batch invariant.
-        self.batch_invariant = batch_invariant or len(self.generators) > 1
+        #: The serving mode, chosen where the source is made (``from_seeds``: per-request noise), and
+        #: everything it selects: ``auto`` picks only per-example schemes (``backends.choose_backend``),
+        #: the CPU ``lrt`` kernels take their row-wise passes (``cpu.rowwise``), and :func:`predict`
+        #: summarises row by row (``summarize(..., rowwise=True)``), so a block's answer is bitwise the
+        #: same alone or merged; off (``from_seed``: evaluation, benchmarks), the vectorised passes and
+        #: summaries, faster at large N and what the recorded metrics were computed with.
+        self.rowwise = rowwise
         # fixed at construction and read on every draw (a served request draws ~5 times)
         self._rows = sum(self.block_sizes)
         self._device = self.generators[0].device
@@ -55,7 +61,7 @@ class NoiseSource:
     def from_seeds(
         cls, seeds: Sequence[int | None], block_sizes: Sequence[int], device: torch.device | str = "cpu"
     ) -> NoiseSource:
-        return cls([make_generator(s, device) for s in seeds], block_sizes, batch_invariant=True)
+        return cls([make_generator(s, device) for s in seeds], block_sizes, rowwise=True)
 
     @property
     def rows(self) -> int:

@@ -5,7 +5,7 @@ import torch
 
 from model_core.layers import Mode, PredictiveContext
 from model_core.models import ArchitectureSpec, Likelihood, Method, build_model
-from model_core.predict import predict, summarize, summarize_rows
+from model_core.predict import predict, summarize
 from model_core.sampling import NoiseSource
 
 
@@ -81,22 +81,23 @@ def test_summarize_binary_by_hand() -> None:
 
 @pytest.mark.parametrize("samples", [1, 7, 64, 128, 200])
 def test_row_wise_bernoulli_summaries_match_the_vectorised_ones(samples: int) -> None:
-    """``summarize_rows`` computes the Bernoulli summaries from the logits (softplus identities); the
-    definitions are those of ``summarize``, up to float32 rounding, also for saturated logits."""
+    """``summarize(..., rowwise=True)`` computes the Bernoulli summaries from the logits (softplus
+    identities); the definitions are the vectorised ones, up to float32 rounding, also for saturated
+    logits."""
     spec = ArchitectureSpec(method=Method.LOWRANK, in_features=1, out_features=1, rank=1)
     gen = torch.Generator().manual_seed(samples)
     logits = torch.randn(samples, 6, 1, generator=gen) * torch.tensor([0.1, 1.0, 3.0, 10.0, 30.0, 1.0]).view(
         1, 6, 1
     )
     logits[:, 5] += 25.0  # every sample saturated near p = 1
-    rows, ref = summarize_rows(logits, spec), summarize(logits, spec)
+    rows, ref = summarize(logits, spec, rowwise=True), summarize(logits, spec)
     for name in ("mean", "variance", "epistemic", "aleatoric", "entropy", "ood_score"):
         assert torch.allclose(getattr(rows, name), getattr(ref, name), rtol=1e-4, atol=2e-6), name
     assert torch.all(rows.epistemic >= 0) and torch.equal(rows.ood_score, rows.epistemic)
-    agree = summarize_rows(logits[:1].expand(samples, 6, 1).contiguous(), spec)
+    agree = summarize(logits[:1].expand(samples, 6, 1).contiguous(), spec, rowwise=True)
     assert torch.all(agree.epistemic == 0)  # identical samples: exactly zero mutual information
     h = lambda q: -(q * math.log(q) + (1 - q) * math.log(1 - q))  # noqa: E731
-    two = summarize_rows(torch.logit(torch.tensor([0.2, 0.6])).view(2, 1, 1), spec)
+    two = summarize(torch.logit(torch.tensor([0.2, 0.6])).view(2, 1, 1), spec, rowwise=True)
     assert two.epistemic.item() == pytest.approx(h(0.4) - (h(0.2) + h(0.6)) / 2, abs=1e-6)
 
 
@@ -114,7 +115,7 @@ def test_row_wise_mutual_information_is_accurate_for_confident_predictions(
     h = -(p * torch.log(p) + q * torch.log(q))
     p_bar, q_bar = p.mean(), q.mean()
     want = float(-(p_bar * torch.log(p_bar) + q_bar * torch.log(q_bar)) - h.mean())
-    got = summarize_rows(z.float().view(128, 1, 1), spec)
+    got = summarize(z.float().view(128, 1, 1), spec, rowwise=True)
     assert abs(got.epistemic.item() - want) <= max(2e-3 * want, 1e-12), (got.epistemic.item(), want)
     assert got.aleatoric.item() == pytest.approx(float(h.mean()), rel=1e-5)
     assert got.variance.item() == pytest.approx(float(p_bar * q_bar), rel=1e-5)
