@@ -26,7 +26,6 @@ from model_core.predict import (
     DEFAULT_CHUNK_ELEMENTS,
     Prediction,
     batch_invariant,
-    noise_chunks,
     summarize,
 )
 from model_core.sampling.cpu import RowConstants, lrt_rows, meanfield_rows, row_constants
@@ -110,7 +109,7 @@ class RowwisePlan:
         if not noise.rowwise or noise.rows != x.shape[0]:
             raise ValueError("a plan needs per-request noise (NoiseSource.from_seeds) covering every row")
         max_rows = max(1, chunk_elements // (samples * self.max_width))
-        chunks = noise_chunks(noise, max_rows)
+        chunks = noise.chunks(max_rows)
         parts = [
             summarize(self.predictive(x[lo:hi], samples, sub), self.spec, rowwise=True)
             for lo, hi, sub in chunks

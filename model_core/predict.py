@@ -222,42 +222,6 @@ def _bernoulli_rows(z: Tensor) -> Prediction:
     return Prediction(p_bar, p_bar * q_bar, epistemic, aleatoric, entropy, epistemic)
 
 
-def noise_chunks(noise: NoiseSource, max_rows: int) -> list[tuple[int, int, NoiseSource]]:
-    """Row ranges that keep each noise block whole (a block larger than ``max_rows`` is split alone)."""
-    if noise.generators and noise.rows <= max_rows:  # everything fits in one chunk: the source itself
-        return [(0, noise.rows, noise)]
-    out: list[tuple[int, int, NoiseSource]] = []
-    start, cur_gens, cur_sizes = 0, [], []  # type: ignore[var-annotated]
-    pos = 0
-
-    def flush() -> None:
-        nonlocal start, cur_gens, cur_sizes
-        if cur_sizes:
-            out.append(
-                (start, start + sum(cur_sizes), NoiseSource(cur_gens, cur_sizes, rowwise=noise.rowwise))
-            )
-            start += sum(cur_sizes)
-            cur_gens, cur_sizes = [], []
-
-    for gen, size in zip(noise.generators, noise.block_sizes, strict=True):
-        if size > max_rows:
-            flush()
-            for lo in range(0, size, max_rows):
-                n = min(max_rows, size - lo)
-                out.append((pos + lo, pos + lo + n, NoiseSource([gen], [n], rowwise=noise.rowwise)))
-            start = pos + size
-        else:
-            if sum(cur_sizes) + size > max_rows:
-                flush()
-            if not cur_sizes:
-                start = pos
-            cur_gens.append(gen)
-            cur_sizes.append(size)
-        pos += size
-    flush()
-    return out
-
-
 def batch_invariant(model: nn.Module, backend: Backend | str, device: torch.device | str = "cpu") -> bool:
     """Whether :func:`predict` gives every noise block bit-identical answers alone or in a merged batch.
 
@@ -310,7 +274,7 @@ def predict(
     # the noise source's mode: row-wise summaries for per-request noise (serving, bitwise batch
     # invariant), else the vectorised ones, which the recorded checkpoint metrics were computed with
     parts = []
-    for lo, hi, sub in noise_chunks(noise, max_rows):
+    for lo, hi, sub in noise.chunks(max_rows):
         ctx = PredictiveContext(samples, sub, Backend(backend))
         parts.append(summarize(model.predictive(x[lo:hi], ctx), spec, rowwise=noise.rowwise))
     if not parts:

@@ -183,29 +183,25 @@ class BayesLSTM(BayesianModule):
             out = self.forward(x)
             return out.unsqueeze(0).expand(ctx.samples, *out.shape)
         x = self._check(x)
-        noise = ctx.noise
-        if not noise.single_block:
-            parts, lo = [], 0
-            for gen, size in zip(noise.generators, noise.block_sizes, strict=True):
-                sub = PredictiveContext(ctx.samples, NoiseSource([gen], [size], rowwise=True), ctx.backend)
-                parts.append(self._predictive_block(x[lo : lo + size], sub))
-                lo += size
-            return torch.cat(parts, dim=1)
-        return self._predictive_block(x, ctx)
+        if ctx.noise.single_block:
+            return self._predictive_block(x, ctx)
+        parts = [
+            self._predictive_block(x[lo:hi], PredictiveContext(ctx.samples, block, ctx.backend))
+            for lo, hi, block in ctx.noise.blocks()
+        ]
+        return torch.cat(parts, dim=1)
 
     def _predictive_block(self, x: Tensor, ctx: PredictiveContext) -> Tensor:
         s = ctx.samples
         draws = [(PredictiveDraw(lay.ih, ctx), PredictiveDraw(lay.hh, ctx)) for lay in self._lstm_layers()]
-        gen = ctx.noise.generators[0]
         rows = max(1, PREDICTIVE_CHUNK_ELEMENTS // (s * 4 * max(self.spec.hidden)))
         outs = []
-        for lo in range(0, x.shape[0], rows):
-            xc = x[lo : lo + rows]
-            # rowwise=False: a chunk's sub-source has always been drawn as one evaluation-mode block (the
-            # served air answers were recorded so; carrying the mode through would let ``auto`` pick
-            # another scheme and change them: issue #18 item 5 moves this split into the noise source)
-            sub = PredictiveContext(s, NoiseSource([gen], [xc.shape[0]], rowwise=False), ctx.backend)
-            outs.append(self._predictive_chunk(xc, draws, sub))
+        # rowwise=False: the chunks have always drawn in evaluation mode, also when serving (carrying the
+        # serving mode through lets ``auto`` pick another scheme for the head: the served air answers
+        # then differ in the last float32 bits, e.g. epistemic by 1.5e-5)
+        for lo, hi, sub in ctx.noise.chunks(rows, rowwise=False):
+            if hi > lo:
+                outs.append(self._predictive_chunk(x[lo:hi], draws, PredictiveContext(s, sub, ctx.backend)))
         if not outs:
             return x.new_zeros((s, 0, self.spec.out_features))
         return torch.cat(outs, dim=1)

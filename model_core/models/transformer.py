@@ -46,7 +46,6 @@ from model_core.models.spec import (
     Pooling,
 )
 from model_core.priors import prior_from_dict
-from model_core.sampling.noise import NoiseSource
 
 __all__ = [
     "DEFAULT_TRANSFORMER",
@@ -224,18 +223,15 @@ class BayesTransformer(BayesianModule):
             return out.unsqueeze(0).expand(ctx.samples, *out.shape)
         width = max(self.d_ff, 3 * self.d_model)
         parts = []
-        lo = 0
-        for gen, size in zip(ctx.noise.generators, ctx.noise.block_sizes, strict=True):
-            block = x[lo : lo + size]
-            lo += size
-            if size == 0:
+        for lo, hi, block in ctx.noise.blocks():
+            if hi == lo:
                 continue
-            length = self._trim(block).shape[1]
-            max_rows = max(1, PREDICTIVE_CHUNK_ELEMENTS // (ctx.samples * length * width))
-            for start in range(0, size, max_rows):
-                rows = block[start : start + max_rows]
-                sub = NoiseSource([gen], [int(rows.shape[0])], rowwise=ctx.noise.rowwise)
-                parts.append(self._predictive_chunk(rows, PredictiveContext(ctx.samples, sub, ctx.backend)))
+            rows = x[lo:hi]
+            max_rows = max(1, PREDICTIVE_CHUNK_ELEMENTS // (ctx.samples * self._trim(rows).shape[1] * width))
+            for a, b, sub in block.chunks(max_rows):
+                parts.append(
+                    self._predictive_chunk(rows[a:b], PredictiveContext(ctx.samples, sub, ctx.backend))
+                )
         return torch.cat(parts, dim=1)
 
     def _predictive_chunk(self, ids: Tensor, ctx: PredictiveContext) -> Tensor:

@@ -75,6 +75,59 @@ class NoiseSource:
     def device(self) -> torch.device:
         return self._device
 
+    # -- splitting rows: the one place (predict, the plan, the LSTM and the Transformer use these) ------
+    def blocks(self) -> list[tuple[int, int, NoiseSource]]:
+        """Each block on its own: (first row, stop row, a one-block source of the same mode); the
+        source itself when it has one block."""
+        if self.single_block:
+            return [(0, self._rows, self)]
+        out, lo = [], 0
+        for gen, size in zip(self.generators, self.block_sizes, strict=True):
+            out.append((lo, lo + size, NoiseSource([gen], [size], rowwise=self.rowwise)))
+            lo += size
+        return out
+
+    def chunks(self, max_rows: int, *, rowwise: bool | None = None) -> list[tuple[int, int, NoiseSource]]:
+        """Row ranges of at most ``max_rows`` that keep each block whole, each with its own source:
+        (first row, stop row, source). A whole block draws what it draws unsplit, whatever shares its
+        range; a block larger than ``max_rows`` is split alone, its pieces drawing from its generator in
+        turn (so its answer depends on ``max_rows``, never on the other blocks).
+
+        ``rowwise``: the pieces' mode (default: this source's, and the source itself when everything
+        fits in one range). The LSTM draws its chunks with ``rowwise=False`` (see ``models/lstm.py``).
+        """
+        mode = self.rowwise if rowwise is None else rowwise
+        if self.generators and self._rows <= max_rows and mode == self.rowwise:
+            return [(0, self._rows, self)]
+        out: list[tuple[int, int, NoiseSource]] = []
+        start, gens, sizes = 0, [], []  # type: ignore[var-annotated]
+        pos = 0
+
+        def flush() -> None:
+            nonlocal start, gens, sizes
+            if sizes:
+                out.append((start, start + sum(sizes), NoiseSource(gens, sizes, rowwise=mode)))
+                start += sum(sizes)
+                gens, sizes = [], []
+
+        for gen, size in zip(self.generators, self.block_sizes, strict=True):
+            if size > max_rows:
+                flush()
+                for lo in range(0, size, max_rows):
+                    n = min(max_rows, size - lo)
+                    out.append((pos + lo, pos + lo + n, NoiseSource([gen], [n], rowwise=mode)))
+                start = pos + size
+            else:
+                if sum(sizes) + size > max_rows:
+                    flush()
+                if not sizes:
+                    start = pos
+                gens.append(gen)
+                sizes.append(size)
+            pos += size
+        flush()
+        return out
+
     def per_row(self, samples: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
         """Noise of shape (S, N, width), rows drawn block by block from their own generators."""
         if len(self.generators) == 1:
