@@ -145,7 +145,7 @@ def variants(ckpt: Any, x: torch.Tensor, samples: int) -> dict[str, Callable[[],
     }
     if RowwisePlan is not None and RowwisePlan.supports(model):
         plan = RowwisePlan.build(model)
-        out["plan"] = lambda: plan.predict(x, samples, noise())
+        out["plan"] = lambda: predict(plan, x, samples, noise=noise())
     with torch.inference_mode():
         outputs = predict_outputs(model, x, samples, noise())
     out["summary (row-wise)"] = lambda: summarize(outputs, model.spec, rowwise=True)

@@ -1,5 +1,8 @@
 """A frozen serving pass for a batch-invariant MLP: what ``predict`` computes, without walking the model.
 
+``predict(plan, x, samples, noise=...)`` runs it: the plan has a model's ``spec``, ``set_mode`` and
+``predictive(x, ctx)``, so ``predict`` is the one loop (chunks, summaries) for both.
+
 Why: :func:`model_core.predict.predict` is general, so every call sets the mode on every module, looks up
 σ = softplus(ρ) per parameter, builds a posterior object per layer, checks arguments and picks a backend.
 For a one-row S=128 request of the ICU model that Python costs ~50 µs of ~320. A plan does it once, when
@@ -18,16 +21,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from model_core.layers.base import Mode, PredictiveContext
 from model_core.layers.lowrank import LowRankBayesLinear
 from model_core.layers.meanfield import MeanFieldLinear
 from model_core.models.mlp import BayesMLP
 from model_core.models.spec import ArchitectureSpec
-from model_core.predict import (
-    DEFAULT_CHUNK_ELEMENTS,
-    Prediction,
-    batch_invariant,
-    summarize,
-)
+from model_core.predict import batch_invariant
 from model_core.sampling.cpu import RowConstants, lrt_rows, meanfield_rows, row_constants
 from model_core.sampling.noise import NoiseSource
 from model_core.sampling.types import Backend
@@ -90,28 +89,22 @@ class RowwisePlan:
             steps = [_step(layer) for layer in model.layers]
         return cls(steps, torch.relu_, model.spec)  # ReLU (batch_invariant says so), in place: our buffer
 
-    def predictive(self, x: Tensor, samples: int, noise: NoiseSource) -> Tensor:
-        """(N, in) -> (S, N, out), the bits of ``model.predictive`` with the ``lrt`` backend."""
+    def set_mode(self, mode: Mode) -> None:
+        """A plan has one mode, sampling (the call :func:`~model_core.predict.predict` makes on a model)."""
+        if mode is not Mode.SAMPLE:
+            raise ValueError(f"a plan only samples; got mode {mode}")
+
+    def predictive(self, x: Tensor, ctx: PredictiveContext) -> Tensor:
+        """(N, in) -> (S, N, out), the bits of ``model.predictive`` with the ``lrt`` backend, for
+        per-request noise; run it through :func:`~model_core.predict.predict` like the model itself."""
+        noise, samples = ctx.noise, ctx.samples
+        if not noise.rowwise or noise.rows != x.shape[0]:
+            raise ValueError("a plan needs per-request noise (NoiseSource.from_seeds) covering every row")
+        if ctx.backend not in (Backend.AUTO, Backend.LRT):
+            raise ValueError(f"a plan runs the row-wise lrt pass; got backend {ctx.backend.value!r}")
         last = len(self.steps) - 1
         for i, step in enumerate(self.steps):
             x = step(x, samples, noise)
             if i < last:
                 x = self.activation(x)
         return x
-
-    @torch.inference_mode()
-    def predict(
-        self, x: Tensor, samples: int, noise: NoiseSource, chunk_elements: int = DEFAULT_CHUNK_ELEMENTS
-    ) -> Prediction:
-        """:func:`model_core.predict.predict` for per-request noise (``NoiseSource.from_seeds``)."""
-        if samples < 1:
-            raise ValueError(f"samples must be >= 1, got {samples}")
-        if not noise.rowwise or noise.rows != x.shape[0]:
-            raise ValueError("a plan needs per-request noise (NoiseSource.from_seeds) covering every row")
-        max_rows = max(1, chunk_elements // (samples * self.max_width))
-        chunks = noise.chunks(max_rows)
-        parts = [
-            summarize(self.predictive(x[lo:hi], samples, sub), self.spec, rowwise=True)
-            for lo, hi, sub in chunks
-        ]
-        return parts[0] if len(parts) == 1 else Prediction.concat(parts)

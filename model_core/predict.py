@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, fields
+from typing import Any, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -246,9 +247,19 @@ def batch_invariant(model: nn.Module, backend: Backend | str, device: torch.devi
     return all(isinstance(layer, (LowRankBayesLinear, MeanFieldLinear)) for layer in model.layers)
 
 
+class PredictivePass(Protocol):
+    """What :func:`predict` runs: a Bayesian model, or a frozen pass of one (``model_core.plan``)."""
+
+    spec: Any
+
+    def set_mode(self, mode: Mode) -> None: ...
+
+    def predictive(self, x: Tensor, ctx: PredictiveContext) -> Tensor: ...
+
+
 @torch.inference_mode()
 def predict(
-    model: BayesianModule,
+    model: BayesianModule | PredictivePass,
     x: Tensor,
     samples: int = 100,
     seed: int | None = None,

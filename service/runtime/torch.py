@@ -142,8 +142,11 @@ class TorchRuntime:
 
     def _run(self, xt: torch.Tensor, samples: int, seeds: list[int | None], sizes: list[int]) -> Prediction:
         noise = NoiseSource.from_seeds(seeds, sizes, self.torch_device)
-        if self.plan is not None:
-            return self.plan.predict(xt, samples, noise, self.chunk_elements)
         return predict(
-            self.model, xt, samples, noise=noise, backend=self.backend, chunk_elements=self.chunk_elements
+            self.plan or self.model,
+            xt,
+            samples,
+            noise=noise,
+            backend=self.backend,
+            chunk_elements=self.chunk_elements,
         )

@@ -49,9 +49,9 @@ def test_plan_gives_the_bits_of_predict(
     x = torch.randn(9, 31) * 2
     seeds, sizes = [3, 4, 5], [1, 5, 3]
     want = predict(model, x, samples, noise=_noise(seeds, sizes), backend=Backend.LRT)
-    _assert_same_bits(plan.predict(x, samples, _noise(seeds, sizes)), want)
+    _assert_same_bits(predict(plan, x, samples, noise=_noise(seeds, sizes)), want)
     # one request alone gets the same bits it gets in the merged batch
-    _assert_same_bits(plan.predict(x[1:6].clone(), samples, _noise([4], [5])), _rows(want, 1, 6))
+    _assert_same_bits(predict(plan, x[1:6].clone(), samples, noise=_noise([4], [5])), _rows(want, 1, 6))
 
 
 def _rows(pred: Prediction, lo: int, hi: int) -> Prediction:
@@ -63,15 +63,15 @@ def test_chunks_and_empty_batches(wide_mlp: WideMlp) -> None:
     model = wide_mlp(Method.LOWRANK, in_features=31)
     plan = RowwisePlan.build(model)
     x = torch.randn(7, 31)
-    whole = plan.predict(x, 16, _noise([1, 2], [3, 4]))
+    whole = predict(plan, x, 16, noise=_noise([1, 2], [3, 4]))
     # a budget of 4 rows splits the batch between the noise blocks: the same bits
-    _assert_same_bits(plan.predict(x, 16, _noise([1, 2], [3, 4]), chunk_elements=16 * 128 * 4), whole)
+    _assert_same_bits(predict(plan, x, 16, noise=_noise([1, 2], [3, 4]), chunk_elements=16 * 128 * 4), whole)
     # a budget of 2 rows splits the blocks themselves, as predict does
     want = predict(
         model, x, 16, noise=_noise([1, 2], [3, 4]), backend=Backend.LRT, chunk_elements=16 * 128 * 2
     )
-    _assert_same_bits(plan.predict(x, 16, _noise([1, 2], [3, 4]), chunk_elements=16 * 128 * 2), want)
-    empty = plan.predict(x[:0], 16, _noise([1], [0]))
+    _assert_same_bits(predict(plan, x, 16, noise=_noise([1, 2], [3, 4]), chunk_elements=16 * 128 * 2), want)
+    empty = predict(plan, x[:0], 16, noise=_noise([1], [0]))
     assert len(empty) == 0 and empty.mean.shape == (0,)
 
 
@@ -79,13 +79,13 @@ def test_the_plan_is_a_snapshot_of_the_parameters(wide_mlp: WideMlp) -> None:
     model = wide_mlp(Method.LOWRANK, in_features=31)
     plan = RowwisePlan.build(model)
     x = torch.randn(2, 31)
-    before = plan.predict(x, 32, _noise([9], [2]))
+    before = predict(plan, x, 32, noise=_noise([9], [2]))
     for layer, name in ((0, "mu_a"), (2, "weight_mu"), (2, "bias_mu")):  # low-rank and mean-field layers
         with torch.no_grad():
             getattr(model.layers[layer], name).mul_(3.0)  # type: ignore[index]
-        _assert_same_bits(plan.predict(x, 32, _noise([9], [2])), before)
+        _assert_same_bits(predict(plan, x, 32, noise=_noise([9], [2])), before)
     rebuilt = RowwisePlan.build(model)
-    changed = rebuilt.predict(x, 32, _noise([9], [2]))
+    changed = predict(rebuilt, x, 32, noise=_noise([9], [2]))
     assert not torch.equal(changed.mean, before.mean)
     _assert_same_bits(changed, predict(model, x, 32, noise=_noise([9], [2]), backend=Backend.LRT))
 
@@ -102,8 +102,16 @@ def test_plan_needs_per_request_noise_for_every_row(wide_mlp: WideMlp) -> None:
     plan = RowwisePlan.build(wide_mlp(Method.LOWRANK, in_features=31))
     x = torch.randn(3, 31)
     with pytest.raises(ValueError, match="per-request noise"):
-        plan.predict(x, 8, NoiseSource.from_seed(1, 3))
-    with pytest.raises(ValueError, match="per-request noise"):
-        plan.predict(x, 8, _noise([1], [2]))
+        predict(plan, x, 8, noise=NoiseSource.from_seed(1, 3))
+    with pytest.raises(ValueError, match="covers 2 rows but x has 3"):
+        predict(plan, x, 8, noise=_noise([1], [2]))
     with pytest.raises(ValueError, match="samples must be >= 1"):
-        plan.predict(x, 0, _noise([1], [3]))
+        predict(plan, x, 0, noise=_noise([1], [3]))
+
+
+def test_a_plan_runs_only_the_row_wise_lrt_pass(wide_mlp: WideMlp) -> None:
+    plan = RowwisePlan.build(wide_mlp(Method.LOWRANK, in_features=31))
+    x = torch.randn(3, 31)
+    with pytest.raises(ValueError, match="row-wise lrt pass; got backend 'factored'"):
+        predict(plan, x, 8, noise=_noise([1], [3]), backend=Backend.FACTORED)
+    assert predict(plan, x, 8, noise=_noise([1], [3]), backend=Backend.LRT).mean.shape == (3,)
