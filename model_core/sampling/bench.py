@@ -31,12 +31,13 @@ from torch import Tensor
 from model_core.sampling.api import sample_lowrank
 from model_core.sampling.backends import (
     COST_MODEL,
-    CpuCostModel,
     choose_backend,
     estimated_seconds,
     register_triton_backend,
     work,
 )
+from model_core.sampling.bench_report import check_targets, format_table, format_targets
+from model_core.sampling.costfit import auto_agreement, fit_cost_model
 from model_core.sampling.cpu import draw_factor_samples
 from model_core.sampling.noise import NoiseSource
 from model_core.sampling.types import Backend, FactorPosterior
@@ -263,75 +264,6 @@ def bench_case(
     return list(records.values())
 
 
-def _fmt_ms(v: float | None) -> str:
-    return "-" if v is None else f"{1e3 * v:.3f}"
-
-
-def format_table(records: list[dict[str, Any]]) -> str:
-    head = f"{'layer':<16}{'m':>5}{'n':>5}{'r':>3}{'N':>5}{'S':>5} {'backend':<16}{'median ms':>11}"
-    head += f"{'gemm ms':>10}{'rng ms':>10}{'normals':>11}  note"
-    lines = [head, "-" * len(head)]
-    for rec in records:
-        backend = rec["backend"] + (f"->{rec['chosen']}" if "chosen" in rec else "")
-        note = rec.get("skipped", "")
-        lines.append(
-            f"{rec['layer']:<16}{rec['m']:>5}{rec['n']:>5}{rec['r']:>3}{rec['batch']:>5}{rec['samples']:>5} "
-            f"{backend:<16}{_fmt_ms(rec['median_s']):>11}{_fmt_ms(rec['gemm_floor_s']):>10}"
-            f"{_fmt_ms(rec['rng_floor_s']):>10}{rec['normals']:>11}  {note}"
-        )
-    return "\n".join(lines)
-
-
-def check_targets(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The issue's CPU targets on the 1024×1024 r=16 layer at S=512 (ratios within this run)."""
-    by = {
-        (rec["batch"], rec["backend"]): rec
-        for rec in records
-        if rec["m"] == 1024 and rec["n"] == 1024 and rec["r"] == 16 and rec["samples"] == 512
-    }
-    out: list[dict[str, Any]] = []
-
-    def t(batch: int, backend: str) -> float | None:
-        rec = by.get((batch, backend))
-        return None if rec is None else rec["median_s"]
-
-    def add(name: str, value: float | None, target: float, higher_is_better: bool = True) -> None:
-        ok = None if value is None else (value >= target if higher_is_better else value <= target)
-        out.append({"target": name, "value": value, "threshold": target, "pass": ok})
-
-    for batch in (1, 16, 256):
-        auto, mat, fac, cached = (
-            t(batch, "auto"),
-            t(batch, "materialize"),
-            t(batch, "factored"),
-            t(batch, "cached"),
-        )
-        if auto:
-            add(f"N={batch}: materialize/auto", mat / auto if mat else None, 20.0 if batch == 1 else 5.0)
-            add(f"N={batch}: factored/auto", fac / auto if fac else None, 1.3)
-            rec = by[(batch, "auto")]
-            floor = (rec["gemm_floor_s"] or 0.0) + (rec["rng_floor_s"] or 0.0)
-            add(
-                f"N={batch}: auto/(gemm+rng floor)",
-                auto / floor if floor else None,
-                1.5,
-                higher_is_better=False,
-            )
-            if batch in (1, 16):
-                add(f"N={batch}: auto/cached", auto / cached if cached else None, 2.0)
-    return out
-
-
-def format_targets(targets: list[dict[str, Any]]) -> str:
-    lines = []
-    for tgt in targets:
-        value = "n/a" if tgt["value"] is None else f"{tgt['value']:.2f}"
-        verdict = {True: "PASS", False: "FAIL", None: "n/a"}[tgt["pass"]]
-        cmp = ">=" if "floor" not in tgt["target"] else "<="
-        lines.append(f"{tgt['target']:<36}{value:>8}  (target {cmp} {tgt['threshold']})  {verdict}")
-    return "\n".join(lines)
-
-
 def run_sampling_bench(
     json_out: bool,
     quick: bool,
@@ -373,68 +305,6 @@ def run_sampling_bench(
     if json_out:
         print_fn(json.dumps(result))
     return result
-
-
-FIT_BACKENDS = (Backend.LRT, Backend.LRT_A, Backend.FACTORED)
-
-
-def fit_cost_model(records: list[dict[str, Any]]) -> CpuCostModel:
-    """Seconds per normal, per multiply-add and per elementwise op that best explain the measured times of
-    the ``auto`` candidates (least squares on relative errors, coefficients kept non-negative)."""
-    rows, times = [], []
-    for rec in records:
-        if rec["backend"] in {b.value for b in FIT_BACKENDS} and rec.get("median_s"):
-            b = Backend(rec["backend"])
-            rows.append(
-                [float(v) for v in work(b, rec["batch"], rec["samples"], rec["m"], rec["n"], rec["r"], True)]
-            )
-            times.append(rec["median_s"])
-    if not rows:
-        return CpuCostModel()
-    a = torch.tensor(rows, dtype=torch.float64)
-    t = torch.tensor(times, dtype=torch.float64)
-    a, ones = a / t[:, None], torch.ones_like(t)
-    active = [0, 1, 2]
-    coef = torch.zeros(3, dtype=torch.float64)
-    while active:
-        sol = torch.linalg.lstsq(a[:, active], ones[:, None]).solution[:, 0]
-        if (sol >= 0).all():
-            coef[active] = sol
-            break
-        active = [k for k, v in zip(active, sol.tolist(), strict=True) if v > 0]
-    return CpuCostModel(normal_s=float(coef[0]), mac_s=float(coef[1]), elementwise_s=float(coef[2]))
-
-
-def auto_agreement(records: list[dict[str, Any]], model: CpuCostModel | None = None) -> list[dict[str, Any]]:
-    """Per shape: the measured fastest ``auto`` candidate, the one the cost model picks, and the loss."""
-    model = model or COST_MODEL
-    cases: dict[tuple, dict[str, float]] = {}
-    for rec in records:
-        if rec["backend"] in {b.value for b in FIT_BACKENDS} and rec.get("median_s"):
-            key = (rec["m"], rec["n"], rec["r"], rec["batch"], rec["samples"])
-            cases.setdefault(key, {})[rec["backend"]] = rec["median_s"]
-    out = []
-    for (m, n, r, batch, samples), times in cases.items():
-
-        def est(b: Backend, shape: tuple[int, int, int, int, int] = (batch, samples, m, n, r)) -> float:
-            normals, macs, elem = work(b, shape[0], shape[1], shape[2], shape[3], shape[4], True)
-            return normals * model.normal_s + macs * model.mac_s + elem * model.elementwise_s
-
-        pick = min(FIT_BACKENDS, key=est).value
-        best = min(times, key=lambda k: times[k])
-        out.append(
-            {
-                "m": m,
-                "n": n,
-                "r": r,
-                "batch": batch,
-                "samples": samples,
-                "fastest": best,
-                "picked": pick,
-                "slowdown": times.get(pick, float("nan")) / times[best],
-            }
-        )
-    return out
 
 
 def _layer_by_name(name: str) -> Layer:
@@ -491,4 +361,4 @@ def main_bench_sampling(argv: Sequence[str] | None = None) -> int:
     return 0
 
 
-__all__ = ["LAYERS", "Layer", "check_targets", "main_bench_sampling", "run_sampling_bench"]
+__all__ = ["LAYERS", "Layer", "main_bench_sampling", "run_sampling_bench"]

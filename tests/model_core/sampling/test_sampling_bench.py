@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from model_core.sampling.bench import Layer, check_targets, main_bench_sampling, run_sampling_bench
+from model_core.sampling.bench import Layer, main_bench_sampling, run_sampling_bench
+from model_core.sampling.bench_report import check_targets
 
 ROOT = Path(__file__).resolve().parents[3]
 KEYS = {"m", "n", "r", "batch", "samples", "backend", "median_s", "gemm_floor_s", "rng_floor_s", "normals"}
