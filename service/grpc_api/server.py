@@ -22,17 +22,14 @@ from typing import Any, TypeVar
 import grpc
 import numpy as np
 
-from service.api.v2 import (
+from service.api.v2 import SERVER_NAME, SERVER_VERSION, lookup_version, metadata
+from service.api.v2_codec import (
     DEFAULT_OUTPUTS,
     DTYPES,
     OUTPUTS,
-    SERVER_NAME,
-    SERVER_VERSION,
     check_header,
     decode_bytes,
     encode_bytes,
-    lookup_version,
-    metadata,
     output_array,
     utf8,
 )

@@ -229,17 +229,17 @@ def _accepted_v1(served: Any, payload: Any) -> None:
 
 def _accepted_v2(served: Any, payload: dict[str, Any]) -> None:
     """What ``api.v2.infer`` checks (a JSON body, no binary part), then the V1 path's checks."""
-    from service.api import v2
+    from service.api import v2_codec
 
-    x = v2._tensor(payload, b"", served.inputs.v2_input())
+    x = v2_codec.decode_tensor(payload, b"", served.inputs.v2_input())
     assert 1 <= x.shape[0] <= LIMITS.max_instances
     params = payload.get("parameters") or {}
     assert isinstance(params, dict)
     served.inputs.encode(served.inputs.v2_instances(x))
-    samples = v2._int_param(params, "samples")
+    samples = v2_codec.int_param(params, "samples")
     assert samples is None or 1 <= samples <= LIMITS.max_samples
-    v2._int_param(params, "seed")
-    v2._requested(payload)
+    v2_codec.int_param(params, "seed")
+    v2_codec.requested_outputs(payload)
     assert payload.get("id") is None or isinstance(payload["id"], str)
 
 
