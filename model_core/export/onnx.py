@@ -26,6 +26,7 @@ import torch
 from torch import Tensor, nn
 
 from model_core.checkpoint import CheckpointError, load_checkpoint
+from model_core.export.explicit_noise import ExplicitNoise, RecordingNoise
 from model_core.export.onnx_runtime import (
     FORMAT_TAG,
     INPUT_NAME,
@@ -43,7 +44,6 @@ from model_core.models.mlp import BayesMLP
 from model_core.models.spec import ArchitectureSpec, Method
 from model_core.predict import summarize
 from model_core.sampling import cpu
-from model_core.sampling.noise import NoiseError, NoiseSource
 from model_core.sampling.types import Backend
 
 OPSET = 18
@@ -64,84 +64,6 @@ BASE_OUTPUTS = ("mean", "variance", "epistemic", "aleatoric", "entropy", "ood_sc
 
 class ExportError(ValueError):
     """A checkpoint that cannot be exported (unsupported method, unreadable checkpoint, failed export)."""
-
-
-class ExplicitNoise(NoiseSource):
-    """Hands out caller-provided noise tensors, in order, instead of drawing from a generator.
-
-    ``per_row`` and ``per_row_uniform`` return the next tensor (checked against the requested width and
-    kind); ``shared`` raises because row-shared noise cannot be an (S, N, width) input.
-    """
-
-    def __init__(self, tensors: Sequence[Tensor], kinds: Sequence[str] | None = None) -> None:
-        # No generators: the base class's state is replaced by the queue of tensors.
-        self.generators = []
-        self.block_sizes = []
-        self.tensors = list(tensors)
-        self.kinds = None if kinds is None else list(kinds)
-        self.position = 0
-
-    @property
-    def rows(self) -> int:
-        return int(self.tensors[0].shape[1]) if self.tensors else 0
-
-    @property
-    def single_block(self) -> bool:
-        return True  # the noise is per example, so merged blocks are already handled by the caller
-
-    @property
-    def device(self) -> torch.device:
-        return self.tensors[0].device if self.tensors else torch.device("cpu")
-
-    def _next(self, width: int, kind: str) -> Tensor:
-        i = self.position
-        if i >= len(self.tensors):
-            raise NoiseError(f"the predictive path asked for noise input {i}; only {len(self.tensors)} given")
-        if self.kinds is not None and self.kinds[i] != kind:
-            raise NoiseError(f"noise input {i} is {self.kinds[i]!r} but the model asked for {kind!r}")
-        t = self.tensors[i]
-        if t.shape[-1] != width:
-            raise NoiseError(f"noise input {i} has width {t.shape[-1]} but the model asked for {width}")
-        self.position += 1
-        return t
-
-    def per_row(self, samples: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        return self._next(width, "normal").to(dtype)
-
-    def per_row_uniform(self, samples: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        return self._next(width, "uniform").to(dtype)
-
-    def shared(self, *shape: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        raise NoiseError("row-shared noise cannot be exported; the export uses the per-example 'lrt' backend")
-
-    def seeds(self, count: int = 1) -> Tensor:
-        raise NoiseError("on-device RNG seeds cannot be exported; the export uses the 'lrt' backend")
-
-    def check_exhausted(self) -> None:
-        if self.position != len(self.tensors):
-            raise NoiseError(f"{len(self.tensors)} noise inputs given but only {self.position} were used")
-
-
-class _RecordingNoise(ExplicitNoise):
-    """Draws real noise of the requested shape and records (width, kind) of each request, in order."""
-
-    def __init__(self, rows: int, seed: int = 0) -> None:
-        super().__init__([])
-        self.n_rows = rows
-        self.generator = torch.Generator().manual_seed(seed)
-        self.record: list[tuple[tuple[int, int, int], str]] = []
-
-    @property
-    def rows(self) -> int:
-        return self.n_rows
-
-    def per_row(self, samples: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        self.record.append(((samples, self.n_rows, width), "normal"))
-        return torch.randn((samples, self.n_rows, width), generator=self.generator, dtype=dtype)
-
-    def per_row_uniform(self, samples: int, width: int, dtype: torch.dtype = torch.float32) -> Tensor:
-        self.record.append(((samples, self.n_rows, width), "uniform"))
-        return torch.rand((samples, self.n_rows, width), generator=self.generator, dtype=dtype)
 
 
 def traced_predictive(model: BayesianModule, x: Tensor, ctx: PredictiveContext) -> Tensor:
@@ -191,7 +113,7 @@ def noise_layout(model: BayesianModule, samples: int, n_rows: int) -> list[tuple
 
     Found by running ``model.predictive`` once with the ``lrt`` backend and a recording noise source.
     """
-    rec = _RecordingNoise(n_rows)
+    rec = RecordingNoise(n_rows)
     model.set_mode(Mode.SAMPLE)
     x = torch.zeros(n_rows, _in_features(model))
     with torch.no_grad():
@@ -432,7 +354,6 @@ def export_onnx(checkpoint_dir: str | os.PathLike[str], out_path: str | os.PathL
 
 __all__ = [
     "SUPPORTED_METHODS",
-    "ExplicitNoise",
     "ExportError",
     "OnnxPredictor",  # re-exported for callers that look here; torch-free code imports onnx_runtime
     "PredictiveGraph",

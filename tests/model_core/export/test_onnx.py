@@ -21,8 +21,8 @@ import torch
 from model_core.checkpoint import load_checkpoint
 from model_core.cli.main import main
 from model_core.data.table import load_csv
+from model_core.export.explicit_noise import ExplicitNoise
 from model_core.export.onnx import (
-    ExplicitNoise,
     ExportError,
     build_graph,
     export_model,
