@@ -7,7 +7,6 @@ task (the heavy part in a worker thread) so ``/livez`` answers during a slow sta
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -16,6 +15,7 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from service import fhir
+from service.aio import cancel_and_wait
 from service.api import cds, errors, health, v1, v2
 from service.api import fhir as fhir_api
 from service.api.openapi import OpenAPIDocument
@@ -132,14 +132,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         state.draining = True
         if state.grpc_server is not None:  # in-flight calls drained with REST's (AppState.inflight)
             await state.grpc_server.stop(grace=1.0)
-        if not loading.done():
-            loading.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await loading
-        if state.following is not None:
-            state.following.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await state.following
+        await cancel_and_wait(loading)
+        await cancel_and_wait(state.following)
         await state.inference.stop()
         if state.store is not None:  # what the batchers answered last is written before exit
             await asyncio.to_thread(state.store.close)

@@ -41,7 +41,6 @@ compute, nor counts in the estimate.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import logging
 import math
@@ -54,6 +53,7 @@ from typing import Any
 
 import numpy as np
 
+from service.aio import cancel_and_wait
 from service.cost import CostEstimate
 from service.errors import ClientDisconnected, InferenceTimeout, ModelFailed, QueueFull
 from service.monitoring.metrics import Metrics
@@ -133,11 +133,8 @@ class ModelBatcher:
             self._task = asyncio.get_running_loop().create_task(self._run(), name=f"batcher-{self.name}")
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         self._executor.shutdown(wait=False)
         while self._queue:
             job = self._unqueue(self._queue.popleft())

@@ -6,15 +6,13 @@ into :meth:`InferenceService.predict` calls and its :class:`InferenceResult` bac
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 import math
 import secrets
 import time
 from collections.abc import Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 
@@ -23,9 +21,10 @@ from model_core.conformal import prediction_sets, served_interval
 from model_core.ood import reasons
 from service.batching import ModelBatcher
 from service.errors import InvalidInput, PayloadTooLarge
-from service.monitoring.drift import DriftMonitor, WindowState
+from service.monitoring.drift import DriftMonitor
+from service.monitoring.drift_publisher import DriftPublisher
 from service.monitoring.drift_share import DriftShare
-from service.monitoring.feature_drift import FEATURE_STATISTICS, FeatureDriftMonitor, FeatureWindowState
+from service.monitoring.feature_drift import FEATURE_STATISTICS, FeatureDriftMonitor
 from service.monitoring.metrics import DRIFT_STATISTICS, Metrics, reason_label
 from service.monitoring.performance import estimated_metrics, realized_metrics
 from service.repository import ServedModel
@@ -35,7 +34,6 @@ from service.store.db import PredictionStore
 from service.store.records import PredictionBatch, StoreResult
 
 log = logging.getLogger("lrbnn.service.inference")
-S = TypeVar("S", WindowState, FeatureWindowState)
 
 MAX_SEED = 2**63 - 1
 #: requests set a model's drift gauges at most this often (``/metrics`` sets them on every scrape)
@@ -125,13 +123,9 @@ class InferenceService:
         #: per-feature drift windows, by model (tabular checkpoints with drift_reference.features)
         self.features: dict[str, FeatureDriftMonitor] = {}
         self._feature_series: dict[str, set[tuple[str, str]]] = {}  # the feature gauges set per model
-        self._versions: dict[str, str] = {}  # the version each drift window is of
         self._published: dict[str, float] = {}  # when each model's drift gauges were last set
-        #: with several workers: the drift windows merged over all of them (None: one process)
-        self.share = share
-        self._shared: dict[str, tuple[str, int]] = {}  # (version, scores added) last shared per model
-        self._share_error: dict[str, str] = {}  # the last sharing error logged per model
-        self._sharing: asyncio.Task[None] | None = None
+        #: with several workers: the drift windows shared and merged over all of them (None: one process)
+        self.cluster = None if share is None else DriftPublisher(share)
 
     def attached(self, name: str) -> bool:
         """Whether requests for ``name`` can be answered: its batcher and series exist. The repository
@@ -154,22 +148,18 @@ class InferenceService:
         )
         ref = served.manifest.drift_reference.quantiles
         self.drift[served.name] = DriftMonitor(ref, self.settings.drift_window, served.ood_threshold)
-        self._versions[served.name] = served.version
         novelty, key = served.manifest.calibration.novelty, novelty_key(served.name)
         if novelty is not None and served.novelty is not None:
             self.drift[key] = DriftMonitor(novelty.quantiles, self.settings.drift_window, novelty.threshold)
-            self._versions[key] = served.version
             for stat in DRIFT_STATISTICS:
                 self.metrics.child(self.metrics.novelty_drift, served.name, stat)
         else:  # a reload to a version without a detector: no stale window
             self.drift.pop(key, None)
-            self._versions.pop(key, None)
         refs = served.manifest.drift_reference.features
         binner = served.inputs.feature_binner(refs) if refs else None
         series: set[tuple[str, str]] = set()
         if binner is not None:
             self.features[served.name] = FeatureDriftMonitor(binner, self.settings.drift_window)
-            self._versions[served.name + FEATURES_WINDOW] = served.version
             for name, kind in zip(binner.names, binner.kinds, strict=True):
                 for stat in FEATURE_STATISTICS if kind == "numeric" else ("psi",):
                     series.add((name, stat))
@@ -181,11 +171,16 @@ class InferenceService:
         for name, stat in self._feature_series.get(served.name, set()) - series:
             self.metrics.child(self.metrics.feature_drift, served.name, name, stat).set(float("nan"))
         self._feature_series[served.name] = series
-        if self.share is not None:  # a reload: this worker's window of the old version is gone
-            with contextlib.suppress(OSError):
-                self.share.discard_others(served.name, served.version)
-                self.share.discard_others(key, served.version)
-                self.share.discard_others(served.name + FEATURES_WINDOW, served.version)
+        if self.cluster is not None:  # the windows of this version (a reload: the old one's are gone)
+            for window, present in (
+                (served.name, True),
+                (key, key in self.drift),
+                (served.name + FEATURES_WINDOW, served.name in self.features),
+            ):
+                if present:
+                    self.cluster.track(window, served.version)
+                else:
+                    self.cluster.forget(window, served.version)
         if served.name not in self.batchers:
             batcher = ModelBatcher(
                 served.name,
@@ -199,66 +194,20 @@ class InferenceService:
             self.batchers[served.name] = batcher
 
     async def stop(self) -> None:
-        if self._sharing is not None:
-            self._sharing.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sharing
-            self._sharing = None
+        if self.cluster is not None:
+            await self.cluster.stop()
         for batcher in self.batchers.values():
             await batcher.stop()
 
     def start_sharing(self, interval_s: float = DRIFT_PUBLISH_INTERVAL_S) -> None:
-        """With several workers: share every changed drift window every ``interval_s``, so what the
-        other workers merge is at most that old even after this worker's traffic stops (requests
-        publish at most that often, so the last ones before a pause would otherwise stay unshared)."""
-        if self.share is not None and self._sharing is None:
-            self._sharing = asyncio.get_running_loop().create_task(
-                self._keep_sharing(interval_s), name="share-drift-windows"
-            )
+        """With several workers: share every changed drift window every ``interval_s``
+        (:meth:`DriftPublisher.start`)."""
+        if self.cluster is not None:
+            self.cluster.start(self._windows, interval_s)
 
-    async def _keep_sharing(self, interval_s: float) -> None:
-        while True:
-            await asyncio.sleep(interval_s)
-            windows: list[tuple[str, DriftMonitor | FeatureDriftMonitor]] = list(self.drift.items())
-            windows += [(m + FEATURES_WINDOW, f) for m, f in self.features.items()]
-            for key, monitor in windows:
-                # added, then state: both only change on this (the event-loop) thread, so they agree
-                if self._shared.get(key) != (self._versions[key], monitor.added):
-                    self._share(key, monitor.state(), monitor.added)  # never raises
-
-    def _share(self, model: str, state: WindowState | FeatureWindowState, added: int) -> bool:
-        """Write this worker's window of ``model`` unless that state is written already; False when the
-        folder cannot be written (logged once per distinct error, not every 100 ms)."""
-        assert self.share is not None
-        version = self._versions[model]
-        if self._shared.get(model) == (version, added):  # unchanged since it was last written
-            return True
-        try:
-            self.share.write(model, version, state)
-        except Exception as exc:  # monitoring never fails a request
-            if self._share_error.get(model) != repr(exc):
-                self._share_error[model] = repr(exc)
-                log.error("drift window not shared", extra={"model": model, "error": repr(exc)})
-            return False
-        self._share_error.pop(model, None)
-        self._shared[model] = (version, added)
-        return True
-
-    def _merged(self, model: str, state: S) -> S:
-        """This worker's window plus the other live workers' latest windows of the same version; a window
-        that cannot be read or merged is skipped (logged), never the request that published."""
-        assert self.share is not None
-        try:
-            others = self.share.others(model, self._versions[model], type(state))
-        except Exception:
-            log.exception("drift windows of the other workers not read", extra={"model": model})
-            return state
-        for other in others:
-            try:
-                state = state + other
-            except ValueError as exc:
-                log.error("drift window not merged", extra={"model": model, "error": str(exc)})
-        return state
+    def _windows(self) -> list[tuple[str, DriftMonitor | FeatureDriftMonitor]]:
+        windows: list[tuple[str, DriftMonitor | FeatureDriftMonitor]] = list(self.drift.items())
+        return windows + [(m + FEATURES_WINDOW, f) for m, f in self.features.items()]
 
     # -- validation ----------------------------------------------------------------------------
     def resolve_samples(
@@ -385,8 +334,8 @@ class InferenceService:
                 continue
             added = monitor.added
             state = monitor.state()
-            if self.share is not None and self._share(key, state, added):
-                state = self._merged(key, state)
+            if self.cluster is not None:
+                state = self.cluster.publish(key, state, added)
             stats = monitor.stats_of(state)
             if key.endswith(NOVELTY_WINDOW):  # the novelty score's window: its own gauge
                 model = key[: -len(NOVELTY_WINDOW)]
@@ -406,8 +355,8 @@ class InferenceService:
             return
         m, key = self.metrics, name + FEATURES_WINDOW
         f_state = monitor.state()
-        if self.share is not None and self._share(key, f_state, monitor.added):
-            f_state = self._merged(key, f_state)
+        if self.cluster is not None:
+            f_state = self.cluster.publish(key, f_state, monitor.added)
         for feature, values in monitor.stats_of(f_state).items():
             for stat, value in values.items():
                 m.child(m.feature_drift, name, feature, stat).set(value)

@@ -19,11 +19,12 @@ import asyncio
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 from urllib.parse import quote, unquote
+
+from service.atomic import write_atomic
 
 if TYPE_CHECKING:
     from service.repository import ModelRepository, ServedModel
@@ -49,10 +50,7 @@ class ReloadBroadcast:
         """Record that every worker should serve ``name`` at ``version`` (atomic replace)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{quote(name, safe='')}.json"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=".tmp-")
-        with os.fdopen(fd, "w") as f:
-            json.dump({"model": name, "version": version}, f)
-        os.replace(tmp, target)
+        write_atomic(target, json.dumps({"model": name, "version": version}).encode())
 
     def desired(self, changed_only: bool = False) -> dict[str, str]:
         """The published version of each model (only files changed since the last call if asked)."""

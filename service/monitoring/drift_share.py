@@ -17,15 +17,16 @@ model, version and process id, so a hot reload's new version never mixes with th
 from __future__ import annotations
 
 import contextlib
+import io
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import quote
 
 import numpy as np
 
+from service.atomic import write_atomic
 from service.monitoring.drift import WindowState
 from service.sync import SYNC_DIR_ENV
 
@@ -69,15 +70,9 @@ class DriftShare:
         """Publish this worker's window of ``model`` at ``version`` (atomic replace)."""
         self.folder.mkdir(parents=True, exist_ok=True)
         target = self.folder / f"{self._prefix(model, version)}{self.pid}{SUFFIX}"
-        fd, tmp = tempfile.mkstemp(dir=self.folder, prefix=f".tmp-{self.pid}-")  # forget() finds strays
-        try:
-            with os.fdopen(fd, "wb") as f:
-                np.save(f, state.to_array(), allow_pickle=False)
-            os.replace(tmp, target)
-        except OSError:
-            with contextlib.suppress(OSError):
-                os.unlink(tmp)
-            raise
+        buf = io.BytesIO()
+        np.save(buf, state.to_array(), allow_pickle=False)
+        write_atomic(target, buf.getvalue(), tmp_prefix=f".tmp-{self.pid}-")  # forget() finds strays
 
     def others(self, model: str, version: str, state_type: Any = WindowState) -> list[Any]:
         """The latest windows of ``model`` at ``version`` written by the other live workers, read back

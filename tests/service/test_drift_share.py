@@ -111,7 +111,9 @@ def test_a_broken_shared_folder_never_fails_the_publish(
     service = InferenceService(Settings(), metrics, DriftShare(blocked / "drift"))
     monitor = DriftMonitor(REF, 100, 0.9)
     monitor.add(np.array([0.95, 0.1, 0.2, 0.3]))
-    service.drift["m"], service._versions["m"] = monitor, "1"
+    service.drift["m"] = monitor
+    assert service.cluster is not None
+    service.cluster.track("m", "1")
     for _ in range(3):
         service.publish_drift("m")
     assert metrics.child(metrics.ood_rate, "m")._value.get() == pytest.approx(0.25)
