@@ -35,7 +35,6 @@ reading a raw value (and :class:`~model_core.data.values.PreprocessingError`) in
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -43,6 +42,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
 from model_core.data.coding import FeatureCoding
 from model_core.data.features import FeatureSpec, fit_categorical, fit_numeric
+from model_core.data.plans import Bounds, ScalePlan
 from model_core.data.values import (
     ColumnSource,
     PreprocessingError,
@@ -56,44 +56,6 @@ from model_core.data.values import (
 __all__ = ["Preprocessor"]
 
 
-@dataclass(frozen=True, eq=False)
-class _ScalePlan:
-    """The numeric columns' offsets and scaling constants as arrays (equal when their values are)."""
-
-    cols: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-    mins: np.ndarray
-    span: np.ndarray
-
-    def arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        return self.cols, self.low, self.high, self.mins, self.span
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _ScalePlan):
-            return NotImplemented
-        return all(np.array_equal(a, b) for a, b in zip(self.arrays(), other.arrays(), strict=True))
-
-    __hash__ = None  # type: ignore[assignment]
-
-
-@dataclass(frozen=True, eq=False)
-class _Bounds:
-    """Columns and lower/upper bounds on the scaled axis, as arrays (equal when their values are)."""
-
-    cols: np.ndarray
-    low: np.ndarray
-    high: np.ndarray
-
-    def __eq__(self, other: object) -> bool:
-        if not isinstance(other, _Bounds):
-            return NotImplemented
-        pairs = ((self.cols, other.cols), (self.low, other.low), (self.high, other.high))
-        return all(np.array_equal(a, b) for a, b in pairs)
-
-    __hash__ = None  # type: ignore[assignment]
-
-
 class Preprocessor(BaseModel):
     """An ordered list of fitted :class:`FeatureSpec`, i.e. the whole raw-input -> model-input mapping."""
 
@@ -105,12 +67,12 @@ class Preprocessor(BaseModel):
     _offsets: dict[str, int] = PrivateAttr(default_factory=dict)
     #: per-request fast path: (spec, offset) pairs and the numeric columns' scaling as arrays
     _plan: list[tuple[FeatureSpec, int]] = PrivateAttr(default_factory=list)
-    _numeric: _ScalePlan | None = PrivateAttr(default=None)
+    _numeric: ScalePlan | None = PrivateAttr(default=None)
     _width: int = PrivateAttr(default=0)
     #: (columns, low, high) of the numeric features with a plausible range, on the scaled axis
-    _plausible: _Bounds | None = PrivateAttr(default=None)
+    _plausible: Bounds | None = PrivateAttr(default=None)
     #: (columns, low, high): the clipping bounds on the scaled axis (``clip``)
-    _scaled_clip: _Bounds | None = PrivateAttr(default=None)
+    _scaled_clip: Bounds | None = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _unique_names(self) -> Preprocessor:
@@ -137,9 +99,9 @@ class Preprocessor(BaseModel):
             high = np.array([s.clip_high for s, _ in numeric], dtype=np.float64)
             mins = np.array([s.min for s, _ in numeric], dtype=np.float64)
             span = np.array([s.max - s.min for s, _ in numeric], dtype=np.float64)  # type: ignore[operator]
-            self._numeric = _ScalePlan(cols, low, high, mins, span)
+            self._numeric = ScalePlan(cols, low, high, mins, span)
             safe = np.where(span > 0.0, span, 1.0)
-            self._scaled_clip = _Bounds(
+            self._scaled_clip = Bounds(
                 cols,
                 np.where(span > 0.0, (low - mins) / safe, 0.0),
                 np.where(span > 0.0, (high - mins) / safe, 0.0),
@@ -154,7 +116,7 @@ class Preprocessor(BaseModel):
             and s.max > s.min
         ]
         if ranged:
-            self._plausible = _Bounds(
+            self._plausible = Bounds(
                 np.array([o for _, o in ranged], dtype=np.intp),
                 np.array([(s.plausible_low - s.min) / (s.max - s.min) for s, _ in ranged]),  # type: ignore[operator]
                 np.array([(s.plausible_high - s.min) / (s.max - s.min) for s, _ in ranged]),  # type: ignore[operator]
