@@ -219,12 +219,12 @@ class Load:
         """Offer ``phases`` from ``threads`` wrk connections; one :class:`Window` per phase. wrk's
         transport errors (never answered) are counted in the last window. ``self.server_view``: the
         server's own histograms over the run (time inside the server vs the client's latency)."""
-        before = httpx.get(self.srv.url + "/metrics", timeout=10).text
+        before = self.srv.metrics_text()
         with Sampler(self.srv, self.model) as sampler:
             run = run_wrk_schedule(
                 self.url, [self.payload], phases, threads, self.timeout_s, tail_s, self.workdir
             )
-        after = httpx.get(self.srv.url + "/metrics", timeout=10).text
+        after = self.srv.metrics_text()
         self.server_view = {}
         for key, name, labels in (
             (

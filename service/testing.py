@@ -118,11 +118,14 @@ class ServerProcess:
             self._log.flush()
         return log_records(self.log_path)
 
+    def metrics_text(self) -> str:
+        """The server's ``/metrics`` scrape."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
+            return resp.read().decode()
+
     def metric(self, series: str) -> float | None:
         """The value of one exact series line, e.g. ``lrbnn_inflight_requests{model="toy"}``."""
-        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as resp:
-            text = resp.read().decode()
-        for line in text.splitlines():
+        for line in self.metrics_text().splitlines():
             if line.startswith(series + " "):
                 return float(line.split()[-1])
         return None

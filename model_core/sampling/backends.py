@@ -90,10 +90,18 @@ def work(
 
 
 def estimated_seconds(
-    backend: Backend, n_rows: int, samples: int, m: int, n: int, r: int, shared_x: bool
+    backend: Backend,
+    n_rows: int,
+    samples: int,
+    m: int,
+    n: int,
+    r: int,
+    shared_x: bool,
+    model: CpuCostModel | None = None,
 ) -> float:
+    """Seconds per call under ``model`` (default: the fitted ``COST_MODEL`` the ``auto`` rule uses)."""
     normals, macs, elem = work(backend, n_rows, samples, m, n, r, shared_x)
-    c = COST_MODEL
+    c = model or COST_MODEL
     return normals * c.normal_s + macs * c.mac_s + elem * c.elementwise_s
 
 

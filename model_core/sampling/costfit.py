@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from model_core.sampling.backends import COST_MODEL, CpuCostModel, work
+from model_core.sampling.backends import COST_MODEL, CpuCostModel, estimated_seconds, work
 from model_core.sampling.types import Backend
 
 FIT_BACKENDS = (Backend.LRT, Backend.LRT_A, Backend.FACTORED)
@@ -50,12 +50,9 @@ def auto_agreement(records: list[dict[str, Any]], model: CpuCostModel | None = N
             cases.setdefault(key, {})[rec["backend"]] = rec["median_s"]
     out = []
     for (m, n, r, batch, samples), times in cases.items():
-
-        def est(b: Backend, shape: tuple[int, int, int, int, int] = (batch, samples, m, n, r)) -> float:
-            normals, macs, elem = work(b, shape[0], shape[1], shape[2], shape[3], shape[4], True)
-            return normals * model.normal_s + macs * model.mac_s + elem * model.elementwise_s
-
-        pick = min(FIT_BACKENDS, key=est).value
+        pick = min(
+            FIT_BACKENDS, key=lambda b: estimated_seconds(b, batch, samples, m, n, r, True, model)
+        ).value
         best = min(times, key=lambda k: times[k])
         out.append(
             {
