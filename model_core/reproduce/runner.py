@@ -66,6 +66,8 @@ def _options(
         samples=QUICK["samples"] if quick else cfg.samples,
         progress=False,
         model_name=f"{cfg.task}-{method.value}",
+        transformer=dict(cfg.transformer) if cfg.transformer is not None else None,
+        kl_warmup=0 if quick else cfg.kl_warmup,
     )
     if cfg.hidden is not None:
         opts.hidden = cfg.hidden
