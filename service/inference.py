@@ -21,6 +21,7 @@ from model_core.conformal import prediction_sets, served_interval
 from model_core.ood import reasons
 from service.batching import ModelBatcher
 from service.errors import InvalidInput, PayloadTooLarge
+from service.inputs import Encoded, InputAdapter
 from service.monitoring.drift import DriftMonitor
 from service.monitoring.drift_publisher import DriftPublisher
 from service.monitoring.drift_share import DriftShare
@@ -57,6 +58,32 @@ def new_ids(n: int) -> list[str]:
     the inputs, so an id reveals nothing and cannot be forged to attach an outcome to another's
     prediction. About 0.3 us each."""
     return [secrets.token_hex(16) for _ in range(n)]
+
+
+@dataclass(frozen=True)
+class Instances:
+    """A request's inputs as named objects (V1, and the instances FHIR and CDS Hooks build)."""
+
+    rows: Sequence[Mapping[str, Any]]
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def encode(self, adapter: InputAdapter) -> Encoded:
+        return adapter.encode(self.rows)
+
+
+@dataclass(frozen=True)
+class Tensor:
+    """A request's inputs as the decoded Open Inference Protocol tensor (REST and gRPC)."""
+
+    x: np.ndarray
+
+    def __len__(self) -> int:
+        return int(self.x.shape[0])
+
+    def encode(self, adapter: InputAdapter) -> Encoded:
+        return adapter.encode_tensor(self.x)
 
 
 @dataclass(frozen=True)
@@ -245,15 +272,15 @@ class InferenceService:
     async def predict(
         self,
         served: ServedModel,
-        rows: Sequence[Mapping[str, Any]],
+        inputs: Instances | Tensor,
         samples: int | None,
         seed: int | None,
         disconnected: Callable[[], Coroutine[Any, Any, object]] | None = None,
     ) -> InferenceResult:
-        self.check_count(len(rows))
+        self.check_count(len(inputs))
         s = self.resolve_samples(served, samples)
         self.check_seed(seed)
-        enc = served.inputs.encode(rows)
+        enc = inputs.encode(served.inputs)
         outputs = await self.batchers[served.name].submit(
             served, enc.x, s, seed, self.settings.request_timeout_s, disconnected
         )
@@ -262,7 +289,7 @@ class InferenceService:
             outputs = {**outputs, "interval_low": low, "interval_high": high}
         outputs, ood, why = decide(served, outputs, enc.z, enc.implausible)
         self.record(served, outputs, ood, why, enc.z)
-        ids = new_ids(len(rows))
+        ids = new_ids(len(inputs))
         sets = label_sets(served, outputs)
         if self.store is not None:
             self.store.submit(

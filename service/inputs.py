@@ -1,7 +1,8 @@
 """Input kinds the server accepts, one adapter per manifest ``input_schema.kind`` (no torch here).
 
-Every adapter turns V1 instances (JSON objects) into the model's input array, reports what it imputed
-and what looks implausible, and describes its Open Inference Protocol tensor:
+Every adapter turns V1 instances (JSON objects), or its Open Inference Protocol tensor, into the model's
+input array, and reports what it imputed and what looks implausible (both inputs give bitwise the same
+answer for the same values):
 
 =========  ===========================================  ==============================================
 kind       V1 instance                                  V2 input tensor
@@ -87,6 +88,20 @@ def _instance_path(row: int) -> str:
     return f"instances.{row}"
 
 
+def _tensor_row(row: int) -> str:
+    """Row ``row`` of the V2 input tensor in the request."""
+    return f"inputs.0.data.{row}"
+
+
+def _checked_text(text: Any, where: str) -> str:
+    """A text instance's value, ``where`` its request field."""
+    if not isinstance(text, str):
+        raise InvalidInput(f"{where} must be a string, got {type(text).__name__}", field=where)
+    if len(text) > MAX_TEXT_CHARS:
+        raise InvalidInput(f"{where} has {len(text)} characters; at most {MAX_TEXT_CHARS}", field=where)
+    return text
+
+
 def _invalid(exc: PreprocessingError, row_path: Callable[[int], str]) -> InvalidInput:
     """The field of a preprocessing error: the row's path, then the feature, e.g. ``instances.1.age``."""
     where = "instances" if exc.row is None else row_path(exc.row)
@@ -124,30 +139,6 @@ def _transform(
         ) from None
 
 
-def tensor_rows(pre: Preprocessor, x: np.ndarray, row_path: Callable[[int], str]) -> list[dict[str, Any]]:
-    """V2 rows of raw values (NaN = missing; categorical = category index) -> named V1-style rows;
-    ``row_path`` names row ``i`` of ``x`` in the request (e.g. ``inputs.0.data.3``)."""
-    rows: list[dict[str, Any]] = []
-    for values in x.tolist():
-        row: dict[str, Any] = {}
-        for spec, v in zip(pre.features, values, strict=True):
-            if math.isnan(v):
-                continue
-            if spec.kind == "categorical":
-                cats = spec.categories or []
-                if not (v.is_integer() and 0 <= v < len(cats)):
-                    raise InvalidInput(
-                        f"feature {spec.name!r} is categorical: send a category index 0..{len(cats) - 1}, "
-                        f"got {v!r}",
-                        field=f"{row_path(len(rows))}.{spec.name}",
-                    )
-                row[spec.name] = cats[int(v)]
-            else:
-                row[spec.name] = v
-        rows.append(row)
-    return rows
-
-
 class InputAdapter(ABC):
     kind: InputKind
     #: whether the prediction store may keep ``Encoded.z`` (scaled numbers and category codes); never a
@@ -170,8 +161,9 @@ class InputAdapter(ABC):
     def v2_input(self) -> TensorSpec: ...
 
     @abstractmethod
-    def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
-        """A decoded V2 input tensor -> V1 instances (then :meth:`encode` as for V1)."""
+    def encode_tensor(self, tensor: np.ndarray) -> Encoded:
+        """A decoded V2 input tensor (``v2_input``'s shape) -> the model input: the same checks as
+        :meth:`encode` and bitwise its result for the same instances sent as V1 objects (tested)."""
 
     @abstractmethod
     def features(self) -> list[FeatureSpec]:
@@ -202,8 +194,12 @@ class TabularInput(InputAdapter):
     def v2_input(self) -> TensorSpec:
         return TensorSpec("features", "FP32", [-1, len(self.pre.features)], aliases=("input__0",))
 
-    def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
-        return tensor_rows(self.pre, tensor, lambda i: f"inputs.0.data.{i}")
+    def encode_tensor(self, tensor: np.ndarray) -> Encoded:
+        try:
+            z, imputed, flagged = self.pre.transform_matrix(tensor, clip=False)
+        except PreprocessingError as exc:
+            raise _invalid(exc, _tensor_row) from None
+        return Encoded(self.pre.clip(z), imputed, flagged, z, self.pre.implausible_rows(z))
 
     def features(self) -> list[FeatureSpec]:
         return list(self.pre.features)
@@ -282,14 +278,42 @@ class SequenceInput(InputAdapter):
             for row, carried in self._hour_rows(instance, i):
                 forward.append(carried)
                 flat.append(row)
-        flagged_flat: list[list[str]] = []
+        flagged: list[list[str]] = []
         window, key = self.window, self.key
-        z_flat, imputed_flat = _transform(
-            self.pre, flat, flagged_flat, lambda k: f"instances.{k // window}.{key}.{k % window}"
+        z, imputed = _transform(
+            self.pre, flat, flagged, lambda k: f"instances.{k // window}.{key}.{k % window}"
         )
+        return self._windows(len(instances), z, imputed, flagged, forward)
+
+    def encode_tensor(self, tensor: np.ndarray) -> Encoded:
+        n, window = int(tensor.shape[0]), self.window
+        values = np.array(tensor, dtype=np.float64)  # a copy: the forward fill writes into it
+        carried = np.zeros((n, window), dtype=bool)
+        if self.fill_forward is not None:  # as _hour_rows: a gap takes the last earlier reading
+            series = values[:, :, self.pre.feature_names.index(self.fill_forward)]
+            for t in range(1, window):
+                gap = np.isnan(series[:, t]) & ~np.isnan(series[:, t - 1])
+                series[gap, t] = series[gap, t - 1]
+                carried[:, t] = gap
+        try:
+            z, imputed, flagged = self.pre.transform_matrix(values.reshape(n * window, -1), clip=False)
+        except PreprocessingError as exc:
+            raise _invalid(exc, lambda k: f"{_tensor_row(k // window)}.{k % window}") from None
+        return self._windows(n, z, imputed, flagged, carried.ravel().tolist())
+
+    def _windows(
+        self,
+        n: int,
+        z_flat: np.ndarray,
+        imputed_flat: list[list[str]],
+        flagged_flat: list[list[str]],
+        forward: Sequence[bool],
+    ) -> Encoded:
+        """Per-hour results (flat row ``k``: instance ``k // window``, hour ``k % window``) -> per-instance
+        names ``hours[t].feature`` (a carried-forward reading listed after the imputed ones) and windows."""
         imputed: list[list[str]] = []
         flagged: list[list[str]] = []
-        for i in range(len(instances)):
+        for i in range(n):
             names_i: list[str] = []
             flags_i: list[str] = []
             for t in range(self.window):
@@ -299,7 +323,7 @@ class SequenceInput(InputAdapter):
                 flags_i += [f"hours[{t}].{n}" for n in flagged_flat[k]]
             imputed.append(names_i)
             flagged.append(flags_i)
-        z = z_flat.reshape(len(instances), self.window, -1)
+        z = z_flat.reshape(n, self.window, -1)
         return Encoded(self.pre.clip(z), imputed, flagged, z, self.pre.implausible_rows(z))
 
     def warmup_instances(self) -> list[dict[str, Any]]:
@@ -310,16 +334,6 @@ class SequenceInput(InputAdapter):
 
     def v2_input(self) -> TensorSpec:
         return TensorSpec("window", "FP32", [-1, self.window, len(self.pre.features)], aliases=("input__0",))
-
-    def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
-        n = tensor.shape[0]
-        window = (
-            self.window
-        )  # the tensor is [N, window, F]: flat row k is instance k // window, hour k % window
-        rows = tensor_rows(
-            self.pre, tensor.reshape(n * window, -1), lambda k: f"inputs.0.data.{k // window}.{k % window}"
-        )
-        return [{self.key: rows[i * self.window : (i + 1) * self.window]} for i in range(n)]
 
     def features(self) -> list[FeatureSpec]:
         return list(self.pre.features)
@@ -347,21 +361,15 @@ class TextInput(InputAdapter):
             raise InvalidInput(
                 f"instance {i} must be an object with exactly one key {self.key!r}", field=f"instances.{i}"
             )
-        text = instance[self.key]
-        if not isinstance(text, str):
-            raise InvalidInput(
-                f"instances.{i}.{self.key} must be a string, got {type(text).__name__}",
-                field=f"instances.{i}.{self.key}",
-            )
-        if len(text) > MAX_TEXT_CHARS:
-            raise InvalidInput(
-                f"instances.{i}.{self.key} has {len(text)} characters; at most {MAX_TEXT_CHARS}",
-                field=f"instances.{i}.{self.key}",
-            )
-        return text
+        return _checked_text(instance[self.key], f"instances.{i}.{self.key}")
 
     def encode(self, instances: Sequence[Mapping[str, Any]]) -> Encoded:
-        texts = [self._text(instance, i) for i, instance in enumerate(instances)]
+        return self._encode([self._text(instance, i) for i, instance in enumerate(instances)])
+
+    def encode_tensor(self, tensor: np.ndarray) -> Encoded:
+        return self._encode([_checked_text(t, _tensor_row(i)) for i, t in enumerate(tensor.tolist())])
+
+    def _encode(self, texts: list[str]) -> Encoded:
         ids, _ = self.tokenizer.encode(texts)
         flagged = [["text"] if not t.strip() else [] for t in texts]  # an empty text says nothing
         return Encoded(ids, [[] for _ in texts], flagged, ids, None)
@@ -374,9 +382,6 @@ class TextInput(InputAdapter):
 
     def v2_input(self) -> TensorSpec:
         return TensorSpec("text", "BYTES", [-1], aliases=("input__0",))
-
-    def v2_instances(self, tensor: np.ndarray) -> list[dict[str, Any]]:
-        return [{self.key: str(t)} for t in tensor.tolist()]
 
     def features(self) -> list[FeatureSpec]:
         return []

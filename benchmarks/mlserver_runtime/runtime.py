@@ -5,8 +5,8 @@ the servers, not different models:
 
 * input: one FP32 tensor ``features`` of shape [N, F], raw units, columns in the manifest's feature
   order, a categorical column carrying the category index, ``null``/NaN = missing (imputed);
-* preprocessing: the service's own code, ``service.inputs.tensor_rows`` (a V2 tensor -> named rows)
-  and ``Preprocessor.from_dict(manifest.input_schema.preprocessing).transform(rows)``;
+* preprocessing: the service's own code, ``Preprocessor.from_dict(manifest.input_schema.preprocessing)
+  .transform_matrix(x)`` (the V2 tensor's matrix transform that the service's tabular adapter runs);
 * model: ``model_core.checkpoint.load_checkpoint`` (sha256 and shapes verified);
 * prediction: the service's own runtime, ``service.runtime.torch.TorchRuntime`` (fresh noise, the
   ``lrt`` backend on the CPU, its row-wise plan where the model has one, as the ICU MLP does), with the
@@ -35,7 +35,6 @@ from mlserver.types import InferenceRequest, InferenceResponse, ResponseOutput
 from model_core.checkpoint import load_checkpoint
 from model_core.checkpoint.manifest import SamplingMode
 from model_core.data.preprocessing import Preprocessor
-from service.inputs import tensor_rows
 from service.runtime.torch import TorchRuntime
 
 DEFAULT_SAMPLES = 128
@@ -65,8 +64,7 @@ class LrbnnRuntime(MLModel):
         return True
 
     def _predict(self, x: np.ndarray, seed: int | None) -> dict[str, np.ndarray]:
-        rows = tensor_rows(self.preprocessor, x, row_path=lambda i: f"inputs.0.data.{i}")
-        features, _imputed = self.preprocessor.transform(rows)
+        features, _imputed, _flagged = self.preprocessor.transform_matrix(x)
         out = self.runtime.predict(features, self.samples, [seed], [int(features.shape[0])])
         return {k: out[k] for k in OUTPUTS}
 

@@ -10,10 +10,10 @@ Why this module exists and why it looks the way it does:
 * The serving process imports this module for every request, so it deliberately imports neither torch,
   nor scikit-learn, nor pandas. pandas data frames are still accepted by :meth:`Preprocessor.fit` and
   :meth:`Preprocessor.transform_frame` through duck typing (``frame[name]`` and ``name in frame``).
-* There are two transform paths with identical semantics: :meth:`Preprocessor.transform` takes request
-  rows (dicts) and reports per row which features were imputed, so the server can tell the caller that
-  its prediction rests on filled-in values; :meth:`Preprocessor.transform_frame` is the vectorised path
-  for training and evaluation. The tests check that they agree.
+* Three transforms, one semantics (tested): :meth:`Preprocessor.transform` takes request rows (dicts)
+  and reports per row what was imputed (an answer resting on filled-in values must say so),
+  :meth:`Preprocessor.transform_matrix` the same for an Open Inference Protocol tensor, bitwise, and
+  :meth:`Preprocessor.transform_frame` is the column path of training and evaluation.
 * Missing and invalid are different things. ``None`` (or an absent key) means "not measured" and is
   imputed, exactly as a missing cell in the training CSV was. An explicit NaN or infinity, a string for a
   numeric feature, or an unknown feature name is a client bug; silently imputing it would hide the bug
@@ -42,7 +42,7 @@ from pydantic import BaseModel, ConfigDict, PrivateAttr, model_validator
 
 from model_core.data.coding import FeatureCoding
 from model_core.data.features import FeatureSpec, fit_categorical, fit_numeric
-from model_core.data.plans import Bounds, ScalePlan
+from model_core.data.plans import Bounds, MatrixPlan, ScalePlan, numeric_plans
 from model_core.data.values import (
     ColumnSource,
     PreprocessingError,
@@ -68,6 +68,7 @@ class Preprocessor(BaseModel):
     #: per-request fast path: (spec, offset) pairs and the numeric columns' scaling as arrays
     _plan: list[tuple[FeatureSpec, int]] = PrivateAttr(default_factory=list)
     _numeric: ScalePlan | None = PrivateAttr(default=None)
+    _matrix: MatrixPlan = PrivateAttr()
     _width: int = PrivateAttr(default=0)
     #: (columns, low, high) of the numeric features with a plausible range, on the scaled axis
     _plausible: Bounds | None = PrivateAttr(default=None)
@@ -93,34 +94,8 @@ class Preprocessor(BaseModel):
             offset += spec.n_outputs
         self._width = offset
         numeric = [(spec, self._offsets[spec.name]) for spec in self.features if spec.kind == "numeric"]
-        if numeric and all(s.clip_low is not None and s.min is not None for s, _ in numeric):
-            cols = np.array([o for _, o in numeric], dtype=np.intp)
-            low = np.array([s.clip_low for s, _ in numeric], dtype=np.float64)
-            high = np.array([s.clip_high for s, _ in numeric], dtype=np.float64)
-            mins = np.array([s.min for s, _ in numeric], dtype=np.float64)
-            span = np.array([s.max - s.min for s, _ in numeric], dtype=np.float64)  # type: ignore[operator]
-            self._numeric = ScalePlan(cols, low, high, mins, span)
-            safe = np.where(span > 0.0, span, 1.0)
-            self._scaled_clip = Bounds(
-                cols,
-                np.where(span > 0.0, (low - mins) / safe, 0.0),
-                np.where(span > 0.0, (high - mins) / safe, 0.0),
-            )
-        ranged = [
-            (s, o)
-            for s, o in numeric
-            if s.plausible_low is not None
-            and s.plausible_high is not None
-            and s.min is not None
-            and s.max is not None
-            and s.max > s.min
-        ]
-        if ranged:
-            self._plausible = Bounds(
-                np.array([o for _, o in ranged], dtype=np.intp),
-                np.array([(s.plausible_low - s.min) / (s.max - s.min) for s, _ in ranged]),  # type: ignore[operator]
-                np.array([(s.plausible_high - s.min) / (s.max - s.min) for s, _ in ranged]),  # type: ignore[operator]
-            )
+        self._numeric, self._scaled_clip, self._plausible = numeric_plans(numeric)
+        self._matrix = MatrixPlan.of(self._plan)
 
     # ------------------------------------------------------------------ fitting
 
@@ -236,22 +211,55 @@ class Preprocessor(BaseModel):
             imputed.append(filled)
             if flagged is not None:
                 flagged.append(odd)
-        # Scale the numeric columns with the same elementwise operations as FeatureSpec.scale (and so
-        # transform_frame), all columns at once: clip, subtract the minimum, divide by the span.
+        return self._scaled(out, clip), imputed
+
+    def transform_matrix(
+        self, values: np.ndarray, clip: bool = True
+    ) -> tuple[np.ndarray, list[list[str]], list[list[str]]]:
+        """:meth:`transform` of a matrix of raw values (an Open Inference Protocol tensor), column ``j``
+        feature ``j``: NaN = missing, a categorical value = its category's index.
+
+        Returns the model input, the imputed names and the flagged names per row, bitwise what
+        :meth:`transform` gives for the same rows as dicts (tested): the checks and the scaling are the
+        same, done column-wise instead of per value. A category index outside the categories, then an
+        infinite value, raise :class:`PreprocessingError` at the first such (row, feature).
+        """
+        values = np.asarray(values, dtype=np.float64)
+        if values.ndim != 2 or values.shape[1] != len(self.features):
+            raise PreprocessingError(f"expected {len(self.features)} columns, got shape {list(values.shape)}")
+        p, n_rows = self._matrix, values.shape[0]
+        missing = np.isnan(values)
+        number, code = values[:, p.num], values[:, p.cat]
+        known = (code == np.floor(code)) & (code >= 0) & (code < p.n_categories)  # NaN: False
+        bad = None if known.all() else ~missing[:, p.cat] & ~known
+        for mask, where in ((bad, p.cat), (np.isinf(number), p.num)):
+            if mask is not None and mask.any():
+                i, k = (int(v) for v in np.argwhere(mask)[0])  # row-major: the first row, then feature order
+                spec = self.features[int(where[k])]
+                raise PreprocessingError(
+                    f"feature {spec.name!r} is categorical: send a category index "
+                    f"0..{len(spec.categories or []) - 1}, got {float(values[i, where[k]])!r}"
+                    if where is p.cat
+                    else f"feature {spec.name!r} is infinite",
+                    field=spec.name,
+                    row=i,
+                )
+        absent = missing[:, p.num]
+        odd = (number < p.plausible_low) | (number > p.plausible_high)  # NaN compares False
+        np.copyto(number, p.impute, where=absent)  # (a copy: fancy indexing copies)
+        out = np.zeros((n_rows, self._width), dtype=np.float64)
         if self._numeric is not None:
-            cols, low, high, mins, span = self._numeric.arrays()
-            block = np.clip(out[:, cols], low, high) if clip else out[:, cols]
-            safe = np.where(span > 0.0, span, 1.0)
-            with np.errstate(over="ignore"):  # unclipped: a value near the float limit scales to ±inf,
-                # which clip() bounds, the novelty score caps (INPUT_CAP) and the plausible rule flags
-                out[:, cols] = np.where(span > 0.0, (block - mins) / safe, 0.0)
-        else:
-            for spec in self.features:
-                if spec.kind == "numeric":
-                    offset = self._offsets[spec.name]
-                    out[:, offset] = spec.scale(out[:, offset], clip)
-        with np.errstate(over="ignore"):  # unclipped: beyond float32's range is ±inf (bounded downstream)
-            return out.astype(np.float32), imputed
+            out[:, p.num_offsets] = self._numeric.scale(number, clip)
+        codes = np.where(known, code, p.modes).astype(np.intp)  # missing: the mode
+        out[np.arange(n_rows)[:, None], p.cat_offsets + codes] = 1.0
+        return _float32(out), _names(missing, p.names), _names(odd, p.num_names)
+
+    def _scaled(self, out: np.ndarray, clip: bool) -> np.ndarray:
+        """The raw-valued matrix of :meth:`transform` with its numeric columns scaled, as float32."""
+        if self._numeric is not None:
+            cols = self._numeric.cols
+            out[:, cols] = self._numeric.scale(out[:, cols], clip)
+        return _float32(out)
 
     def clip(self, z: np.ndarray) -> np.ndarray:
         """The network's input from an unclipped matrix (``transform(..., clip=False)``): each numeric
@@ -373,3 +381,19 @@ class Preprocessor(BaseModel):
 
 
 # ---------------------------------------------------------------------- helpers
+
+
+def _float32(out: np.ndarray) -> np.ndarray:
+    with np.errstate(over="ignore"):  # unclipped: beyond float32's range is ±inf (bounded downstream)
+        return out.astype(np.float32)
+
+
+def _names(mask: np.ndarray, names: Sequence[str]) -> list[list[str]]:
+    """Per row of ``mask``, the names of its True columns, in column order."""
+    out: list[list[str]] = [[] for _ in range(mask.shape[0])]
+    if not mask.any():
+        return out
+    rows, cols = np.nonzero(mask)
+    for i, j in zip(rows.tolist(), cols.tolist(), strict=True):
+        out[i].append(names[j])
+    return out

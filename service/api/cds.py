@@ -24,7 +24,7 @@ from service.api.v1 import ERRORS, errors_for, json_response
 from service.errors import InvalidInput, PreconditionFailed
 from service.fhir.bundle import FeatureIndex, read_fhir
 from service.fhir.explain import ood_summary
-from service.inference import InferenceResult
+from service.inference import InferenceResult, Instances
 from service.outcomes import card_feedback as record_card_feedback
 from service.repository import ServedModel
 from service.state import Endpoint
@@ -187,7 +187,7 @@ async def patient_view(service_id: str, request: Request) -> Response:
             raise InvalidInput(
                 f"prefetch.patient must be Patient/{patient_id} (context.patientId)", "prefetch.patient"
             )
-        result = await state.inference.predict(served, [inputs.patients[0].instance], None, None)
+        result = await state.inference.predict(served, Instances([inputs.patients[0].instance]), None, None)
         ignored = [x.reference for x in inputs.patients[0].ignored]
         settings = state.settings
         return json_response(

@@ -21,6 +21,7 @@ from service.api.errors import error_headers
 from service.errors import InvalidInput, ServiceError
 from service.fhir.bundle import FeatureIndex, read_fhir
 from service.fhir.risk import risk_assessments
+from service.inference import Instances
 from service.repository import ServedModel
 from service.state import Endpoint
 
@@ -136,7 +137,7 @@ async def predict_fhir(
             request.state.instances = len(inputs.patients)
             result = await state.inference.predict(
                 served,
-                [p.instance for p in inputs.patients],
+                Instances([p.instance for p in inputs.patients]),
                 n_samples,
                 n_seed,
                 disconnect_waiter(request),

@@ -25,7 +25,7 @@ from service.api.schemas import (
     ReloadResponse,
 )
 from service.errors import Forbidden
-from service.inference import InferenceResult
+from service.inference import InferenceResult, Instances
 from service.outcomes import feedback as record_feedback
 from service.repository import ServedModel
 from service.state import Endpoint
@@ -95,7 +95,7 @@ async def predict(name: str, request: Request) -> Response:
         request.state.instances = len(body.instances)
         result = await state.inference.predict(
             served,
-            body.instances,
+            Instances(body.instances),
             body.parameters.samples,
             body.parameters.seed,
             disconnect_waiter(request),

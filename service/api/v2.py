@@ -43,6 +43,7 @@ from service.api.v2_codec import (
     split_binary,
 )
 from service.errors import BadRequest, ModelNotFound, ModelNotReady
+from service.inference import Tensor
 from service.repository import ServedModel
 from service.state import AppState, Endpoint
 
@@ -195,10 +196,9 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
         params = body.get("parameters") or {}
         if not isinstance(params, dict):
             raise BadRequest("'parameters' must be an object", field="parameters")
-        rows = served.inputs.v2_instances(x)
         samples, seed = int_param(params, "samples"), int_param(params, "seed")
         requested = requested_outputs(body)  # checked before the compute, not after
         if body.get("id") is not None and not isinstance(body["id"], str):
             raise BadRequest("'id' must be a string", field="id")
-        result = await state.inference.predict(served, rows, samples, seed, disconnect_waiter(request))
+        result = await state.inference.predict(served, Tensor(x), samples, seed, disconnect_waiter(request))
         return encode_response(result, body, requested)

@@ -50,7 +50,7 @@ from service.errors import (
 )
 from service.grpc_api import oip_pb2 as pb
 from service.grpc_api import oip_pb2_grpc as pb_grpc
-from service.inference import InferenceResult
+from service.inference import InferenceResult, Tensor
 from service.inputs import TensorSpec
 from service.repository import ServedModel
 from service.state import AppState, Endpoint
@@ -236,8 +236,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             samples = _parameter(params["samples"], "samples") if "samples" in params else None
             seed = _parameter(params["seed"], "seed") if "seed" in params else None
             names = requested_outputs(request)
-            rows = served.inputs.v2_instances(x)
-            result = await state.inference.predict(served, rows, samples, seed)
+            result = await state.inference.predict(served, Tensor(x), samples, seed)
             return encode_result(result, request, names)
 
 

@@ -17,6 +17,7 @@ import orjson
 import pytest
 
 from model_core.cli.main import main
+from service.errors import InvalidInput
 from tests.model_core.test_air import write_uci_csv
 from tests.model_core.test_sentiment import make_sentiment_dir
 from tests.service.service_helpers import without_ids
@@ -309,21 +310,61 @@ async def test_v2_bytes_json_and_binary_match_v1(kinds_repo: Path) -> None:
         assert r.status_code == 400 and "BYTES" in r.json()["error"]
 
 
-def test_numpy_objects_decode(kinds_repo: Path) -> None:
-    """The sequence adapter's V2 decoding keeps instance boundaries (24 rows per window)."""
+def test_window_tensor_encodes_bitwise_as_its_instances(kinds_repo: Path) -> None:
+    """The sequence adapter's V2 path (a [N, 24, F] tensor) against the same windows sent as V1 hours:
+    the same model input, unclipped input, imputed and flagged names (a gap in PM2.5 carried forward
+    from the last earlier reading, listed after the imputed names), instance boundaries kept."""
     from model_core.checkpoint.manifest import InputSchema
     from service.inputs import SequenceInput
 
     manifest = json.loads((kinds_repo / AIR / "1" / "manifest.json").read_text())
     adapter = SequenceInput(InputSchema.model_validate(manifest["input_schema"]))
-    n_features = len(adapter.features())
-    tensor = np.full((2, 24, n_features), np.nan)
-    tensor[1, :, 0] = np.arange(24)
-    instances = adapter.v2_instances(tensor)
-    assert len(instances) == 2 and all(len(i["hours"]) == 24 for i in instances)
-    assert instances[0]["hours"][0] == {} and instances[1]["hours"][5] == {"pm2.5": 5.0}
-    enc = adapter.encode(instances)
-    assert enc.x.shape == (2, 24, 15)
+    specs = adapter.features()
+    rng = np.random.default_rng(11)
+    tensor = np.empty((3, 24, len(specs)))
+    for j, spec in enumerate(specs):
+        if spec.kind == "categorical":
+            tensor[:, :, j] = rng.integers(0, len(spec.categories or []), (3, 24))
+        else:
+            assert spec.plausible_low is not None and spec.plausible_high is not None
+            span = spec.plausible_high - spec.plausible_low
+            tensor[:, :, j] = rng.uniform(
+                spec.plausible_low - span / 4, spec.plausible_high + span / 4, (3, 24)
+            )
+    tensor[rng.random(tensor.shape) < 0.15] = np.nan
+    target = adapter.pre.feature_names.index("pm2.5")
+    tensor[0, :, :] = np.nan  # nothing at all: every value imputed, nothing to carry forward
+    tensor[1, 2, target], tensor[1, 3:9, target] = 80.0, np.nan  # a six-hour gap, carried forward
+    tensor[2, :5, target] = np.nan  # missing before the first reading: imputed
+    instances = [
+        {
+            "hours": [
+                {
+                    spec.name: (spec.categories or [])[int(v)] if spec.kind == "categorical" else v
+                    for spec, v in zip(specs, hour, strict=True)
+                    if not np.isnan(v)
+                }
+                for hour in window
+            ]
+        }
+        for window in tensor.tolist()
+    ]
+    got, want = adapter.encode_tensor(tensor), adapter.encode(instances)
+    assert got.x.shape == (3, 24, 15) and got.x.tobytes() == want.x.tobytes()
+    assert got.z.tobytes() == want.z.tobytes()
+    assert got.imputed == want.imputed and got.flagged == want.flagged
+    assert got.implausible is not None and want.implausible is not None
+    assert got.implausible.tolist() == want.implausible.tolist()
+    for t in range(3, 9):  # carried forward: the reading of hour 2, named after the hour's imputed names
+        assert [n for n in got.imputed[1] if n.startswith(f"hours[{t}].")][-1] == f"hours[{t}].pm2.5"
+        column = adapter.pre.output_names.index("pm2.5")
+        assert got.z[1, t, column] == got.z[1, 2, column]
+    assert "hours[4].pm2.5" in got.imputed[2] and any(got.flagged)
+    assert tensor[1, 5, target] != tensor[1, 5, target]  # the caller's tensor is not written into
+    tensor[2, 7, target] = np.inf
+    with pytest.raises(InvalidInput) as err:
+        adapter.encode_tensor(tensor)
+    assert err.value.field == "inputs.0.data.2.7.pm2.5" and "infinite" in str(err.value)
 
 
 def _gauges(text: str, model: str) -> dict[tuple[str, str], float]:

@@ -235,7 +235,7 @@ def _accepted_v2(served: Any, payload: dict[str, Any]) -> None:
     assert 1 <= x.shape[0] <= LIMITS.max_instances
     params = payload.get("parameters") or {}
     assert isinstance(params, dict)
-    served.inputs.encode(served.inputs.v2_instances(x))
+    served.inputs.encode_tensor(x)
     samples = v2_codec.int_param(params, "samples")
     assert samples is None or 1 <= samples <= LIMITS.max_samples
     v2_codec.int_param(params, "seed")
