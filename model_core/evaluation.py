@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -260,3 +261,28 @@ def evaluate_checkpoint(
         }
     )
     return report
+
+
+#: Seeds of Monte Carlo replicate ``r`` start at ``seed + r * REPLICATE_SEED_STRIDE``: each evaluation
+#: uses ``seed`` .. ``seed + 3 + shifts``, so replicates never share a noise stream.
+REPLICATE_SEED_STRIDE = 1000
+
+
+def monte_carlo_error(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Per metric, the standard deviation over evaluations that differ only in the prediction noise
+    (ddof = 1): how much a metric at this S moves from one set of S weight draws to another, i.e. the
+    Monte Carlo error of each reported value. Nested sections are kept; non-numeric entries dropped."""
+    if len(reports) < 2:
+        raise ValueError("the Monte Carlo error needs at least two replicates")
+    out: dict[str, Any] = {}
+    for key, first in reports[0].items():
+        values = [r.get(key) for r in reports]
+        if isinstance(first, Mapping):
+            nested = monte_carlo_error([v for v in values if isinstance(v, Mapping)])
+            if nested:
+                out[key] = nested
+        elif isinstance(first, (int, float)) and not isinstance(first, bool) and key != "samples":
+            numbers = np.array([float(v) for v in values if isinstance(v, (int, float))])
+            if len(numbers) == len(reports) and np.isfinite(numbers).all():
+                out[key] = 0.0 if (numbers == numbers[0]).all() else float(numbers.std(ddof=1))
+    return out

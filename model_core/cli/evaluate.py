@@ -20,13 +20,22 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="only N evenly spaced rows of each evaluated split (test, OOD, near-OOD): the quick check"
         " whose metrics a manifest records under training.check (default: every row)",
     )
+    p.add_argument(
+        "--mc-replicates",
+        type=int,
+        default=1,
+        metavar="R",
+        help="also evaluate R - 1 more times with other noise seeds and report, per metric, the standard"
+        " deviation over the R evaluations (the Monte Carlo error at this S) under mc_error; the metrics"
+        " themselves stay those of --seed (default 1: no replicates)",
+    )
     add_data_dir(p)
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
 def run(args: argparse.Namespace) -> int:
     from model_core.checkpoint import CheckpointError, load_checkpoint
-    from model_core.evaluation import evaluate_checkpoint
+    from model_core.evaluation import REPLICATE_SEED_STRIDE, evaluate_checkpoint, monte_carlo_error
 
     try:
         ckpt = load_checkpoint(args.checkpoint)
@@ -37,11 +46,25 @@ def run(args: argparse.Namespace) -> int:
     splits = load_task_splits(args, meta)
     if args.rows is not None and args.rows <= 0:
         return fail(f"--rows must be positive, got {args.rows}")
-    report = evaluate_checkpoint(ckpt, splits, samples=args.samples, seed=args.seed, rows=args.rows)
+    if args.mc_replicates < 1:
+        return fail(f"--mc-replicates must be at least 1, got {args.mc_replicates}")
+    reports = [
+        evaluate_checkpoint(
+            ckpt, splits, samples=args.samples, seed=args.seed + r * REPLICATE_SEED_STRIDE, rows=args.rows
+        )
+        for r in range(args.mc_replicates)
+    ]
+    report = reports[0]
+    if len(reports) > 1:
+        report["mc_error"] = {"replicates": len(reports), **monte_carlo_error(reports)}
     if args.json:
         print(json.dumps(report, default=float))
     else:
+        errors = report.get("mc_error", {})
         for section in ("test", "ood"):
             for k, v in report.get(section, {}).items():
-                print(f"{section:5s} {k:20s} {v:.4f}")
+                mc = errors.get(section, {}).get(k)
+                print(
+                    f"{section:5s} {k:20s} {v:.4f}" + (f" ± {mc:.4f} (Monte Carlo)" if mc is not None else "")
+                )
     return 0

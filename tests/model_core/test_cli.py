@@ -48,6 +48,28 @@ def test_train_and_evaluate_on_a_generated_csv(
     for key in ("auroc", "nll", "ece", "brier", "aupr_err"):
         assert 0.0 <= report["test"][key] <= 10.0
     assert report["parameter_count"] == trained["parameter_count"]
+    # the Monte Carlo error at a small S: replicate 0 is the seed's evaluation, the others move the metrics
+    assert main(["evaluate", str(out), "--json", "--samples", "4"]) == 0
+    single = json.loads(capsys.readouterr().out)
+    assert main(["evaluate", str(out), "--json", "--samples", "4", "--mc-replicates", "3"]) == 0
+    replicated = json.loads(capsys.readouterr().out)
+    assert replicated["test"] == single["test"] and replicated["mc_error"]["replicates"] == 3
+    assert 0.0 < replicated["mc_error"]["test"]["nll"] < 1.0
+    assert main(["evaluate", str(out), "--mc-replicates", "0"]) != 0
+
+
+def test_monte_carlo_error_is_the_spread_over_replicates() -> None:
+    from model_core.evaluation import monte_carlo_error
+
+    reports = [
+        {"test": {"nll": 0.5, "auroc": 0.7}, "samples": 32, "method": "lowrank"},
+        {"test": {"nll": 0.7, "auroc": 0.7}, "samples": 32, "method": "lowrank"},
+        {"test": {"nll": 0.6, "auroc": 0.7}, "samples": 32, "method": "lowrank"},
+    ]
+    error = monte_carlo_error(reports)
+    assert error == {"test": {"nll": pytest.approx(0.1), "auroc": 0.0}}
+    with pytest.raises(ValueError, match="two replicates"):
+        monte_carlo_error(reports[:1])
 
 
 def test_evaluate_refuses_a_tampered_checkpoint(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
