@@ -75,7 +75,7 @@ CASES: list[tuple[str, bytes, int, str]] = [
     (INFER, _tensor([70, "110", 1.5, 0]), 400, "inputs.0.data"),
     (INFER, _tensor([70, 110, 1.5, 7]), 422, "inputs.0.data.0.sex"),
     (INFER, _tensor([70, 110, 1.5, 0]).replace(b"70", HUGE_INT), 400, "inputs.0.data"),
-    (INFER, _tensor([70, 110, 1.5, 0]).replace(b"70", b"Infinity"), 422, "instances.0.age"),
+    (INFER, _tensor([70, 110, 1.5, 0]).replace(b"70", b"Infinity"), 422, "inputs.0.data.0.age"),
     (
         INFER,
         _tensor([70, 110, 1.5, 0], outputs=[{"name": "mean", "parameters": [1]}]),
