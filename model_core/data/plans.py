@@ -63,13 +63,13 @@ class Bounds(_ArrayValue):
 @dataclasses.dataclass(frozen=True, eq=False)
 class MatrixPlan(_ArrayValue):
     """Where each feature of a raw-value matrix goes (``Preprocessor.transform_matrix``): positions of
-    the numeric and the categorical features in feature order, their column offsets in the model input,
+    the numeric and the categorical features in feature order, the categorical ones' column offsets in
+    the model input (the numeric ones' are ``ScalePlan.cols``),
     imputation values, plausible ranges (raw units), category counts and the modes' indices."""
 
     names: list[str]
     num_names: list[str]
     num: np.ndarray
-    num_offsets: np.ndarray
     impute: np.ndarray
     plausible_low: np.ndarray
     plausible_high: np.ndarray
@@ -87,7 +87,6 @@ class MatrixPlan(_ArrayValue):
             [spec.name for spec, _ in plan],
             [s.name for _, s, _ in num],
             np.array([j for j, _, _ in num], dtype=index),
-            np.array([o for _, _, o in num], dtype=index),
             np.array([s.impute for _, s, _ in num], dtype=floats),
             np.array([s.plausible_low for _, s, _ in num], dtype=floats),
             np.array([s.plausible_high for _, s, _ in num], dtype=floats),

@@ -249,7 +249,7 @@ class Preprocessor(BaseModel):
         np.copyto(number, p.impute, where=absent)  # (a copy: fancy indexing copies)
         out = np.zeros((n_rows, self._width), dtype=np.float64)
         if self._numeric is not None:
-            out[:, p.num_offsets] = self._numeric.scale(number, clip)
+            out[:, self._numeric.cols] = self._numeric.scale(number, clip)
         codes = np.where(known, code, p.modes).astype(np.intp)  # missing: the mode
         out[np.arange(n_rows)[:, None], p.cat_offsets + codes] = 1.0
         return _float32(out), _names(missing, p.names), _names(odd, p.num_names)
