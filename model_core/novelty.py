@@ -16,8 +16,19 @@ On the features, a Gaussian with the Ledoit-Wolf shrinkage covariance of the tra
 (scikit-learn's ``LedoitWolf``; the sample covariance of 30-60 correlated, partly constant columns is
 singular). Chosen on the ICU splits against kNN distance, class-conditional densities in input and in the
 network's last hidden layer (DDU-style) and IsolationForest: within ~0.02 AUROC of the best of them
-(``docs/results.md``), one matrix product per request and nothing fitted at serving time. The detector's
-arrays travel as ``novelty.safetensors`` beside the weights, its sha256 in the manifest.
+(``docs/results.md``), one matrix product per request and nothing fitted at serving time.
+
+Tabular inputs add a **per-feature tail score** (:class:`TailScore`): how far each numeric value lies
+from the training median, in units of the training 0.5 % / 99.5 % quantile's distance on that side. A
+Mahalanobis distance spreads one feature's shift over all the dimensions and weighs it by the variance,
+not by the tail: glucose sent in mmol/L (7.5 for 135 mg/dL) lies inside the training range of a
+min-max scaled input and moves the distance little, while it is below the 0.2 % quantile of every
+training patient. The novelty score is then the Euclidean norm of the two, each divided by its own
+training 99th percentile (``refs``): either can fire alone, and two moderate ones add up. Chosen by
+validation only against the distance alone, the tail score alone, their maximum and weighted sums
+(``benchmarks/novelty_choice.py``, ``docs/model.md``): on the mean of two validation criteria, unit
+errors detected and a disease class held out of the fit, on three seeds. The detector's arrays travel as
+``novelty.safetensors`` beside the weights, its sha256 in the manifest.
 
 The serving path needs only numpy: fitting (scikit-learn, torch for the text table) imports lazily.
 """
@@ -35,7 +46,14 @@ import numpy as np
 if TYPE_CHECKING:
     from model_core.layers.base import BayesianModule
 
-__all__ = ["NOVELTY_FILE", "NoveltyDetector", "NoveltyFeatures", "fit_novelty", "novelty_features"]
+__all__ = [
+    "NOVELTY_FILE",
+    "NoveltyDetector",
+    "NoveltyFeatures",
+    "TailScore",
+    "fit_novelty",
+    "novelty_features",
+]
 
 NOVELTY_FILE = "novelty.safetensors"
 #: Unclipped inputs are capped at this magnitude before the distance: a value 1e300 (a finite double a
@@ -43,6 +61,15 @@ NOVELTY_FILE = "novelty.safetensors"
 INPUT_CAP = 1e6
 #: Text: principal directions of the mean token-embedding table kept (the low-rank models' r = 16).
 TEXT_COMPONENTS = 16
+#: Tail score: a side's unit is the distance from the median to this training quantile (0.5 %, 99.5 %).
+TAIL_LEVEL = 0.005
+#: A side's unit is at least this fraction of the two sides' sum: a zero-inflated feature (the coma score
+#: is 0 for most patients) has no lower tail, and a zero unit would make any value below it infinite.
+TAIL_FLOOR = 0.05
+#: Each component is divided by its own training quantile at this level before the two are compared.
+REF_LEVEL = 0.99
+#: names of the tail component's arrays in ``novelty.safetensors``
+TAIL_KEYS = ("tail_columns", "tail_center", "tail_upper", "tail_lower", "refs")
 
 
 class NoveltyFeatures(str, Enum):
@@ -95,8 +122,54 @@ def novelty_features(
 
 
 @dataclass(frozen=True)
+class TailScore:
+    """max_j of the distance of feature ``columns[j]`` from ``center[j]``, in units of ``upper[j]`` above
+    it and ``lower[j]`` below it (the training median and quantile distances, see :data:`TAIL_LEVEL`)."""
+
+    columns: np.ndarray  # (k,) int64 indices into the feature vector
+    center: np.ndarray  # (k,)
+    upper: np.ndarray  # (k,) > 0
+    lower: np.ndarray  # (k,) > 0
+
+    @classmethod
+    def fit(cls, f: np.ndarray, columns: np.ndarray) -> TailScore:
+        t = f[:, columns]
+        center = np.median(t, axis=0)
+        upper = np.quantile(t, 1.0 - TAIL_LEVEL, axis=0) - center
+        lower = center - np.quantile(t, TAIL_LEVEL, axis=0)
+        floor = np.maximum(TAIL_FLOOR * (upper + lower), 1e-6)
+        return cls(columns, center, np.maximum(upper, floor), np.maximum(lower, floor))
+
+    def score(self, f: np.ndarray) -> np.ndarray:
+        t = f[:, self.columns] - self.center
+        return np.maximum(t / self.upper, -t / self.lower).max(axis=1)
+
+    def tensors(self) -> dict[str, np.ndarray]:
+        return {
+            "tail_columns": self.columns.astype(np.int64),
+            "tail_center": self.center.astype(np.float64),
+            "tail_upper": self.upper.astype(np.float64),
+            "tail_lower": self.lower.astype(np.float64),
+        }
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, np.ndarray], dim: int) -> TailScore:
+        columns = tensors["tail_columns"]
+        parts = [tensors[k] for k in ("tail_center", "tail_upper", "tail_lower")]
+        k = columns.shape[0] if columns.ndim == 1 else -1
+        if k < 1 or any(p.shape != (k,) for p in parts):
+            raise ValueError(f"novelty tail arrays do not have one value per tail column ({columns.shape})")
+        if columns.dtype.kind not in "iu" or columns.min() < 0 or columns.max() >= dim:
+            raise ValueError(f"novelty tail columns must be integer indices in [0, {dim})")
+        if not all((p > 0).all() for p in parts[1:]):
+            raise ValueError("novelty tail units must be positive")
+        return cls(columns.astype(np.int64), *parts)
+
+
+@dataclass(frozen=True)
 class NoveltyDetector:
-    """Mahalanobis distance sqrt((f - loc)ᵀ P (f - loc)) of the feature map of an input."""
+    """Mahalanobis distance sqrt((f - loc)ᵀ P (f - loc)) of the feature map of an input; with a
+    :class:`TailScore`, hypot(distance / refs[0], tail / refs[1])."""
 
     features: NoveltyFeatures
     loc: np.ndarray  # (d,)
@@ -105,6 +178,9 @@ class NoveltyDetector:
     extra: dict[str, np.ndarray]
     #: scalars of the feature map (``pad_id`` for text)
     meta: dict[str, Any]
+    tail: TailScore | None = None
+    #: (2,) the training REF_LEVEL quantiles of the distance and of the tail score (with ``tail``)
+    refs: np.ndarray | None = None
 
     @property
     def dim(self) -> int:
@@ -113,6 +189,12 @@ class NoveltyDetector:
     def score(self, x: np.ndarray) -> np.ndarray:
         """(n,) float64 novelty scores of ``n`` (unclipped) model inputs; O(n·d²)."""
         f = novelty_features(self.features, x, self.extra, self.meta)
+        distance = self._distance(f)
+        if self.tail is None or self.refs is None:
+            return distance
+        return np.hypot(distance / self.refs[0], self.tail.score(f) / self.refs[1])
+
+    def _distance(self, f: np.ndarray) -> np.ndarray:
         diff = f - self.loc
         quad = np.einsum("nd,nd->n", diff @ self.precision, diff)
         return np.sqrt(np.maximum(quad, 0.0))
@@ -121,6 +203,9 @@ class NoveltyDetector:
     def tensors(self) -> dict[str, np.ndarray]:
         out = {"loc": self.loc.astype(np.float64), "precision": self.precision.astype(np.float64)}
         out.update({k: np.ascontiguousarray(v) for k, v in self.extra.items()})
+        if self.tail is not None and self.refs is not None:
+            out.update(self.tail.tensors())
+            out["refs"] = self.refs.astype(np.float64)
         return out
 
     def save(self, directory: str | Path) -> Path:
@@ -144,7 +229,7 @@ class NoveltyDetector:
         d = loc.shape[0] if loc.ndim == 1 else -1
         if d < 1 or precision.shape != (d, d):
             raise ValueError(f"novelty loc {loc.shape} and precision {precision.shape} do not match")
-        extra = {k: v for k, v in tensors.items() if k not in ("loc", "precision")}
+        extra = {k: v for k, v in tensors.items() if k not in ("loc", "precision", *TAIL_KEYS)}
         if NoveltyFeatures(features) is NoveltyFeatures.TOKEN_EMBEDDING:
             table = extra.get("embedding")
             if table is None or table.ndim != 2 or table.shape[1] != d:
@@ -152,7 +237,17 @@ class NoveltyDetector:
         bad = [k for k, v in tensors.items() if not np.isfinite(v).all()]
         if bad:
             raise ValueError(f"non-finite values in novelty tensors {bad}")
-        return cls(NoveltyFeatures(features), loc, precision, extra, dict(meta))
+        present = [k for k in TAIL_KEYS if k in tensors]
+        tail, refs = None, None
+        if present:
+            if len(present) != len(TAIL_KEYS):
+                missing = sorted(set(TAIL_KEYS) - set(present))
+                raise ValueError(f"novelty tail component is incomplete: missing {missing}")
+            tail = TailScore.from_tensors(tensors, d)
+            refs = tensors["refs"]
+            if refs.shape != (2,) or not (refs > 0).all():
+                raise ValueError(f"novelty refs must be two positive numbers, got {refs.tolist()}")
+        return cls(NoveltyFeatures(features), loc, precision, extra, dict(meta), tail, refs)
 
 
 def _text_table(model: BayesianModule, components: int = TEXT_COMPONENTS) -> np.ndarray:
@@ -188,8 +283,10 @@ def fit_novelty(
     x_train: np.ndarray,
     model: BayesianModule | None = None,
     pad_id: int = 0,
+    tail_columns: np.ndarray | None = None,
 ) -> NoveltyDetector:
-    """Fit the detector of ``input_kind`` on the training split's (unclipped) inputs."""
+    """Fit the detector of ``input_kind`` on the training split's (unclipped) inputs; ``tail_columns``
+    (feature-vector indices, the numeric inputs of a tabular model) adds the :class:`TailScore`."""
     from sklearn.covariance import LedoitWolf
 
     features = KIND_FEATURES[input_kind]
@@ -203,4 +300,9 @@ def fit_novelty(
     f = novelty_features(features, x_train, extra, meta)
     lw = LedoitWolf().fit(f)
     loc, precision = lw.location_.astype(np.float64), lw.precision_.astype(np.float64)
-    return NoveltyDetector(features, loc, precision, extra, meta)
+    plain = NoveltyDetector(features, loc, precision, extra, meta)
+    if tail_columns is None or len(tail_columns) == 0:
+        return plain
+    tail = TailScore.fit(f, np.asarray(tail_columns, dtype=np.int64))
+    refs = np.quantile(np.stack([plain.score(x_train), tail.score(f)]), REF_LEVEL, axis=1)
+    return NoveltyDetector(features, loc, precision, extra, meta, tail, np.maximum(refs, 1e-12))

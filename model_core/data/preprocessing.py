@@ -144,6 +144,11 @@ class Preprocessor(BaseModel):
         return [name for spec in self.features for name in spec.output_names]
 
     @property
+    def numeric_columns(self) -> np.ndarray:
+        """Model input columns of the numeric features (int64, in column order); empty when none."""
+        return np.array([] if self._numeric is None else self._numeric.cols, dtype=np.int64)
+
+    @property
     def n_outputs(self) -> int:
         """Model input width."""
         return sum(spec.n_outputs for spec in self.features)

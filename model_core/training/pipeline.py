@@ -153,7 +153,10 @@ def _fit_novelty(model: BayesianModule, splits: TabularSplits) -> NoveltyDetecto
         else "tabular"
     )
     pad = int(splits.tokenizer.to_dict()["pad_id"]) if isinstance(splits, TextSplits) else 0
-    return fit_novelty(kind, splits.novelty_input("train"), model=model, pad_id=pad)
+    # the tail score, chosen by validation on the ICU model (docs/model.md); not evaluated for the
+    # window summaries and text embeddings, which keep the distance alone
+    tail = splits.preprocessor.numeric_columns if kind == "tabular" else None
+    return fit_novelty(kind, splits.novelty_input("train"), model=model, pad_id=pad, tail_columns=tail)
 
 
 def _tensor(a: np.ndarray) -> torch.Tensor:

@@ -30,8 +30,12 @@ from model_core.models.transformer import transformer_spec
 from model_core.novelty import (
     INPUT_CAP,
     NOVELTY_FILE,
+    REF_LEVEL,
+    TAIL_FLOOR,
+    TAIL_LEVEL,
     NoveltyDetector,
     NoveltyFeatures,
+    TailScore,
     fit_novelty,
 )
 from model_core.predict import predict
@@ -235,6 +239,125 @@ def test_from_tensors_refuses_bad_arrays() -> None:
         NoveltyDetector.from_tensors(f, {"loc": np.array([0.0, np.inf, 0.0]), "precision": prec}, {})
 
 
+# ------------------------------------------------------------------------------------- tail score
+
+
+def _skewed(rng: np.random.Generator, n: int = 2000) -> np.ndarray:
+    """Three numeric columns (one heavily skewed, like a lab value) and a 0/1 indicator column."""
+    lab = rng.lognormal(mean=0.0, sigma=0.6, size=n)
+    return np.column_stack(
+        [rng.normal(size=n), 5.0 + lab, rng.normal(size=n) * 3.0, rng.integers(0, 2, size=n)]
+    ).astype(np.float64)
+
+
+def test_tail_score_is_the_distance_in_units_of_each_sides_training_quantile() -> None:
+    """Known answer: the tail units are the training median's distance to its 0.5 % / 99.5 % quantile
+    (numpy's own quantile, to 1e-12), a row at median + k·upper of one column (others at the median)
+    scores exactly k, at median - k·lower also k, and columns not listed are never read."""
+    rng = np.random.default_rng(30)
+    x = _skewed(rng)
+    cols = np.array([0, 1, 2])
+    tail = TailScore.fit(x, cols)
+    t = x[:, cols]
+    np.testing.assert_allclose(tail.center, np.median(t, 0), rtol=1e-12)
+    np.testing.assert_allclose(tail.upper, np.quantile(t, 1 - TAIL_LEVEL, 0) - tail.center, rtol=1e-12)
+    np.testing.assert_allclose(tail.lower, tail.center - np.quantile(t, TAIL_LEVEL, 0), rtol=1e-12)
+    assert tail.upper[1] > 2 * tail.lower[1]  # the skewed column: a long upper tail, a short lower one
+    for j in range(3):
+        for k in (0.5, 1.0, 3.0, 40.0):
+            row = np.r_[tail.center, 0.0][None, :].copy()
+            row[0, j] = tail.center[j] + k * tail.upper[j]
+            assert tail.score(row)[0] == pytest.approx(k, rel=1e-12)
+            row[0, j] = tail.center[j] - k * tail.lower[j]
+            assert tail.score(row)[0] == pytest.approx(k, rel=1e-12)
+    row = np.r_[tail.center, 1e6][None, :]
+    assert tail.score(row)[0] == 0.0  # the indicator column is not a tail column
+    # about 1 % of training rows lie beyond one side's unit in a given column (0.5 % on each side)
+    beyond = (np.abs(t - tail.center) > np.where(t > tail.center, tail.upper, tail.lower)).mean(0)
+    assert np.all(beyond <= 2 * TAIL_LEVEL + 1e-9)
+
+
+def test_a_zero_inflated_column_gets_a_floored_unit_not_zero() -> None:
+    """A column that is 0 for 99 % of rows has no lower tail: its lower unit is TAIL_FLOOR of the two
+    sides' sum, so a value just below 0 scores finitely (not inf)."""
+    rng = np.random.default_rng(31)
+    col = np.where(rng.random(3000) < 0.99, 0.0, rng.uniform(0.2, 1.0, 3000))
+    tail = TailScore.fit(col[:, None], np.array([0]))
+    assert tail.lower[0] == pytest.approx(TAIL_FLOOR * (tail.upper[0] + 0.0), rel=1e-12)
+    assert math.isfinite(tail.score(np.array([[-0.01]]))[0])
+
+
+def test_with_tail_columns_the_score_is_the_norm_of_both_components_over_their_refs() -> None:
+    """score = hypot(distance / refs[0], tail / refs[1]) to 1e-12; refs are the training REF_LEVEL
+    quantiles of each component; without tail columns the score stays the distance alone."""
+    rng = np.random.default_rng(32)
+    x = _skewed(rng)
+    plain = fit_novelty("tabular", x)
+    det = fit_novelty("tabular", x, tail_columns=np.array([0, 1, 2]))
+    assert plain.tail is None and det.tail is not None and det.refs is not None
+    dist, tail = plain.score(x), det.tail.score(x)
+    np.testing.assert_allclose(det.refs, [np.quantile(dist, REF_LEVEL), np.quantile(tail, REF_LEVEL)])
+    probe = np.concatenate([x[:50], x[:5] * 4.0])
+    expected = np.hypot(plain.score(probe) / det.refs[0], det.tail.score(probe) / det.refs[1])
+    np.testing.assert_allclose(det.score(probe), expected, rtol=1e-12)
+    np.testing.assert_array_equal(fit_novelty("tabular", x, tail_columns=np.array([], int)).score(x), dist)
+
+
+def test_a_one_feature_unit_error_inside_the_range_is_caught_by_the_tail_not_the_distance() -> None:
+    """A lab value divided by 18 (glucose in mmol/L) stays inside the column's training range and
+    moves the Mahalanobis distance little, but lies far below the training 0.5 % quantile: at the
+    training 95th percentile of each score, the tail-augmented score flags nearly all such rows (>= 90 %)
+    and the distance alone flags fewer than half as many. The numbers are random draws of a fixed seed;
+    the bounds hold with a wide margin for any seed (the effect is an order of magnitude)."""
+    rng = np.random.default_rng(33)
+    n = 3000
+    mu = 4.9 + rng.normal(size=n) * 0.35  # log glucose around 135 mg/dL
+    x = np.column_stack([np.exp(mu), rng.normal(size=(n, 5)) @ rng.normal(size=(5, 5))])
+    x[: n // 200, 0] = rng.uniform(0.0, 30.0, size=n // 200)  # the rare real low values
+    x[0, 0] = 0.0  # SUPPORT2's glucose goes down to 0
+    x = x / np.abs(x).max(0)  # min-max-like scaling: the column spans [0, 1]
+    cols = np.arange(x.shape[1])
+    plain = fit_novelty("tabular", x)
+    det = fit_novelty("tabular", x, tail_columns=cols)
+    shifted = x[n // 200 : n // 200 + 500].copy()
+    shifted[:, 0] /= 18.016
+    assert shifted[:, 0].min() >= x[:, 0].min()  # inside the training range
+    rate = lambda d: float((d.score(shifted) > np.quantile(d.score(x), 0.95)).mean())  # noqa: E731
+    assert rate(det) >= 0.90
+    assert rate(plain) < 0.5 * rate(det)
+
+
+def test_tail_round_trip_and_refusal_of_bad_tail_arrays(tmp_path: Path) -> None:
+    """save -> from_tensors scores bitwise like the original with its tail; an incomplete tail, a column
+    out of range or not an integer, a unit <= 0, refs of the wrong shape or <= 0, a length mismatch and a
+    NaN are each refused with a ValueError naming the defect."""
+    rng = np.random.default_rng(34)
+    x = _skewed(rng)
+    det = fit_novelty("tabular", x, tail_columns=np.array([0, 1, 2]))
+    back = _roundtrip(det, tmp_path)
+    assert back.tail is not None
+    np.testing.assert_array_equal(back.score(x * 1.5), det.score(x * 1.5))
+    good = det.tensors()
+
+    def refused(change: dict[str, np.ndarray], match: str, drop: str | None = None) -> None:
+        bad = {**good, **change}
+        if drop:
+            del bad[drop]
+        with pytest.raises(ValueError, match=match):
+            NoveltyDetector.from_tensors(NoveltyFeatures.INPUTS, bad, {})
+
+    refused({}, "incomplete", drop="tail_upper")
+    refused({}, "incomplete", drop="refs")
+    refused({"tail_columns": np.array([0, 1, 4])}, r"\[0, 4\)")
+    refused({"tail_columns": np.array([0, -1, 2])}, r"\[0, 4\)")
+    refused({"tail_columns": np.array([0.0, 1.0, 2.0])}, "integer")
+    refused({"tail_lower": np.array([1.0, 0.0, 1.0])}, "positive")
+    refused({"tail_center": np.zeros(2)}, "one value per tail column")
+    refused({"refs": np.array([1.0])}, "refs")
+    refused({"refs": np.array([1.0, -2.0])}, "refs")
+    refused({"tail_upper": np.array([1.0, np.nan, 1.0])}, "non-finite")
+
+
 # ---------------------------------------------------------------------------------------- checkpoints
 
 SEED = 0  # the small checkpoint's (``conftest.SMALL_SEED``, ``SMALL_SAMPLES``)
@@ -278,6 +401,10 @@ def test_checkpoint_novelty_equals_a_freshly_loaded_detector(toy: tuple[Path, Ta
     meta = loaded.manifest.calibration.novelty
     assert meta is not None
     assert meta.features == "inputs" and meta.dim == det.dim == splits.n_features
+    # a tabular model's detector has the tail score on exactly the preprocessor's numeric columns
+    assert det.tail is not None
+    np.testing.assert_array_equal(det.tail.columns, splits.preprocessor.numeric_columns)
+    assert len(det.tail.columns) > 0
     assert meta.sha256 == sha256_file(ckpt / NOVELTY_FILE)
     fresh = NoveltyDetector.from_tensors(
         NoveltyFeatures(meta.features), load_file(str(ckpt / NOVELTY_FILE)), meta.meta
