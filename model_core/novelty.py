@@ -19,13 +19,14 @@ network's last hidden layer (DDU-style) and IsolationForest: within ~0.02 AUROC 
 (``docs/results.md``), one matrix product per request and nothing fitted at serving time.
 
 Tabular inputs add a **per-feature tail score** (:class:`TailScore`): how far each numeric value lies
-from the training median, in units of the training 0.5 % / 99.5 % quantile's distance on that side. A
+from the training median, in units of the training 0.5 % / 99.5 % quantile's distance on that side, on
+a log axis (a unit error is a factor, which the log turns into the same shift at any value). A
 Mahalanobis distance spreads one feature's shift over all the dimensions and weighs it by the variance,
 not by the tail: glucose sent in mmol/L (7.5 for 135 mg/dL) lies inside the training range of a
 min-max scaled input and moves the distance little, while it is below the 0.2 % quantile of every
-training patient. The novelty score is then the Euclidean norm of the two, each divided by its own
-training 99th percentile (``refs``): either can fire alone, and two moderate ones add up. Chosen by
-validation only against the distance alone, the tail score alone, their maximum and weighted sums
+training patient. The novelty score is then the sum of the two, each divided by its own training 99th
+percentile (``refs``): either can fire alone, and two moderate ones add up. Chosen by validation only
+against the distance alone, the tail score alone, their maximum, their Euclidean norm and weighted sums
 (``benchmarks/novelty_choice.py``, ``docs/model.md``): on the mean of two validation criteria, unit
 errors detected and a disease class held out of the fit, on three seeds. The detector's arrays travel as
 ``novelty.safetensors`` beside the weights, its sha256 in the manifest.
@@ -35,6 +36,7 @@ The serving path needs only numpy: fitting (scikit-learn, torch for the text tab
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
@@ -68,8 +70,12 @@ TAIL_LEVEL = 0.005
 TAIL_FLOOR = 0.05
 #: Each component is divided by its own training quantile at this level before the two are compared.
 REF_LEVEL = 0.99
+#: The tail score's axis: log(z + offset) of the scaled value z (the training split spans [0, 1]),
+#: continued linearly below 0 with the same slope, so that a value under the training minimum still
+#: grows without bound. 1 % of the training range: chosen by validation against 3 % and 10 %.
+TAIL_OFFSET = 0.01
 #: names of the tail component's arrays in ``novelty.safetensors``
-TAIL_KEYS = ("tail_columns", "tail_center", "tail_upper", "tail_lower", "refs")
+TAIL_KEYS = ("tail_columns", "tail_center", "tail_upper", "tail_lower", "tail_offset", "refs")
 
 
 class NoveltyFeatures(str, Enum):
@@ -123,25 +129,33 @@ def novelty_features(
 
 @dataclass(frozen=True)
 class TailScore:
-    """max_j of the distance of feature ``columns[j]`` from ``center[j]``, in units of ``upper[j]`` above
-    it and ``lower[j]`` below it (the training median and quantile distances, see :data:`TAIL_LEVEL`)."""
+    """max_j of the distance of feature ``columns[j]`` from ``center[j]`` on the :meth:`axis`, in units of
+    ``upper[j]`` above it and ``lower[j]`` below it (the training median and quantile distances, see
+    :data:`TAIL_LEVEL`)."""
 
     columns: np.ndarray  # (k,) int64 indices into the feature vector
     center: np.ndarray  # (k,)
     upper: np.ndarray  # (k,) > 0
     lower: np.ndarray  # (k,) > 0
+    offset: float = TAIL_OFFSET
+
+    def axis(self, f: np.ndarray) -> np.ndarray:
+        """The tail columns of ``f`` on the log axis (see :data:`TAIL_OFFSET`): monotone and C¹."""
+        z = f[:, self.columns]
+        positive = np.log(np.maximum(z, 0.0) + self.offset)
+        return np.where(z >= 0.0, positive, math.log(self.offset) + z / self.offset)
 
     @classmethod
-    def fit(cls, f: np.ndarray, columns: np.ndarray) -> TailScore:
-        t = f[:, columns]
+    def fit(cls, f: np.ndarray, columns: np.ndarray, offset: float = TAIL_OFFSET) -> TailScore:
+        t = cls(columns, np.zeros(0), np.zeros(0), np.zeros(0), offset).axis(f)
         center = np.median(t, axis=0)
         upper = np.quantile(t, 1.0 - TAIL_LEVEL, axis=0) - center
         lower = center - np.quantile(t, TAIL_LEVEL, axis=0)
         floor = np.maximum(TAIL_FLOOR * (upper + lower), 1e-6)
-        return cls(columns, center, np.maximum(upper, floor), np.maximum(lower, floor))
+        return cls(columns, center, np.maximum(upper, floor), np.maximum(lower, floor), offset)
 
     def score(self, f: np.ndarray) -> np.ndarray:
-        t = f[:, self.columns] - self.center
+        t = self.axis(f) - self.center
         return np.maximum(t / self.upper, -t / self.lower).max(axis=1)
 
     def tensors(self) -> dict[str, np.ndarray]:
@@ -150,6 +164,7 @@ class TailScore:
             "tail_center": self.center.astype(np.float64),
             "tail_upper": self.upper.astype(np.float64),
             "tail_lower": self.lower.astype(np.float64),
+            "tail_offset": np.array([self.offset], dtype=np.float64),
         }
 
     @classmethod
@@ -163,13 +178,16 @@ class TailScore:
             raise ValueError(f"novelty tail columns must be integer indices in [0, {dim})")
         if not all((p > 0).all() for p in parts[1:]):
             raise ValueError("novelty tail units must be positive")
-        return cls(columns.astype(np.int64), *parts)
+        offset = tensors["tail_offset"]
+        if offset.shape != (1,) or not offset[0] > 0:
+            raise ValueError(f"novelty tail offset must be one positive number, got {offset.tolist()}")
+        return cls(columns.astype(np.int64), *parts, float(offset[0]))
 
 
 @dataclass(frozen=True)
 class NoveltyDetector:
     """Mahalanobis distance sqrt((f - loc)ᵀ P (f - loc)) of the feature map of an input; with a
-    :class:`TailScore`, hypot(distance / refs[0], tail / refs[1])."""
+    :class:`TailScore`, distance / refs[0] + tail / refs[1]."""
 
     features: NoveltyFeatures
     loc: np.ndarray  # (d,)
@@ -192,7 +210,7 @@ class NoveltyDetector:
         distance = self._distance(f)
         if self.tail is None or self.refs is None:
             return distance
-        return np.hypot(distance / self.refs[0], self.tail.score(f) / self.refs[1])
+        return distance / self.refs[0] + self.tail.score(f) / self.refs[1]
 
     def _distance(self, f: np.ndarray) -> np.ndarray:
         diff = f - self.loc

@@ -33,6 +33,7 @@ from model_core.novelty import (
     REF_LEVEL,
     TAIL_FLOOR,
     TAIL_LEVEL,
+    TAIL_OFFSET,
     NoveltyDetector,
     NoveltyFeatures,
     TailScore,
@@ -243,35 +244,59 @@ def test_from_tensors_refuses_bad_arrays() -> None:
 
 
 def _skewed(rng: np.random.Generator, n: int = 2000) -> np.ndarray:
-    """Three numeric columns (one heavily skewed, like a lab value) and a 0/1 indicator column."""
+    """Three numeric columns (one heavily skewed, like a lab value) and a 0/1 indicator column, min-max
+    scaled to [0, 1] as the preprocessor scales a training split."""
     lab = rng.lognormal(mean=0.0, sigma=0.6, size=n)
-    return np.column_stack(
-        [rng.normal(size=n), 5.0 + lab, rng.normal(size=n) * 3.0, rng.integers(0, 2, size=n)]
-    ).astype(np.float64)
+    x = np.column_stack([rng.normal(size=n), 5.0 + lab, rng.normal(size=n) * 3.0]).astype(np.float64)
+    x = (x - x.min(0)) / np.ptp(x, axis=0)
+    return np.column_stack([x, rng.integers(0, 2, size=n)]).astype(np.float64)
+
+
+def _inverse_axis(a: np.ndarray, offset: float) -> np.ndarray:
+    """The scaled value whose tail axis is ``a`` (the inverse of ``TailScore.axis``)."""
+    return np.where(a >= math.log(offset), np.exp(a) - offset, (a - math.log(offset)) * offset)
+
+
+def test_tail_axis_is_log_above_zero_linear_below_monotone_and_continuous() -> None:
+    """axis(z) = log(z + offset) for z >= 0 and log(offset) + z / offset below (to 1e-12), strictly
+    increasing over [-5, 50], continuous at 0, and a unit factor (x 10) is one shift log(10) for values
+    far above the offset (within 1 %: the offset is 1 % of the training range)."""
+    tail = TailScore(np.array([0]), np.zeros(1), np.ones(1), np.ones(1), TAIL_OFFSET)
+    z = np.linspace(-5.0, 50.0, 20001)
+    a = tail.axis(z[:, None])[:, 0]
+    assert (np.diff(a) > 0).all()
+    np.testing.assert_allclose(a[z >= 0], np.log(z[z >= 0] + TAIL_OFFSET), rtol=1e-12)
+    np.testing.assert_allclose(a[z < 0], math.log(TAIL_OFFSET) + z[z < 0] / TAIL_OFFSET, rtol=1e-12)
+    near = tail.axis(np.array([[-1e-12], [0.0], [1e-12]]))[:, 0]
+    assert np.ptp(near) < 1e-9
+    big = np.array([[2.0], [20.0]])
+    shift = float(np.diff(tail.axis(big)[:, 0])[0])
+    assert shift == pytest.approx(math.log(10.0), rel=0.01)
 
 
 def test_tail_score_is_the_distance_in_units_of_each_sides_training_quantile() -> None:
-    """Known answer: the tail units are the training median's distance to its 0.5 % / 99.5 % quantile
-    (numpy's own quantile, to 1e-12), a row at median + k·upper of one column (others at the median)
-    scores exactly k, at median - k·lower also k, and columns not listed are never read."""
+    """Known answer: the tail units are the training median's distance (on the tail axis) to its
+    0.5 % / 99.5 % quantile (numpy's own quantile, to 1e-12); a row whose one column lies k units above
+    the median (the others at the median) scores k (to 1e-9), k units below also k, and columns not
+    listed are never read."""
     rng = np.random.default_rng(30)
     x = _skewed(rng)
     cols = np.array([0, 1, 2])
     tail = TailScore.fit(x, cols)
-    t = x[:, cols]
+    t = tail.axis(x)
     np.testing.assert_allclose(tail.center, np.median(t, 0), rtol=1e-12)
     np.testing.assert_allclose(tail.upper, np.quantile(t, 1 - TAIL_LEVEL, 0) - tail.center, rtol=1e-12)
     np.testing.assert_allclose(tail.lower, tail.center - np.quantile(t, TAIL_LEVEL, 0), rtol=1e-12)
-    assert tail.upper[1] > 2 * tail.lower[1]  # the skewed column: a long upper tail, a short lower one
+    centre_row = np.r_[_inverse_axis(tail.center, tail.offset), 0.0]
     for j in range(3):
         for k in (0.5, 1.0, 3.0, 40.0):
-            row = np.r_[tail.center, 0.0][None, :].copy()
-            row[0, j] = tail.center[j] + k * tail.upper[j]
-            assert tail.score(row)[0] == pytest.approx(k, rel=1e-12)
-            row[0, j] = tail.center[j] - k * tail.lower[j]
-            assert tail.score(row)[0] == pytest.approx(k, rel=1e-12)
-    row = np.r_[tail.center, 1e6][None, :]
-    assert tail.score(row)[0] == 0.0  # the indicator column is not a tail column
+            row = centre_row[None, :].copy()
+            row[0, j] = _inverse_axis(tail.center[j] + k * tail.upper[j], tail.offset)
+            assert tail.score(row)[0] == pytest.approx(k, rel=1e-9)
+            row[0, j] = _inverse_axis(tail.center[j] - k * tail.lower[j], tail.offset)
+            assert tail.score(row)[0] == pytest.approx(k, rel=1e-9)
+    row = np.r_[centre_row[:3], 1e6][None, :]
+    assert tail.score(row)[0] == pytest.approx(0.0, abs=1e-9)  # the indicator column is not read
     # about 1 % of training rows lie beyond one side's unit in a given column (0.5 % on each side)
     beyond = (np.abs(t - tail.center) > np.where(t > tail.center, tail.upper, tail.lower)).mean(0)
     assert np.all(beyond <= 2 * TAIL_LEVEL + 1e-9)
@@ -284,11 +309,12 @@ def test_a_zero_inflated_column_gets_a_floored_unit_not_zero() -> None:
     col = np.where(rng.random(3000) < 0.99, 0.0, rng.uniform(0.2, 1.0, 3000))
     tail = TailScore.fit(col[:, None], np.array([0]))
     assert tail.lower[0] == pytest.approx(TAIL_FLOOR * (tail.upper[0] + 0.0), rel=1e-12)
+    assert tail.lower[0] > 0
     assert math.isfinite(tail.score(np.array([[-0.01]]))[0])
 
 
-def test_with_tail_columns_the_score_is_the_norm_of_both_components_over_their_refs() -> None:
-    """score = hypot(distance / refs[0], tail / refs[1]) to 1e-12; refs are the training REF_LEVEL
+def test_with_tail_columns_the_score_is_the_sum_of_both_components_over_their_refs() -> None:
+    """score = distance / refs[0] + tail / refs[1] to 1e-12; refs are the training REF_LEVEL
     quantiles of each component; without tail columns the score stays the distance alone."""
     rng = np.random.default_rng(32)
     x = _skewed(rng)
@@ -298,7 +324,7 @@ def test_with_tail_columns_the_score_is_the_norm_of_both_components_over_their_r
     dist, tail = plain.score(x), det.tail.score(x)
     np.testing.assert_allclose(det.refs, [np.quantile(dist, REF_LEVEL), np.quantile(tail, REF_LEVEL)])
     probe = np.concatenate([x[:50], x[:5] * 4.0])
-    expected = np.hypot(plain.score(probe) / det.refs[0], det.tail.score(probe) / det.refs[1])
+    expected = plain.score(probe) / det.refs[0] + det.tail.score(probe) / det.refs[1]
     np.testing.assert_allclose(det.score(probe), expected, rtol=1e-12)
     np.testing.assert_array_equal(fit_novelty("tabular", x, tail_columns=np.array([], int)).score(x), dist)
 
@@ -348,6 +374,9 @@ def test_tail_round_trip_and_refusal_of_bad_tail_arrays(tmp_path: Path) -> None:
 
     refused({}, "incomplete", drop="tail_upper")
     refused({}, "incomplete", drop="refs")
+    refused({}, "incomplete", drop="tail_offset")
+    refused({"tail_offset": np.array([0.0])}, "offset")
+    refused({"tail_offset": np.array([0.01, 0.01])}, "offset")
     refused({"tail_columns": np.array([0, 1, 4])}, r"\[0, 4\)")
     refused({"tail_columns": np.array([0, -1, 2])}, r"\[0, 4\)")
     refused({"tail_columns": np.array([0.0, 1.0, 2.0])}, "integer")
