@@ -181,7 +181,8 @@ class TailScore:
         offset = tensors["tail_offset"]
         if offset.shape != (1,) or not offset[0] > 0:
             raise ValueError(f"novelty tail offset must be one positive number, got {offset.tolist()}")
-        return cls(columns.astype(np.int64), *parts, float(offset[0]))
+        center, upper, lower = parts
+        return cls(columns.astype(np.int64), center, upper, lower, float(offset[0]))
 
 
 @dataclass(frozen=True)
