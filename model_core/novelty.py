@@ -38,7 +38,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from enum import Enum
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -85,7 +85,8 @@ class NoveltyFeatures(str, Enum):
 
 
 def _inputs(x: np.ndarray, _: dict[str, np.ndarray], __: dict[str, Any]) -> np.ndarray:
-    return np.clip(np.asarray(x, dtype=np.float64).reshape(len(x), -1), -INPUT_CAP, INPUT_CAP)
+    f = np.array(x, dtype=np.float64).reshape(len(x), -1)  # a copy: clipped in place
+    return np.clip(f, -INPUT_CAP, INPUT_CAP, out=f)
 
 
 def _window_summary(x: np.ndarray, _: dict[str, np.ndarray], __: dict[str, Any]) -> np.ndarray:
@@ -138,16 +139,27 @@ class TailScore:
     upper: np.ndarray  # (k,) > 0
     lower: np.ndarray  # (k,) > 0
     offset: float = TAIL_OFFSET
+    #: per-request constants: exp(-center), and both sides' reciprocal units as one (2k,) array, which
+    #: the axis values taken twice (``_twice``) meet in one product
+    _scale: np.ndarray = field(init=False, repr=False, compare=False)
+    _weights: np.ndarray = field(init=False, repr=False, compare=False)
+    _twice: np.ndarray = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        k = len(self.center)
+        object.__setattr__(self, "_scale", np.exp(-self.center))
+        object.__setattr__(self, "_weights", np.concatenate([1.0 / self.upper, -1.0 / self.lower]))
+        object.__setattr__(self, "_twice", np.tile(np.arange(k), 2))
 
     def axis(self, f: np.ndarray) -> np.ndarray:
         """The tail columns of ``f`` on the log axis (see :data:`TAIL_OFFSET`): monotone and C¹."""
-        z = f[:, self.columns]
+        z = f.take(self.columns, axis=1)
         positive = np.log(np.maximum(z, 0.0) + self.offset)
         return np.where(z >= 0.0, positive, math.log(self.offset) + z / self.offset)
 
     @classmethod
     def fit(cls, f: np.ndarray, columns: np.ndarray, offset: float = TAIL_OFFSET) -> TailScore:
-        t = cls(columns, np.zeros(0), np.zeros(0), np.zeros(0), offset).axis(f)
+        t = cls(columns, np.zeros(0), np.ones(0), np.ones(0), offset).axis(f)
         center = np.median(t, axis=0)
         upper = np.quantile(t, 1.0 - TAIL_LEVEL, axis=0) - center
         lower = center - np.quantile(t, TAIL_LEVEL, axis=0)
@@ -155,8 +167,20 @@ class TailScore:
         return cls(columns, center, np.maximum(upper, floor), np.maximum(lower, floor), offset)
 
     def score(self, f: np.ndarray) -> np.ndarray:
-        t = self.axis(f) - self.center
-        return np.maximum(t / self.upper, -t / self.lower).max(axis=1)
+        """(n,) tail scores. On the serving path (no value below the training minimum) the distance
+        on the axis is log((z + offset) · exp(-center)): one log, one product with both sides' units
+        and one max, ~4 µs for a row instead of ~10 µs for the literal formula, which a value below
+        the minimum still takes (it needs the linear continuation)."""
+        z = f.take(self.columns, axis=1)
+        if z.size == 0 or z.min() < 0.0:
+            t = self.axis(f) - self.center
+            return np.maximum(t / self.upper, -t / self.lower).max(axis=1, initial=-np.inf)
+        r = z + self.offset
+        r *= self._scale
+        np.log(r, out=r)
+        both = r.take(self._twice, axis=1)
+        both *= self._weights
+        return both.max(axis=1)
 
     def tensors(self) -> dict[str, np.ndarray]:
         return {
@@ -200,6 +224,15 @@ class NoveltyDetector:
     tail: TailScore | None = None
     #: (2,) the training REF_LEVEL quantiles of the distance and of the tail score (with ``tail``)
     refs: np.ndarray | None = None
+    #: the served form, derived once: the precision over refs[0]², the tail's units times refs[1]
+    #: (so each component comes out already divided by its ref: two operations fewer per request)
+    _served: tuple[np.ndarray, TailScore] | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.tail is not None and self.refs is not None:
+            r0, r1 = float(self.refs[0]), float(self.refs[1])
+            tail = replace(self.tail, upper=self.tail.upper * r1, lower=self.tail.lower * r1)
+            object.__setattr__(self, "_served", (self.precision / (r0 * r0), tail))
 
     @property
     def dim(self) -> int:
@@ -208,15 +241,16 @@ class NoveltyDetector:
     def score(self, x: np.ndarray) -> np.ndarray:
         """(n,) float64 novelty scores of ``n`` (unclipped) model inputs; O(n·d²)."""
         f = novelty_features(self.features, x, self.extra, self.meta)
-        distance = self._distance(f)
-        if self.tail is None or self.refs is None:
-            return distance
-        return distance / self.refs[0] + self.tail.score(f) / self.refs[1]
+        if self._served is None:
+            return self._distance(f)
+        precision, tail = self._served
+        return self._distance(f, precision) + tail.score(f)
 
-    def _distance(self, f: np.ndarray) -> np.ndarray:
+    def _distance(self, f: np.ndarray, precision: np.ndarray | None = None) -> np.ndarray:
         diff = f - self.loc
-        quad = np.einsum("nd,nd->n", diff @ self.precision, diff)
-        return np.sqrt(np.maximum(quad, 0.0))
+        quad = ((diff @ (self.precision if precision is None else precision)) * diff).sum(axis=1)
+        np.maximum(quad, 0.0, out=quad)
+        return np.sqrt(quad, out=quad)
 
     # -- persistence --------------------------------------------------------------------------
     def tensors(self) -> dict[str, np.ndarray]:

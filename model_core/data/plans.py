@@ -58,6 +58,13 @@ class Bounds(_ArrayValue):
     cols: np.ndarray
     low: np.ndarray
     high: np.ndarray
+    #: the bounds as float32, for clipping a float32 model input without a cast per request
+    low32: np.ndarray = dataclasses.field(init=False, repr=False)
+    high32: np.ndarray = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "low32", self.low.astype(np.float32))
+        object.__setattr__(self, "high32", self.high.astype(np.float32))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

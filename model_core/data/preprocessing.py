@@ -275,9 +275,12 @@ class Preprocessor(BaseModel):
         """
         if self._scaled_clip is None:
             return z
-        cols, lo, hi = self._scaled_clip.cols, self._scaled_clip.low, self._scaled_clip.high
+        b = self._scaled_clip
+        lo, hi = (
+            (b.low32, b.high32) if z.dtype == np.float32 else (b.low.astype(z.dtype), b.high.astype(z.dtype))
+        )
         out = z.copy()
-        out[..., cols] = np.clip(z[..., cols], lo.astype(z.dtype), hi.astype(z.dtype))
+        out[..., b.cols] = np.clip(z.take(b.cols, axis=-1), lo, hi)
         return out
 
     def implausible_rows(self, z: np.ndarray) -> np.ndarray:
@@ -293,8 +296,11 @@ class Preprocessor(BaseModel):
             return np.zeros(z.shape[0], dtype=bool)
         b = self._plausible  # precomputed: one vectorised comparison per request
         cols, low, high = b.cols, b.low, b.high  # precomputed: one vectorised comparison per request
-        block = z[..., cols].astype(np.float64).reshape(z.shape[0], -1, len(cols))
-        return np.asarray(((block < low) | (block > high)).any(axis=(1, 2)), dtype=bool)
+        # compared as float64 whatever z's dtype (numpy promotes against the float64 bounds: exact)
+        block = z.take(cols, axis=-1).reshape(z.shape[0], -1, len(cols))
+        outside = block < low
+        outside |= block > high
+        return outside.reshape(z.shape[0], -1).any(axis=1)
 
     def implausible(self, row: Mapping[str, Any]) -> list[str]:
         """Numeric features of a request row that lie outside their plausible range.

@@ -302,6 +302,22 @@ def test_tail_score_is_the_distance_in_units_of_each_sides_training_quantile() -
     assert np.all(beyond <= 2 * TAIL_LEVEL + 1e-9)
 
 
+def test_the_served_tail_formula_equals_the_literal_one_on_both_branches() -> None:
+    """``score`` computes log((z + offset)·exp(-center)) with both sides' units in one product when no
+    value lies below the training minimum, and the literal axis formula otherwise: both agree with
+    max((axis - center) / upper, (center - axis) / lower) to 1e-12, on a batch without and with a
+    negative (below-minimum) value."""
+    rng = np.random.default_rng(35)
+    x = _skewed(rng)
+    tail = TailScore.fit(x, np.array([0, 1, 2]))
+    probe = np.concatenate([x[:200], x[:50] * 3.0])
+    for batch in (probe, np.concatenate([probe, [[-0.2, 0.5, 0.5, 1.0]]])):
+        t = tail.axis(batch) - tail.center
+        literal = np.maximum(t / tail.upper, -t / tail.lower).max(axis=1)
+        np.testing.assert_allclose(tail.score(batch), literal, rtol=1e-12, atol=1e-12)
+    assert tail.score(np.array([[-0.2, 0.5, 0.5, 1.0]]))[0] > tail.score(np.array([[0.0, 0.5, 0.5, 1.0]]))[0]
+
+
 def test_a_zero_inflated_column_gets_a_floored_unit_not_zero() -> None:
     """A column that is 0 for 99 % of rows has no lower tail: its lower unit is TAIL_FLOOR of the two
     sides' sum, so a value just below 0 scores finitely (not inf)."""
