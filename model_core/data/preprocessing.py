@@ -300,7 +300,7 @@ class Preprocessor(BaseModel):
         block = z.take(cols, axis=-1).reshape(z.shape[0], -1, len(cols))
         outside = block < low
         outside |= block > high
-        return outside.reshape(z.shape[0], -1).any(axis=1)
+        return np.asarray(outside.reshape(z.shape[0], -1).any(axis=1), dtype=bool)
 
     def implausible(self, row: Mapping[str, Any]) -> list[str]:
         """Numeric features of a request row that lie outside their plausible range.
