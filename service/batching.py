@@ -230,17 +230,12 @@ class ModelBatcher:
                 retry_after_s=self.retry_after_s(wait_s),
             )
 
-    async def submit(
-        self,
-        served: ServedModel,
-        x: np.ndarray,
-        samples: int,
-        seed: int | None,
-        timeout_s: float,
-        disconnected: Callable[[], Coroutine[Any, Any, object]] | None = None,
-    ) -> Outputs:
-        """Queue one request and wait for its answer (or QueueFull, InferenceTimeout, ClientDisconnected)."""
-        rows = int(x.shape[0])
+    def admit(self, rows: int, samples: int) -> None:
+        """Refuse (QueueFull) a request of ``rows`` x ``samples`` that the queue cannot take now: the count
+        bound, or an estimated time to answer over the budget (a request finding the queue empty is
+        always admitted). The one admission rule: the API calls it as soon as the body is parsed, before
+        the request is preprocessed (under sustained overload the refused requests' preprocessing took
+        half of the event loop, issue #13), and :meth:`submit` calls it again on the encoded batch."""
         if len(self._queue) >= self.max_queue:
             raise QueueFull(
                 f"model {self.name!r}: {self.max_queue} requests already queued",
@@ -256,6 +251,19 @@ class ModelBatcher:
                     f"the {self.max_wait_s * 1000:.0f} ms budget",
                     retry_after_s=self.retry_after_s(answer_s),
                 )
+
+    async def submit(
+        self,
+        served: ServedModel,
+        x: np.ndarray,
+        samples: int,
+        seed: int | None,
+        timeout_s: float,
+        disconnected: Callable[[], Coroutine[Any, Any, object]] | None = None,
+    ) -> Outputs:
+        """Queue one request and wait for its answer (or QueueFull, InferenceTimeout, ClientDisconnected)."""
+        rows = int(x.shape[0])
+        self.admit(rows, samples)  # again: the queue may have changed since the caller's check
         loop = asyncio.get_running_loop()
         job = Job(served, x, samples, seed, loop.create_future())
         self._queue.append(job)

@@ -102,6 +102,17 @@ async def test_full_queue_is_429_with_retry_after(
         assert value == len(rejected)
 
 
+async def _busy_queue(client: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[ModelBatcher, list[Any]]:
+    """The toy batcher with one slow batch running and two queued (tasks to await at the end)."""
+    served = served_model(client)
+    slow_down(monkeypatch, client, 0.3)
+    batcher = client.app.state.lrbnn.inference.batchers["toy"]
+    x = served.inputs.encode([toy.instance()]).x
+    busy = [asyncio.create_task(batcher.submit(served, x, 8, i, 5.0)) for i in range(3)]
+    await asyncio.sleep(0.05)  # one running, two queued
+    return batcher, busy
+
+
 async def test_an_over_budget_queue_refuses_before_reading_the_body(
     serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -109,12 +120,7 @@ async def test_an_over_budget_queue_refuses_before_reading_the_body(
     answer 429 before the body is parsed (a malformed body gets the 429, not its 400); feedback is not
     model work and is never refused for it; once the queue drains, the same body gets its 400."""
     async with serve_app(max_queue_wait_ms=500, max_batch_size=1) as client:
-        served = served_model(client)
-        slow_down(monkeypatch, client, 0.3)
-        batcher = client.app.state.lrbnn.inference.batchers["toy"]  # type: ignore[attr-defined]
-        x = served.inputs.encode([toy.instance()]).x
-        busy = [asyncio.create_task(batcher.submit(served, x, 8, i, 5.0)) for i in range(3)]
-        await asyncio.sleep(0.05)  # one running, two queued
+        batcher, busy = await _busy_queue(client, monkeypatch)
         batcher.cost.seconds_per_unit = 1.0  # the queued work is estimated at far over 0.5 s
         for path in (PREDICT, "/v2/models/toy/infer"):
             r = await client.post(path, content=b"{not json", headers={"content-type": "application/json"})
@@ -129,6 +135,40 @@ async def test_an_over_budget_queue_refuses_before_reading_the_body(
         await asyncio.gather(*busy)
         r = await client.post(PREDICT, content=b"{not json", headers={"content-type": "application/json"})
         assert r.status_code == 400
+
+
+async def test_a_request_over_budget_is_refused_before_its_preprocessing(
+    serve_app: ServeApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The queued work alone is within the budget (the body is read), but this request's estimated time
+    to answer is not: 429 with the estimate in the message, and its instances are never preprocessed
+    (under sustained overload that preprocessing took half of the event loop: docs/reliability.md). The
+    same body, once the estimate fits, is preprocessed and answered."""
+    from service import inference
+
+    async with serve_app(max_queue_wait_ms=500, max_batch_size=1) as client:
+        batcher, busy = await _busy_queue(client, monkeypatch)
+        encoded: list[int] = []
+        real_encode = inference.Instances.encode
+
+        def counting(self: inference.Instances, adapter: Any) -> Any:
+            encoded.append(len(self))
+            return real_encode(self, adapter)
+
+        monkeypatch.setattr(inference.Instances, "encode", counting)
+        monkeypatch.setattr(batcher, "estimated_wait_s", lambda: 0.1)  # the queue alone fits
+        monkeypatch.setattr(batcher, "estimated_answer_s", lambda rows, samples: 2.0)  # this one does not
+        body = {"instances": [toy.instance(), toy.instance(age=50.0)], "parameters": {"seed": 1}}
+        r = await client.post(PREDICT, json=body)
+        assert r.status_code == 429, r.text
+        assert "estimated time to answer 2000 ms" in r.json()["error"]
+        assert int(r.headers["retry-after"]) >= 2
+        assert encoded == []
+        monkeypatch.setattr(batcher, "estimated_answer_s", lambda rows, samples: 0.2)
+        r = await client.post(PREDICT, json=body)
+        assert r.status_code == 200, r.text
+        assert encoded == [2]
+        await asyncio.gather(*busy)
 
 
 async def test_timeout_is_504_and_frees_the_slot(
