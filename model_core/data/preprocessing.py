@@ -295,7 +295,7 @@ class Preprocessor(BaseModel):
         if self._plausible is None:
             return np.zeros(z.shape[0], dtype=bool)
         b = self._plausible  # precomputed: one vectorised comparison per request
-        cols, low, high = b.cols, b.low, b.high  # precomputed: one vectorised comparison per request
+        cols, low, high = b.cols, b.low, b.high
         # compared as float64 whatever z's dtype (numpy promotes against the float64 bounds: exact)
         block = z.take(cols, axis=-1).reshape(z.shape[0], -1, len(cols))
         outside = block < low

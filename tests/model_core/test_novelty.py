@@ -303,10 +303,9 @@ def test_tail_score_is_the_distance_in_units_of_each_sides_training_quantile() -
 
 
 def test_the_served_tail_formula_equals_the_literal_one_on_both_branches() -> None:
-    """``score`` computes log((z + offset)·exp(-center)) with both sides' units in one product when no
-    value lies below the training minimum, and the literal axis formula otherwise: both agree with
+    """``score`` meets both sides' units in one product over the branch-free axis: it agrees with
     max((axis - center) / upper, (center - axis) / lower) to 1e-12, on a batch without and with a
-    negative (below-minimum) value."""
+    negative (below-minimum) value, and a value below the minimum scores above the minimum itself."""
     rng = np.random.default_rng(35)
     x = _skewed(rng)
     tail = TailScore.fit(x, np.array([0, 1, 2]))
