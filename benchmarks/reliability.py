@@ -70,6 +70,26 @@ def machine() -> dict[str, Any]:
 RECOVERY_BIN_S = 0.5
 
 
+def unhealthy_bins(
+    events: list[tuple[float, str, float]], slow_s: float, bin_s: float = RECOVERY_BIN_S
+) -> list[dict[str, Any]]:
+    """The bins :func:`recovered_after` counts as unhealthy, each with its start, request count, answers
+    other than 200 and p90 (ms): what kept a run from recovering, for the report."""
+    bins: dict[int, list[tuple[str, float]]] = {}
+    for t, code, sec in events:
+        bins.setdefault(int(t // bin_s), []).append((code, sec))
+    out = []
+    for k in sorted(bins):
+        got = bins[k]
+        p90 = percentile([sec for _, sec in got], 90)
+        not_ok = sum(code != "200" for code, _ in got)
+        if not_ok or p90 > slow_s:
+            out.append(
+                {"start_s": k * bin_s, "requests": len(got), "not_200": not_ok, "p90_ms": _r(1000 * p90)}
+            )
+    return out
+
+
 def recovered_after(
     events: list[tuple[float, str, float]], slow_s: float, bin_s: float = RECOVERY_BIN_S
 ) -> float:
@@ -80,16 +100,8 @@ def recovered_after(
     answer is the start of the first bin after the last unhealthy one (the phase length if the last bin
     is unhealthy; an empty bin counts as healthy).
     """
-    bins: dict[int, list[tuple[str, float]]] = {}
-    for t, code, sec in events:
-        bins.setdefault(int(t // bin_s), []).append((code, sec))
-    last_bad = -1
-    for k in sorted(bins):
-        got = bins[k]
-        p90 = percentile([sec for _, sec in got], 90)
-        if any(code != "200" for code, _ in got) or p90 > slow_s:
-            last_bad = k
-    return (last_bad + 1) * bin_s
+    bad = unhealthy_bins(events, slow_s, bin_s)
+    return bad[-1]["start_s"] + bin_s if bad else 0.0
 
 
 # -- load generation -----------------------------------------------------------------------------------
@@ -239,6 +251,13 @@ class Load:
             for q in (50, 99):
                 value = histogram_quantile(q / 100, b, a)
                 self.server_view[f"{key}_p{q}_ms"] = None if value is None else round(1000 * value, 1)
+            # the mean, from _sum and _count: a queue drains at the mean batch time, not the median
+            count, total = (
+                sample_value(after, f"{name}_{part}", labels) - sample_value(before, f"{name}_{part}", labels)
+                for part in ("count", "sum")
+            )
+            self.server_view[f"{key}_mean_ms"] = round(1000 * total / count, 1) if count else None
+            self.server_view[f"{key}_count"] = int(count)
         out = windows(run, phases, sampler.samples)
         out[-1].errors += sum(run.transport_errors.values())
         out[-1].transport_errors = dict(run.transport_errors)
@@ -257,6 +276,18 @@ def bucket_counts(text: str, name: str, labels: dict[str, str]) -> dict[float, f
             if all(sample.labels.get(k) == v for k, v in labels.items()):
                 out[float(sample.labels["le"])] = sample.value
     return out
+
+
+def sample_value(text: str, sample_name: str, labels: dict[str, str]) -> float:
+    """The sum over the series of one sample name (e.g. a histogram's ``_count``) whose labels match."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return sum(
+        sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == sample_name and all(sample.labels.get(k) == v for k, v in labels.items())
+    )
 
 
 def histogram_quantile(q: float, before: dict[float, float], after: dict[float, float]) -> float | None:
@@ -556,6 +587,7 @@ def judge_overload(args: argparse.Namespace, res: dict[str, Any], budget_s: floa
         "recovered_after_s": round(recovered_after_s, 2),
         "recovery_p99_after_recovered_ms": _r(1000 * after_p99),
         "last_outlier_s": round(max(late), 2) if late else None,
+        "recovery_unhealthy_bins": unhealthy_bins(rec.events, slow),
         "verdict": verdict,
         "pass": all(verdict.values()),
     }

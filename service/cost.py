@@ -7,7 +7,8 @@ from collections import deque
 
 
 class CostEstimate:
-    """Seconds per cost unit of one model, from its finished batches' compute times (O(WINDOW) each).
+    """Seconds per cost unit of one model, from how long its finished batches held the queue up
+    (``ModelBatcher._drain_seconds``; O(WINDOW) each).
 
     The median of the last ``WINDOW`` batches' seconds per unit, the minimum while fewer than
     ``MEDIAN_FROM`` are measured: a cold first batch, or a slow one after the server sat idle, is an

@@ -65,6 +65,9 @@ def test_bucket_counts_picks_the_labelled_series():
         'x_seconds_count{code="200"} 4.0\nx_seconds_sum{code="200"} 1.0\n'
     )
     assert rb.bucket_counts(text, "x_seconds", {"code": "200"}) == {0.5: 3.0, float("inf"): 4.0}
+    assert rb.sample_value(text, "x_seconds_count", {"code": "200"}) == 4.0
+    assert rb.sample_value(text, "x_seconds_sum", {"code": "200"}) == 1.0
+    assert rb.sample_value(text, "x_seconds_bucket", {"le": "+Inf"}) == 11.0  # both codes' series
 
 
 def test_windows_cut_a_scheduled_run_by_phase():

@@ -281,6 +281,53 @@ async def test_a_slow_batch_after_idle_does_not_refuse_the_next_burst(harness: A
     await h.release([running, *burst])
 
 
+async def test_the_loop_delay_between_back_to_back_batches_counts_and_idle_time_does_not(
+    harness: Any,
+) -> None:
+    """Under load the event loop resumes the dispatcher late (it is parsing and answering others): that
+    delay is part of how fast the queue drains (a quarter of the wall time under a closed-loop flood,
+    issue #13); before, only compute time counted."""
+    h = harness(max_wait_s=10.0)
+    gap = 0.05  # fake seconds the loop takes to come back to the dispatcher, before every batch
+    collect = h.batcher._collect
+
+    async def late_collect() -> list[Any]:
+        h.clock.now += gap
+        return await collect()
+
+    h.batcher._collect = late_collect  # type: ignore[method-assign]
+    running = await h.hold_running()  # found the queue empty: timed by its compute alone
+    queued = [h.submit() for _ in range(2)]
+    await asyncio.sleep(0)
+    await h.release([running, *queued])
+    # the two queued batches each held the queue up for the gap plus their 0.1 s compute
+    assert list(h.batcher.cost.rates) == pytest.approx([RATE, 1.5 * RATE, 1.5 * RATE])
+    h.clock.now += 3600.0  # idle: the next batch starts a new busy period
+    await h.run_one()
+    assert list(h.batcher.cost.rates) == pytest.approx([RATE, 1.5 * RATE, 1.5 * RATE, RATE])
+
+
+async def test_a_request_that_waited_past_its_deadline_is_refused_not_computed(harness: Any) -> None:
+    """Admission by estimate gives a request a deadline (arrival + budget); one that can no longer be
+    answered by then is refused at dispatch with 429 and Retry-After instead of being computed late. A
+    request admitted because it found the queue empty has no deadline and is always computed."""
+    h = harness()  # budget 0.45 fake s, 0.1 s per request
+    await h.run_one()
+    running = await h.hold_running()
+    lone = h.submit()  # the queue was empty: admitted unconditionally
+    await asyncio.sleep(0)
+    queued = h.submit()  # estimated 0.1 + 0.1 + 0.1 s <= 0.45: admitted, deadline in 0.45 s
+    await asyncio.sleep(0)
+    assert not queued.done()
+    h.clock.now += 0.3  # the running batch overruns (by less than a stall): the queue falls behind
+    await h.release([running, lone])
+    with pytest.raises(QueueFull, match="queued past the 450 ms budget") as refused:
+        await queued
+    assert refused.value.retry_after_s == 1
+    assert len(h.runtime.batches) == 3  # the measuring one, the running one and the lone one: not it
+    assert h.batcher.depth == 0 and h.batcher._queued_units == 0
+
+
 async def test_a_stalled_batch_raises_the_estimate(harness: Any) -> None:
     h = harness()
     await h.run_one()
