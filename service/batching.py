@@ -1,8 +1,10 @@
 """Dynamic batching per model: queue requests, merge compatible ones into one runtime call, off the loop.
 
 Policy: a lone request is dispatched at once (no fixed wait when nothing else is queued). When others
-are already waiting, the batch takes every compatible queued request and, if still short of
-``max_batch_size`` instances, waits for more while they keep arriving (it stops after a few
+are already waiting, the batch takes every compatible queued request up to ``max_batch_size``
+instances and ``max_row_samples`` rows x samples (past a few MiB of activations a bigger batch costs
+more per row-sample; a single request larger than that runs whole) and, if still short, waits for
+more while they keep arriving (it stops after a few
 event-loop turns without a new one), at most until its oldest request has been queued
 ``max_batch_delay_ms``. So requests that queued up while the previous batch ran go at once, and the
 compute thread never idles for the delay when no more requests are coming. Compatible = same model
@@ -13,7 +15,7 @@ Back-pressure, two bounds, either one refuses with 429 and ``Retry-After``:
 
 * by estimated work (``max_wait_s``, ``LRBNN_MAX_QUEUE_WAIT_MS``, default 1 s): a request is refused when
   the estimated time from its arrival to its answer exceeds the budget. The estimate is the work already
-  ahead of it plus one full batch of its kind (its own batch, which may take up to ``max_batch_size``
+  ahead of it plus one full batch of its kind (its own batch, which may take up to ``max_rows``
   rows), in *cost units* (``rows * samples`` plus a fixed per-request term, see ``Job.units``), times
   the measured seconds per unit (:class:`CostEstimate`), plus what is left of the batch now running.
   So a burst whose work the server drains within the budget is admitted in full, whatever its count,
@@ -70,6 +72,7 @@ from service.settings import Settings
 log = logging.getLogger("lrbnn.service.batching")
 
 DEFAULT_MAX_WAIT_S = Settings.model_fields["max_queue_wait_ms"].default / 1000.0
+DEFAULT_MAX_ROW_SAMPLES: int = Settings.model_fields["max_batch_row_samples"].default
 
 
 @dataclass(eq=False, repr=False)  # identity comparison; no repr of arrays and manifests, ever
@@ -116,10 +119,13 @@ class ModelBatcher:
         max_delay_s: float,
         max_queue: int,
         max_wait_s: float | None = None,
+        max_row_samples: int | None = None,
     ) -> None:
         self.name = name
         self.metrics = metrics
         self.max_batch_size = max_batch_size
+        # rows x samples of one merged batch (a single request may exceed it); None: the settings' default
+        self.max_row_samples = DEFAULT_MAX_ROW_SAMPLES if max_row_samples is None else max_row_samples
         self.max_delay_s = max_delay_s
         self.max_queue = max_queue
         # the time budget of a queued request; <= 0: off (count bound only); None: the settings' default
@@ -188,11 +194,16 @@ class ModelBatcher:
             return 0.0
         return max(0.0, self._running_units * rate - (self.clock() - self._running_since))
 
+    def max_rows(self, samples: int) -> int:
+        """The most rows a merged batch at ``samples`` takes: ``max_batch_size``, and no more than
+        ``max_row_samples`` row-samples (at least one row: a request is never split)."""
+        return max(1, min(self.max_batch_size, self.max_row_samples // max(1, samples)))
+
     def batch_units(self, rows: int, samples: int) -> int:
         """The most cost units of the batch a request of ``rows`` rows at ``samples`` goes in: it takes up
-        to ``max_batch_size`` rows of compatible requests queued behind it (as many requests of its size)."""
+        to :meth:`max_rows` rows of compatible requests queued behind it (as many requests of its size)."""
         rows = max(1, rows)
-        full = max(rows, self.max_batch_size)
+        full = max(rows, self.max_rows(samples))
         return full * samples + math.ceil(full / rows) * REQUEST_UNITS
 
     def estimated_answer_s(self, rows: int, samples: int) -> float | None:
@@ -339,10 +350,11 @@ class ModelBatcher:
 
     def _take_compatible(self, batch: list[Job], key: tuple[int, int]) -> int:
         rows = sum(j.rows for j in batch)
+        limit = self.max_rows(key[1])
         for job in list(self._queue):
-            if rows >= self.max_batch_size:
+            if rows >= limit:
                 break
-            if job.key == key and not job.future.done() and rows + job.rows <= self.max_batch_size:
+            if job.key == key and not job.future.done() and rows + job.rows <= limit:
                 self._queue.remove(job)
                 self._unqueue(job)
                 if not self._late(job):
@@ -357,7 +369,8 @@ class ModelBatcher:
         batch, key = [first], first.key
         lone = not self._queue
         rows = self._take_compatible(batch, key)
-        if lone or rows >= self.max_batch_size or self.max_delay_s <= 0:
+        limit = self.max_rows(first.samples)
+        if lone or rows >= limit or self.max_delay_s <= 0:
             return batch
         # the delay counts from the oldest request's arrival (as Triton's max queue delay does), not from
         # now: requests that queued up while the previous batch ran have waited already, and holding the
@@ -367,7 +380,7 @@ class ModelBatcher:
         # idle the compute thread, e.g. when a closed-loop client's whole window is in this batch
         deadline = first.enqueued + self.max_delay_s
         quiet = 0
-        while rows < self.max_batch_size and quiet < QUIET_TURNS and self.clock() < deadline:
+        while rows < limit and quiet < QUIET_TURNS and self.clock() < deadline:
             await asyncio.sleep(0)
             grown = self._take_compatible(batch, key)
             quiet = 0 if grown > rows else quiet + 1

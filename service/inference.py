@@ -216,6 +216,7 @@ class InferenceService:
                 self.settings.max_batch_delay_ms / 1000.0,
                 self.settings.max_queue,
                 max_wait_s=self.settings.max_queue_wait_ms / 1000.0,
+                max_row_samples=self.settings.max_batch_row_samples,
             )
             batcher.start()
             self.batchers[served.name] = batcher

@@ -328,6 +328,17 @@ async def test_a_request_that_waited_past_its_deadline_is_refused_not_computed(h
     assert h.batcher.depth == 0 and h.batcher._queued_units == 0
 
 
+async def test_a_batch_stops_growing_at_max_row_samples_and_never_splits_a_request(harness: Any) -> None:
+    h = harness(max_batch_size=8, max_row_samples=2 * S, max_wait_s=100.0)
+    assert h.batcher.max_rows(S) == 2 and h.batcher.max_rows(1) == 8  # max_batch_size still bounds rows
+    assert h.batcher.batch_units(1, S) == 2 * S + 2 * REQUEST_UNITS  # the estimate's own batch follows it
+    running = await h.hold_running()
+    queued = [h.submit() for _ in range(5)] + [h.submit(rows=3)]
+    await asyncio.sleep(0)
+    await h.release([running, *queued])
+    assert h.runtime.batches == [[1], [1, 1], [1, 1], [1], [3]]  # the 3-row request alone, whole
+
+
 async def test_a_stalled_batch_raises_the_estimate(harness: Any) -> None:
     h = harness()
     await h.run_one()

@@ -19,6 +19,7 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         "LRBNN_BACKEND": "onnx",
         "LRBNN_MAX_BATCH_SIZE": "8",
         "LRBNN_MAX_BATCH_DELAY_MS": "1.5",
+        "LRBNN_MAX_BATCH_ROW_SAMPLES": "4096",
         "LRBNN_MAX_QUEUE": "3",
         "LRBNN_MAX_SAMPLES": "256",
         "LRBNN_DEFAULT_SAMPLES": "50",
@@ -37,6 +38,7 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         monkeypatch.setenv(k, v)
     s = Settings()
     assert s.model_repository == tmp_path and s.backend is BackendName.ONNX and s.max_batch_size == 8
+    assert s.max_batch_row_samples == 4096
     assert s.tokens() == ["a", "b"] and s.admin() == "s3cret-admin"
     assert s.cors_origin_list == ["https://a.example", "https://b.example"]
     assert s.sampling_mode is SamplingMode.CACHED and s.default_samples == 50 and not s.batch_exact
