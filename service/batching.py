@@ -84,8 +84,9 @@ class Job:
     future: asyncio.Future[Outputs]
     enqueued: float  # on the batcher's clock
     queued: bool = True
-    # by when it must be answered: arrival + budget for a request admitted by its estimate; None for one
-    # admitted unconditionally (it found the queue empty, or nothing was measured yet, or no budget)
+    # by when it must be answered: its first admission (right after its body was parsed) + budget, for a
+    # request admitted by its estimate; None for one admitted unconditionally (it found the queue empty,
+    # or nothing was measured yet, or no budget)
     deadline: float | None = None
 
     @property
@@ -251,12 +252,14 @@ class ModelBatcher:
                 retry_after_s=self.retry_after_s(wait_s),
             )
 
-    def admit(self, rows: int, samples: int) -> None:
+    def admit(self, rows: int, samples: int) -> float:
         """Refuse (QueueFull) a request of ``rows`` x ``samples`` that the queue cannot take now: the count
         bound, or an estimated time to answer over the budget (a request finding the queue empty is
         always admitted). The one admission rule: the API calls it as soon as the body is parsed, before
         the request is preprocessed (under sustained overload the refused requests' preprocessing took
-        half of the event loop, issue #13), and :meth:`submit` calls it again on the encoded batch."""
+        half of the event loop, issue #13), and :meth:`submit` calls it again on the encoded batch.
+        Returns the time of the decision (the batcher's clock), from which :meth:`submit` counts the
+        request's deadline: the preprocessing in between is part of its time to answer."""
         if len(self._queue) >= self.max_queue:
             raise QueueFull(
                 f"model {self.name!r}: {self.max_queue} requests already queued",
@@ -272,6 +275,7 @@ class ModelBatcher:
                     f"the {self.max_wait_s * 1000:.0f} ms budget",
                     retry_after_s=self.retry_after_s(answer_s),
                 )
+        return self.clock()
 
     async def submit(
         self,
@@ -281,14 +285,18 @@ class ModelBatcher:
         seed: int | None,
         timeout_s: float,
         disconnected: Callable[[], Coroutine[Any, Any, object]] | None = None,
+        since: float | None = None,
     ) -> Outputs:
-        """Queue one request and wait for its answer (or QueueFull, InferenceTimeout, ClientDisconnected)."""
+        """Queue one request and wait for its answer (or QueueFull, InferenceTimeout, ClientDisconnected).
+
+        ``since``: when the caller's :meth:`admit` admitted it (default: now); its deadline counts from
+        then."""
         rows = int(x.shape[0])
         self.admit(rows, samples)  # again: the queue may have changed since the caller's check
         loop = asyncio.get_running_loop()
         job = Job(served, x, samples, seed, loop.create_future(), enqueued=self.clock())
         if self._queue and self.max_wait_s > 0 and self._rate() is not None:
-            job.deadline = job.enqueued + self.max_wait_s
+            job.deadline = (job.enqueued if since is None else min(since, job.enqueued)) + self.max_wait_s
         self._queue.append(job)
         self._queued_units += job.units
         self._arrived.set()

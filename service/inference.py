@@ -282,9 +282,11 @@ class InferenceService:
         s = self.resolve_samples(served, samples)
         self.check_seed(seed)
         batcher = self.batchers[served.name]
-        batcher.admit(len(inputs), s)  # before the preprocessing a refused request would waste
+        admitted = batcher.admit(len(inputs), s)  # before the preprocessing a refused request would waste
         enc = inputs.encode(served.inputs)
-        outputs = await batcher.submit(served, enc.x, s, seed, self.settings.request_timeout_s, disconnected)
+        outputs = await batcher.submit(
+            served, enc.x, s, seed, self.settings.request_timeout_s, disconnected, since=admitted
+        )
         if served.manifest.task is Task.REGRESSION:
             low, high = served_interval(served.manifest.calibration, outputs["mean"], outputs["variance"])
             outputs = {**outputs, "interval_low": low, "interval_high": high}

@@ -328,6 +328,27 @@ async def test_a_request_that_waited_past_its_deadline_is_refused_not_computed(h
     assert h.batcher.depth == 0 and h.batcher._queued_units == 0
 
 
+async def test_the_deadline_counts_from_the_first_admission(harness: Any) -> None:
+    """The time between the API's admit (right after the body is parsed) and submit (after the
+    preprocessing) is part of the request's time to answer."""
+    h = harness()  # budget 0.45 fake s, 0.1 s per request
+    await h.run_one()
+    running = await h.hold_running()
+    lone = h.submit()
+    await asyncio.sleep(0)
+    admitted = h.batcher.admit(1, S)
+    assert admitted == h.clock.now
+    h.clock.now += 0.2  # preprocessing took long
+    x = np.zeros((1, 3), dtype=np.float32)
+    late = asyncio.ensure_future(h.batcher.submit(h.served, x, S, None, 30.0, since=admitted))
+    await asyncio.sleep(0)
+    assert not late.done()  # admitted: 0.1 left of the running batch + 0.1 + 0.1 <= 0.45
+    h.clock.now += 0.1  # from its admission: 0.3 waited + 0.1 running + 0.1 lone + 0.1 own > 0.45
+    await h.release([running, lone])
+    with pytest.raises(QueueFull, match="queued past"):
+        await late
+
+
 async def test_a_batch_stops_growing_at_max_row_samples_and_never_splits_a_request(harness: Any) -> None:
     h = harness(max_batch_size=8, max_row_samples=2 * S, max_wait_s=100.0)
     assert h.batcher.max_rows(S) == 2 and h.batcher.max_rows(1) == 8  # max_batch_size still bounds rows
