@@ -187,7 +187,7 @@ def _r(v: float | None) -> float | None:
 
 
 class Sampler:
-    """Polls the server's in-flight gauge and RSS once a second while a wrk run lasts (a thread: the
+    """Polls the server's in-flight gauge and RSS every ``every_s`` while a wrk run lasts (a thread: the
     load itself comes from wrk, so this process only sleeps and scrapes)."""
 
     def __init__(self, srv: ServerProcess, model: str, every_s: float = 1.0) -> None:
@@ -221,6 +221,7 @@ class Load:
     payload: bytes
     workdir: Path
     timeout_s: float = 60.0
+    sample_every_s: float = 1.0  # the in-flight gauge and RSS poll (a /metrics scrape each time)
     server_view: dict[str, float | None] = field(default_factory=dict)
 
     @property
@@ -232,7 +233,7 @@ class Load:
         transport errors (never answered) are counted in the last window. ``self.server_view``: the
         server's own histograms over the run (time inside the server vs the client's latency)."""
         before = self.srv.metrics_text()
-        with Sampler(self.srv, self.model) as sampler:
+        with Sampler(self.srv, self.model, self.sample_every_s) as sampler:
             run = run_wrk_schedule(
                 self.url, [self.payload], phases, threads, self.timeout_s, tail_s, self.workdir
             )
@@ -430,7 +431,7 @@ def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         srv, model, body = _start(args, Path(tmp))
         try:
-            load = Load(srv, model, json.dumps(body).encode(), Path(tmp))
+            load = Load(srv, model, json.dumps(body).encode(), Path(tmp), sample_every_s=args.sample_every_s)
             cal = _calibrate(load, args)
             sat = cal["saturation_rps"]
             unloaded_p99 = percentile(cal["unloaded"].latencies_ok, 99)
@@ -611,7 +612,7 @@ def cmd_soak(args: argparse.Namespace) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         srv, model, body = _start(args, Path(tmp))
         try:
-            load = Load(srv, model, json.dumps(body).encode(), Path(tmp))
+            load = Load(srv, model, json.dumps(body).encode(), Path(tmp), sample_every_s=args.sample_every_s)
             cal = _calibrate(load, args)
             rate = args.fraction * cal["saturation_rps"]
             phases, elapsed = [], 0.0
@@ -921,6 +922,12 @@ def main(argv: list[str] | None = None) -> int:
     def load_args(p: argparse.ArgumentParser, seconds: float) -> None:
         p.add_argument("--model-repository", default=str(DEFAULT_REPO))
         p.add_argument("--seconds", type=float, default=seconds)
+        p.add_argument(
+            "--sample-every-s",
+            type=float,
+            default=1.0,
+            help="seconds between polls of the in-flight gauge and RSS (each one a /metrics scrape)",
+        )
         p.add_argument("--instances", type=int, default=8, help="instances per request")
         p.add_argument("--samples", type=int, default=256, help="Monte Carlo samples per request")
         p.add_argument(

@@ -14,7 +14,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from service import fhir
+from service import fhir, heap
 from service.aio import cancel_and_wait
 from service.api import cds, errors, health, v1, v2
 from service.api import fhir as fhir_api
@@ -86,9 +86,11 @@ async def load_models(state: AppState) -> None:
         await asyncio.to_thread(fhir.warm)
     if state.sync is not None:  # one of several workers: follow the reloads the others publish
         state.following = asyncio.create_task(
-            state.sync.follow(state.repository, state.inference.attach), name="follow-reloads"
+            state.sync.follow(state.repository, state.swap_in), name="follow-reloads"
         )
     state.inference.start_sharing()  # with several workers: the drift windows, merged by every scrape
+    if state.settle_heap:  # everything long-lived is loaded now (service/heap.py)
+        await asyncio.to_thread(heap.settle)
     state.loaded = True
     if state.store is not None:
         # after the models serve (predictions queue meanwhile; a worker replacing a dead one must not

@@ -70,6 +70,7 @@ def run_server(
     """
     app = create_app(settings)
     app.state.lrbnn.grpc_host = host
+    app.state.lrbnn.settle_heap = True  # a serving process: its loaded heap is frozen (service/heap.py)
     if preload:
         state = app.state.lrbnn
         state.repository.load_all()

@@ -17,6 +17,7 @@ from typing import Any
 
 from starlette.requests import ClientDisconnect, Request
 
+from service import heap
 from service.errors import ClientDisconnected, Draining, ModelNotFound, ModelNotReady, Reason, ServiceError
 from service.inference import InferenceService
 from service.monitoring.metrics import Metrics
@@ -67,6 +68,10 @@ class AppState:
     #: of the ASGI app alone) and the running server
     grpc_host: str | None = None
     grpc_server: Any = None
+    #: freeze the loaded heap out of the garbage collector's scans (``service.heap.settle``) once the
+    #: models are loaded and after each reload: set by ``run_server`` for a serving process; apps built
+    #: in a test process leave it off (each settle is a full collection of that process's heap)
+    settle_heap: bool = False
     draining: bool = False
     inflight: int = 0
     started: float = field(default_factory=time.time)
@@ -74,6 +79,12 @@ class AppState:
     @property
     def ready(self) -> bool:
         return self.loaded and not self.draining and self.repository.ready
+
+    def swap_in(self, served: ServedModel) -> None:
+        """Serve a version just (re)loaded: attach it to the inference path, then settle the heap."""
+        self.inference.attach(served)
+        if self.settle_heap:
+            heap.settle()
 
     def lookup(self, name: str) -> ServedModel:
         """The served model ``name``; 503 with Retry-After (not 404) while this process still loads."""

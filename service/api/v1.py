@@ -203,7 +203,7 @@ async def reload(name: str, request: Request) -> Response:
     body = validate(ReloadRequest, parse_json(raw)) if raw.strip() else ReloadRequest()
     previous = state.repository.version_of(name)
     served = await asyncio.to_thread(state.repository.reload, name, body.version)
-    state.inference.attach(served)
+    state.swap_in(served)
     if state.sync is not None:  # the sibling workers follow within about half a second
         state.sync.publish(served.name, served.version)
     return json_response(

@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "tests" / "service"))
 import toy  # noqa: E402
 
-from service.testing import ServerProcess  # noqa: E402
+from service.testing import ServerProcess, log_records  # noqa: E402
 
 pytestmark = pytest.mark.slow
 ICU_REPO = ROOT / "deploy" / "models"
@@ -151,6 +151,14 @@ def _idle_connection_closed_after(url: str, wait_s: float) -> bool:
             return sock.recv(4096) == b""
         except TimeoutError:
             return False
+
+
+def test_a_serving_process_freezes_its_loaded_heap(server: ServerProcess) -> None:
+    """``service.heap.settle`` ran once the models were loaded: the log says how many objects it froze
+    (the collector no longer walks them; in-process test apps leave it off)."""
+    settled = [r for r in log_records(server.log_path) if r.get("msg") == "heap settled"]
+    assert len(settled) == 1, settled
+    assert settled[0]["frozen_objects"] > 10_000  # torch alone leaves far more than that
 
 
 def test_keep_alive_setting_reaches_the_http_server(server: ServerProcess, toy_repo: Path) -> None:
