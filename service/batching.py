@@ -1,57 +1,25 @@
 """Dynamic batching per model: queue requests, merge compatible ones into one runtime call, off the loop.
 
 Policy: a lone request is dispatched at once (no fixed wait when nothing else is queued). When others
-are already waiting, the batch takes every compatible queued request up to ``max_batch_size``
-instances and ``max_row_samples`` rows x samples (past a few MiB of activations a bigger batch costs
-more per row-sample; a single request larger than that runs whole) and, if still short, waits for
-more while they keep arriving (it stops after a few
-event-loop turns without a new one), at most until its oldest request has been queued
-``max_batch_delay_ms``. So requests that queued up while the previous batch ran go at once, and the
-compute thread never idles for the delay when no more requests are coming. Compatible = same model
-version and same ``samples`` (a runtime call has one S). Each request keeps its own seed and noise
-block, so merging never changes an answer.
+are already waiting, the batch takes every compatible queued request up to ``max_batch_size`` instances
+and ``max_row_samples`` rows x samples (past a few MiB of activations a bigger batch costs more per
+row-sample; a single request larger than that runs whole) and, if still short, waits for more while they
+keep arriving (it stops after a few event-loop turns without a new one), at most until its oldest
+request has been queued ``max_batch_delay_ms``. So requests that queued up while the previous batch ran
+go at once, and the compute thread never idles for the delay when no more requests are coming.
+Compatible = same model version and same ``samples`` (a runtime call has one S). Each request keeps its
+own seed and noise block, so merging never changes an answer.
 
-Back-pressure, two bounds, either one refuses with 429 and ``Retry-After``:
-
-* by estimated work (``max_wait_s``, ``LRBNN_MAX_QUEUE_WAIT_MS``, default 1 s): a request is refused when
-  the estimated time from its arrival to its answer exceeds the budget. The estimate is the work already
-  ahead of it plus one full batch of its kind (its own batch, which may take up to ``max_rows``
-  rows), in *cost units* (``rows * samples`` plus a fixed per-request term, see ``Job.units``), times
-  the measured seconds per unit (:class:`CostEstimate`), plus what is left of the batch now running.
-  So a burst whose work the server drains within the budget is admitted in full, whatever its count,
-  and under sustained overload the queue holds about one budget of work: a count bound cannot tell 8
-  one-row requests at S=32 from 8 64-row requests at S=1024.
-* by count (``max_queue``, default 4096): a memory safety limit, far above what the time budget admits
-  of ordinary requests, for when the estimate is wrong.
-
-The estimate cannot be fooled by a cold or idle server: it learns how fast finished batches drained
-the queue, timed inside the compute thread: a batch that followed its predecessor back to back counts
-from that batch's end (the event loop's delay in resuming the dispatcher is part of how fast a busy
-queue drains), any other batch by its compute time alone (idle time never counts). It is the median
-of the last ``CostEstimate.WINDOW`` batches' seconds per unit (the minimum while fewer than three are
-measured), so neither a cold first batch nor one slow batch after a pause moves it. The running batch
-counts with what its estimate says is left; only a batch that has overrun its estimate by more than
-the whole budget (a model that really stalled) raises the rate to what it shows. A request that finds
-the queue empty is always admitted, and so is every request while nothing has been measured yet (the
-count bound still holds).
-
-The estimate is a median, so a request admitted by it gets a deadline, its arrival plus the budget:
-one that has waited so long that its batch would end past it is refused at dispatch (429 with
-``Retry-After``, Triton's ``timeout_action: REJECT``) instead of being computed late.
-
-``Retry-After`` is honest: the time until the queued work has drained far enough that a request like
-the refused one would be admitted (estimated wait minus budget; for the count bound, until enough
-queued requests have left), whole seconds rounded up, >= 1. A request that times out (504) or whose
-client went away leaves the queue at once, so an abandoned request never holds a slot nor costs
-compute, nor counts in the estimate.
+Back-pressure (the time budget, the count bound, the deadline checked at dispatch, ``Retry-After``) is
+``service/admission.py``'s: :class:`ModelBatcher` applies its rules to this queue. A request that
+times out (504) or whose client went away leaves the queue at once, so an abandoned request never holds
+a slot nor costs compute, nor counts in the estimate.
 """
 
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
-import math
 import time
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -61,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
+from service.admission import REQUEST_UNITS, AdmissionControl
 from service.aio import cancel_and_wait
 from service.cost import CostEstimate
-from service.errors import ClientDisconnected, InferenceTimeout, ModelFailed, QueueFull
+from service.errors import ClientDisconnected, InferenceTimeout, ModelFailed
 from service.monitoring.metrics import Metrics
 from service.repository import ServedModel
 from service.runtime.base import Outputs
@@ -104,12 +73,11 @@ class Job:
         return self.rows * self.samples + REQUEST_UNITS
 
 
-REQUEST_UNITS = 128
 #: event-loop turns without a new request after which a batch stops waiting for more (see _collect)
 QUIET_TURNS = 4
 
 
-class ModelBatcher:
+class ModelBatcher(AdmissionControl):
     """The queue and dispatcher of one model name (all its versions: batches never mix versions)."""
 
     def __init__(
@@ -168,115 +136,6 @@ class ModelBatcher:
         self._queued_units -= job.units
         return job
 
-    def estimated_wait_s(self) -> float | None:
-        """Seconds a request submitted now would wait before its batch starts; None before any estimate.
-
-        Work queued ahead times seconds per unit (:meth:`_rate`), plus what is left of the running batch.
-        """
-        rate = self._rate()
-        if rate is None:
-            return None
-        return self._running_left_s(rate) + self._queued_units * rate
-
-    def _rate(self) -> float | None:
-        """Seconds per unit: the measured one, unless the running batch has overrun its estimate by more
-        than the whole budget (a model that stalled or suddenly became much slower): then what that
-        batch shows (elapsed / its units). Ordinary jitter of a small batch never raises it (it would be
-        multiplied into the whole queue: the former rule, any overrun, refused bursts)."""
-        rate = self.cost.seconds_per_unit
-        if self._running_units:
-            elapsed = self.clock() - self._running_since
-            if elapsed > self._running_units * (rate or 0.0) + max(self.max_wait_s, 0.0):
-                rate = max(rate or 0.0, elapsed / self._running_units)
-        return rate
-
-    def _running_left_s(self, rate: float) -> float:
-        if not self._running_units:
-            return 0.0
-        return max(0.0, self._running_units * rate - (self.clock() - self._running_since))
-
-    def max_rows(self, samples: int) -> int:
-        """The most rows a merged batch at ``samples`` takes: ``max_batch_size``, and no more than
-        ``max_row_samples`` row-samples (at least one row: a request is never split)."""
-        return max(1, min(self.max_batch_size, self.max_row_samples // max(1, samples)))
-
-    def batch_units(self, rows: int, samples: int) -> int:
-        """The most cost units of the batch a request of ``rows`` rows at ``samples`` goes in: it takes up
-        to :meth:`max_rows` rows of compatible requests queued behind it (as many requests of its size)."""
-        rows = max(1, rows)
-        full = max(rows, self.max_rows(samples))
-        return full * samples + math.ceil(full / rows) * REQUEST_UNITS
-
-    def estimated_answer_s(self, rows: int, samples: int) -> float | None:
-        """Seconds from now until a request of ``rows`` x ``samples`` submitted now is answered: the wait
-        before its batch starts plus that batch (at most full). None before any estimate."""
-        rate = self._rate()
-        if rate is None:
-            return None
-        return self._running_left_s(rate) + (self._queued_units + self.batch_units(rows, samples)) * rate
-
-    def retry_after_s(self, answer_s: float | None = None, over_count: int = 0) -> int:
-        """When a refused request would be admitted, if nothing new arrived: whole seconds, >= 1.
-
-        ``answer_s``: the refused request's estimated time to answer; the queue drains one second of
-        work per second, so after ``answer_s - budget`` it fits the budget. ``over_count``: how many
-        queued requests must leave before the count bound admits one more (the time their work takes,
-        plus what is left of the running batch)."""
-        waits = [0.0]
-        if answer_s is not None and self.max_wait_s > 0:
-            waits.append(answer_s - self.max_wait_s)
-        rate = self._rate()
-        if over_count > 0 and rate is not None:
-            ahead = sum(job.units for job in itertools.islice(self._queue, over_count))
-            waits.append(self._running_left_s(rate) + ahead * rate)
-        wait_s = max(waits)
-        if not math.isfinite(wait_s):
-            return 1
-        return max(1, math.ceil(wait_s))
-
-    def check_admission(self) -> None:
-        """Refuse (QueueFull) before the request is even read when the queued work alone already exceeds
-        the budget: any request would wait at least that long, so :meth:`submit` would refuse it too, and
-        refusing it here spares the body's parsing and preprocessing, which under sustained overload cost
-        the same core the admitted work needs (issue #13, docs/reliability.md). The decision is
-        :meth:`submit`'s, taken one body read earlier (the queue can drain a few milliseconds meanwhile),
-        and only where the queue alone is over budget: whatever the request, submit would refuse it.
-        """
-        if not self._queue or self.max_wait_s <= 0:
-            return
-        wait_s = self.estimated_wait_s()
-        if wait_s is not None and wait_s > self.max_wait_s:
-            raise QueueFull(
-                f"model {self.name!r}: the work already queued takes {wait_s * 1000:.0f} ms, more than "
-                f"the {self.max_wait_s * 1000:.0f} ms budget",
-                retry_after_s=self.retry_after_s(wait_s),
-            )
-
-    def admit(self, rows: int, samples: int) -> float:
-        """Refuse (QueueFull) a request of ``rows`` x ``samples`` that the queue cannot take now: the count
-        bound, or an estimated time to answer over the budget (a request finding the queue empty is
-        always admitted). The one admission rule: the API calls it as soon as the body is parsed, before
-        the request is preprocessed (under sustained overload the refused requests' preprocessing took
-        half of the event loop, issue #13), and :meth:`submit` calls it again on the encoded batch.
-        Returns the time of the decision (the batcher's clock), from which :meth:`submit` counts the
-        request's deadline: the preprocessing in between is part of its time to answer."""
-        if len(self._queue) >= self.max_queue:
-            raise QueueFull(
-                f"model {self.name!r}: {self.max_queue} requests already queued",
-                retry_after_s=self.retry_after_s(
-                    self.estimated_answer_s(rows, samples), over_count=len(self._queue) - self.max_queue + 1
-                ),
-            )
-        if self._queue and self.max_wait_s > 0:  # a request finding the queue empty is always admitted
-            answer_s = self.estimated_answer_s(rows, samples)
-            if answer_s is not None and answer_s > self.max_wait_s:
-                raise QueueFull(
-                    f"model {self.name!r}: estimated time to answer {answer_s * 1000:.0f} ms exceeds "
-                    f"the {self.max_wait_s * 1000:.0f} ms budget",
-                    retry_after_s=self.retry_after_s(answer_s),
-                )
-        return self.clock()
-
     async def submit(
         self,
         served: ServedModel,
@@ -331,30 +190,6 @@ class ModelBatcher:
             batch = await self._collect()
             if batch:
                 await self._dispatch(batch)
-
-    def _late(self, job: Job) -> bool:
-        """Refuse (QueueFull, 429 with Retry-After) a request admitted by its estimate that can no longer
-        be answered by its deadline: it has waited so long that its batch would end past it.
-
-        The admission rule applied again at dispatch, with the time already waited in place of the
-        estimate. Why: the estimate is a median, and under sustained overload the queue sits at the
-        budget's edge, so more than one admitted request in a hundred waited past it (issue #13: admitted
-        p99 1.5 s against a 1 s budget); computing a request that is late anyway also spends the core on
-        an answer its client has stopped waiting for. Triton's queue policy does the same
-        (``timeout_action: REJECT``). The work it was counted for leaves the estimate with it."""
-        rate = self._rate()
-        if job.deadline is None or rate is None or job.future.done():
-            return False
-        if self.clock() + self.batch_units(job.rows, job.samples) * rate <= job.deadline:
-            return False
-        self.metrics.child(self.metrics.queue_wait, self.name).observe(self.clock() - job.enqueued)
-        job.future.set_exception(
-            QueueFull(
-                f"model {self.name!r}: queued past the {self.max_wait_s * 1000:.0f} ms budget",
-                retry_after_s=self.retry_after_s(self.estimated_answer_s(job.rows, job.samples)),
-            )
-        )
-        return True
 
     def _take_compatible(self, batch: list[Job], key: tuple[int, int]) -> int:
         rows = sum(j.rows for j in batch)

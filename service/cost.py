@@ -1,4 +1,4 @@
-"""The measured compute cost of a model, the basis of admission by estimated time (``batching.py``)."""
+"""The measured compute cost of a model, the basis of admission by estimated time (``admission.py``)."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ class Settings(BaseSettings):
     )
     """Admission by time: refuse (429 + Retry-After) a request whose estimated wait exceeds this.
 
-    The estimate is the queued work times the measured seconds per row-sample (``service/batching.py``);
+    The estimate is the queued work times the measured seconds per row-sample (``service/admission.py``);
     a request finding the queue empty is always admitted. Default 1 s, a budget in human terms: a ward
     dashboard that refreshes ten patients at once must get ten answers, not refusals for work the server
     drains in tens of milliseconds (with the former 15 ms default a burst of 10 one-patient requests at

@@ -16,7 +16,8 @@ from typing import Any
 import numpy as np
 import pytest
 
-from service.batching import DEFAULT_MAX_WAIT_S, REQUEST_UNITS, ModelBatcher
+from service.admission import REQUEST_UNITS
+from service.batching import DEFAULT_MAX_WAIT_S, ModelBatcher
 from service.cost import CostEstimate
 from service.errors import ModelFailed, QueueFull
 from service.monitoring.metrics import Metrics
