@@ -35,7 +35,7 @@ lint: $(VENV)/.installed-dev
 test: $(VENV)/.installed-dev
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/mypy
-	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -ra
+	OMP_NUM_THREADS=1 $(VENV)/bin/pytest -q -ra --durations=5
 
 # -------------------------------------------------------------------------------- container images
 # Tags: $(IMAGE_REPO):<version>-cpu|slim|cuda (deploy/k8s and docker-compose.yml reference them).
