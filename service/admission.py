@@ -208,7 +208,7 @@ class AdmissionControl:
         an answer its client has stopped waiting for. Triton's queue policy does the same
         (``timeout_action: REJECT``). The work it was counted for leaves the estimate with it."""
         rate = self._rate()
-        if job.deadline is None or rate is None or job.future.done():
+        if job.deadline is None or rate is None:  # callers only pass requests still waiting
             return False
         if self.clock() + self.batch_units(job.rows, job.samples) * rate <= job.deadline:
             return False

@@ -191,9 +191,8 @@ class ModelBatcher(AdmissionControl):
             if batch:
                 await self._dispatch(batch)
 
-    def _take_compatible(self, batch: list[Job], key: tuple[int, int]) -> int:
+    def _take_compatible(self, batch: list[Job], key: tuple[int, int], limit: int) -> int:
         rows = sum(j.rows for j in batch)
-        limit = self.max_rows(key[1])
         for job in list(self._queue):
             if rows >= limit:
                 break
@@ -211,8 +210,8 @@ class ModelBatcher(AdmissionControl):
             return []
         batch, key = [first], first.key
         lone = not self._queue
-        rows = self._take_compatible(batch, key)
         limit = self.max_rows(first.samples)
+        rows = self._take_compatible(batch, key, limit)
         if lone or rows >= limit or self.max_delay_s <= 0:
             return batch
         # the delay counts from the oldest request's arrival (as Triton's max queue delay does), not from
@@ -225,7 +224,7 @@ class ModelBatcher(AdmissionControl):
         quiet = 0
         while rows < limit and quiet < QUIET_TURNS and self.clock() < deadline:
             await asyncio.sleep(0)
-            grown = self._take_compatible(batch, key)
+            grown = self._take_compatible(batch, key, limit)
             quiet = 0 if grown > rows else quiet + 1
             rows = grown
         return batch
