@@ -96,6 +96,7 @@ local bodies = {
 %(bodies)s
 }
 local headers = {["Content-Type"] = "application/json"}
+local asking = {["Content-Type"] = "application/json", ["Lrbnn-Retry-Token"] = "request"}
 local counter = 0
 local offset = 0
 local threads = {}
@@ -206,12 +207,15 @@ def _wrk(cmd: list[str], timeout_s: float) -> tuple[str, float]:
 class Phase:
     """A stretch of offered load: ``rps`` requests per second over all connections (0: closed loop, each
     connection sends again as soon as it is answered); ``retry``: a request refused in this phase with
-    429/503 and a ``Retry-After`` is sent once more after that many seconds (a well-behaved client)."""
+    429/503 and a ``Retry-After`` is sent once more after that many seconds (a well-behaved client);
+    ``reserve``: its fresh requests ask for a retry reservation (``Lrbnn-Retry-Token: request``) and a
+    retry sends back the token its refusal carried (``service/reservations.py``)."""
 
     name: str
     seconds: float
     rps: float = 0.0
     retry: bool = False
+    reserve: bool = False
 
 
 @dataclass(frozen=True)
@@ -258,12 +262,14 @@ end
 local bodies = {
 %(bodies)s
 }
--- {start offset s, end offset s, rps (0: closed loop), retry refused requests (1/0)}
+-- {start offset s, end offset s, rps (0: closed loop), retry refused requests (1/0), ask for and echo
+-- retry reservations (1/0)}
 local phases = {
 %(phases)s
 }
 local nthreads = %(threads)d
 local headers = {["Content-Type"] = "application/json"}
+local asking = {["Content-Type"] = "application/json", ["Lrbnn-Retry-Token"] = "request"}
 local threads = {}
 start_at = now() + %(lead_s)s
 function setup(thread)
@@ -273,7 +279,7 @@ function setup(thread)
 end
 
 events = {}
-local retries = {}  -- {offset s, phase}, ascending: refused requests to send again
+local retries = {}  -- {offset s, phase, hint, token}, ascending: refused requests to send again
 local cur, k = 1, 0  -- the phase of this thread's next fresh request, and its fresh requests sent in it
 local sent_at, kind, phase_of, waited = 0, "f", 1, nil
 local counter = 0
@@ -312,16 +318,21 @@ function request()
     if not delayed then return wrk.format("POST", nil, headers, bodies[1]) end
     local f = fresh_offset()
     local r = retries[1]
+    local h = headers
     if r ~= nil and (f == nil or r[1] <= f) then
         table.remove(retries, 1)
         kind, phase_of, waited = "r", r[2], r[3]
+        if r[4] ~= nil then
+            h = {["Content-Type"] = "application/json", ["Lrbnn-Retry-Token"] = r[4]}
+        end
     else
         kind, phase_of = "f", cur
         k = k + 1
+        if phases[cur] ~= nil and phases[cur][5] == 1 then h = asking end
     end
     counter = counter + 1
     sent_at = now()
-    return wrk.format("POST", nil, headers, bodies[((index * 7919 + counter) %% #bodies) + 1])
+    return wrk.format("POST", nil, h, bodies[((index * 7919 + counter) %% #bodies) + 1])
 end
 
 function response(status, headers, body)
@@ -329,9 +340,10 @@ function response(status, headers, body)
     local hint = headers["retry-after"] or headers["Retry-After"]
     if hint ~= nil and kind == "f" and phases[phase_of][4] == 1 and (status == 429 or status == 503) then
         local at = t - start_at + tonumber(hint)
+        local token = headers["lrbnn-retry-token"] or headers["Lrbnn-Retry-Token"]
         local i = #retries + 1
         while i > 1 and retries[i - 1][1] > at do i = i - 1 end
-        table.insert(retries, i, {at, phase_of, hint})
+        table.insert(retries, i, {at, phase_of, hint, token})
     end
     -- a retry records the Retry-After it waited, a fresh request the one it was given (if any)
     if kind == "r" then hint = waited end
@@ -361,7 +373,7 @@ def wrk_schedule_script(bodies: Sequence[bytes], phases: Sequence[Phase], thread
         raise ValueError(f"phases need positive seconds and rps >= 0: {phases}")
     rows, at = [], 0.0
     for p in phases:
-        rows.append(f"{{{at!r}, {at + p.seconds!r}, {float(p.rps)!r}, {int(p.retry)}}}")
+        rows.append(f"{{{at!r}, {at + p.seconds!r}, {float(p.rps)!r}, {int(p.retry)}, {int(p.reserve)}}}")
         at += p.seconds
     return WRK_SCHEDULE_LUA % {
         "bodies": ",\n".join(_lua_long_string(b) for b in bodies),

@@ -259,6 +259,12 @@ class Load:
             )
             self.server_view[f"{key}_mean_ms"] = round(1000 * total / count, 1) if count else None
             self.server_view[f"{key}_count"] = int(count)
+        for outcome in ("booked", "full", "redeemed", "early", "stale"):  # retry reservations
+            labels = {"model": self.model, "outcome": outcome}
+            name = "lrbnn_retry_reservations_total"
+            self.server_view[f"reservations_{outcome}"] = int(
+                sample_value(after, name, labels) - sample_value(before, name, labels)
+            )
         out = windows(run, phases, sampler.samples)
         out[-1].errors += sum(run.transport_errors.values())
         out[-1].transport_errors = dict(run.transport_errors)
@@ -389,6 +395,8 @@ def _start(args: argparse.Namespace, workdir: Path) -> tuple[ServerProcess, str,
         env["LRBNN_MAX_BATCH_SIZE"] = str(args.max_batch_size)
     if args.max_queue_wait_ms is not None:
         env["LRBNN_MAX_QUEUE_WAIT_MS"] = str(args.max_queue_wait_ms)
+    if getattr(args, "retry_share", None) is not None:
+        env["LRBNN_RETRY_SHARE"] = str(args.retry_share)
     srv = ServerProcess(Path(args.model_repository), workdir / "server.log", env=env, cpus=args.server_cpus)
     srv.wait_ready()
     info = httpx.get(srv.url + "/v1/models", timeout=10).json()["models"][0]
@@ -425,7 +433,8 @@ def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
 
     One wrk run offers 0.5x for 10 s (warm-up), 2x for ``--seconds`` and 0.5x for 20 s back to back, so the
     recovery phase starts the moment the overload ends. Every request refused in the overload phase is
-    sent once more after its ``Retry-After`` (a well-behaved client).
+    sent once more after its ``Retry-After`` (a well-behaved client); with ``--reservations`` (the
+    default) the overload's requests ask for a retry reservation and the retry sends its token back.
     """
     budget_s = float(server_setting(args, "max_queue_wait_ms")) / 1000.0
     with tempfile.TemporaryDirectory() as tmp:
@@ -437,7 +446,7 @@ def cmd_overload(args: argparse.Namespace) -> dict[str, Any]:
             unloaded_p99 = percentile(cal["unloaded"].latencies_ok, 99)
             phases = [
                 Phase("warm-up at 0.5x", 10, rps=0.5 * sat),
-                Phase("overload 2x", args.seconds, rps=2 * sat, retry=True),
+                Phase("overload 2x", args.seconds, rps=2 * sat, retry=True, reserve=args.reservations),
                 Phase("recovery at 0.5x", 20, rps=0.5 * sat),
             ]
             threads = open_loop_threads(args, 2 * sat, budget_s + unloaded_p99)
@@ -977,6 +986,15 @@ def main(argv: list[str] | None = None) -> int:
 
     p = sub.add_parser("overload", help="2x saturation for --seconds, then recovery")
     load_args(p, 60)
+    p.add_argument(
+        "--reservations",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="overload clients ask for retry reservations and echo the token (Lrbnn-Retry-Token)",
+    )
+    p.add_argument(
+        "--retry-share", type=float, default=None, help="LRBNN_RETRY_SHARE (default: the server's)"
+    )
     p.set_defaults(func=cmd_overload)
     p = sub.add_parser("soak", help="--fraction of saturation for --seconds")
     load_args(p, 1800)

@@ -28,9 +28,13 @@ The estimate is a median, so a request admitted by it gets a deadline, its first
 one that has waited so long that its batch would end past it is refused at dispatch (429 with
 ``Retry-After``, Triton's ``timeout_action: REJECT``) instead of being computed late.
 
-``Retry-After`` is honest: the time until the queued work has drained far enough that a request like
-the refused one would be admitted (estimated wait minus budget; for the count bound, until enough
-queued requests have left), whole seconds rounded up, >= 1.
+``Retry-After`` is the time until the queued work has drained far enough that a request like the
+refused one would be admitted if nothing new arrived (estimated wait minus budget; for the count bound,
+until enough queued requests have left), whole seconds rounded up, >= 1. Under sustained overload new
+requests do arrive, so that is a hint; a client that asks for a reservation gets a promise instead
+(``service/reservations.py``): a token with a due time that the book has room for, admitted whatever
+the queue when it comes back. Fresh admission counts the work booked for the next budget's worth of
+seconds as queued, so that there is room for it.
 """
 
 from __future__ import annotations
@@ -45,6 +49,7 @@ from typing import Any, Protocol
 from service.cost import CostEstimate
 from service.errors import QueueFull
 from service.monitoring.metrics import Metrics
+from service.reservations import NO_CLAIM, RetryBook, RetryClaim
 
 #: the fixed cost of one request in cost units (see ``Queued.units``)
 REQUEST_UNITS = 128
@@ -56,6 +61,7 @@ class Queued(Protocol):
     samples: int
     enqueued: float
     deadline: float | None
+    wants_retry: bool  # its client asked for a reservation if refused
     future: asyncio.Future[Any]
 
     @property
@@ -82,6 +88,7 @@ class AdmissionControl:
     max_queue: int
     max_wait_s: float  # <= 0: off (count bound only)
     cost: CostEstimate
+    book: RetryBook | None  # retry reservations (None or share 0: off)
     clock: Callable[[], float]
     _queue: deque[Any]
     _queued_units: int
@@ -96,7 +103,14 @@ class AdmissionControl:
         rate = self._rate()
         if rate is None:
             return None
-        return self._running_left_s(rate) + self._queued_units * rate
+        return self._running_left_s(rate) + (self._queued_units + self._reserved_units()) * rate
+
+    def _reserved_units(self) -> float:
+        """Work booked by retry reservations falling due within the budget: counted as queued, so a
+        client that comes back at its due time finds room (``service/reservations.py``)."""
+        if self.book is None or self.max_wait_s <= 0:
+            return 0.0
+        return self.book.due_units(self.max_wait_s)
 
     def _rate(self) -> float | None:
         """Seconds per unit: the measured one, unless the running batch has overrun its estimate by more
@@ -133,7 +147,8 @@ class AdmissionControl:
         rate = self._rate()
         if rate is None:
             return None
-        return self._running_left_s(rate) + (self._queued_units + self.batch_units(rows, samples)) * rate
+        ahead = self._queued_units + self._reserved_units() + self.batch_units(rows, samples)
+        return self._running_left_s(rate) + ahead * rate
 
     def retry_after_s(self, answer_s: float | None = None, over_count: int = 0) -> int:
         """When a refused request would be admitted, if nothing new arrived: whole seconds, >= 1.
@@ -154,46 +169,77 @@ class AdmissionControl:
             return 1
         return max(1, math.ceil(wait_s))
 
-    def check_admission(self) -> None:
+    def refusal(self, message: str, retry_after_s: int, units: int, claim: RetryClaim) -> QueueFull:
+        """The 429 of a request the queue cannot take: with a reservation (a token and its due time as
+        ``Retry-After``) when its client asked for one and the book has room, else the plain hint."""
+        exc = QueueFull(message, retry_after_s=retry_after_s)
+        if not claim.wants or self.book is None or not self.book.enabled:
+            return exc
+        if claim.early is not None:  # came back too soon: the same promise, the seconds still to wait
+            exc.retry_after_s, exc.retry_token = self.book.seconds_until(claim.early), claim.early.token
+            return exc
+        reservation, outcome = self.book.book(retry_after_s, units, self._rate())
+        self.metrics.child(self.metrics.retry_reservations, self.name, outcome.value).inc()
+        if reservation is not None:
+            exc.retry_after_s = max(1, round(reservation.due - self.book.clock()))
+            exc.retry_token = reservation.token
+        return exc
+
+    def check_admission(self, claim: RetryClaim = NO_CLAIM) -> None:
         """Refuse (QueueFull) before the request is even read when the queued work alone already exceeds
         the budget: any request would wait at least that long, so :meth:`submit` would refuse it too, and
         refusing it here spares the body's parsing and preprocessing, which under sustained overload cost
         the same core the admitted work needs (issue #13, docs/reliability.md). The decision is
         :meth:`submit`'s, taken one body read earlier (the queue can drain a few milliseconds meanwhile),
         and only where the queue alone is over budget: whatever the request, submit would refuse it.
+        A request holding a reservation due now is never refused by time.
         """
-        if not self._queue or self.max_wait_s <= 0:
+        if not self._queue or self.max_wait_s <= 0 or claim.admits:
             return
         wait_s = self.estimated_wait_s()
         if wait_s is not None and wait_s > self.max_wait_s:
-            raise QueueFull(
+            raise self.refusal(
                 f"model {self.name!r}: the work already queued takes {wait_s * 1000:.0f} ms, more than "
                 f"the {self.max_wait_s * 1000:.0f} ms budget",
-                retry_after_s=self.retry_after_s(wait_s),
+                self.retry_after_s(wait_s),
+                self._typical_units(),
+                claim,
             )
 
-    def admit(self, rows: int, samples: int) -> float:
+    def _typical_units(self) -> int:
+        """The units booked for a request refused before its body was read: the queue's mean request."""
+        if self._queue:
+            return max(REQUEST_UNITS, self._queued_units // len(self._queue))
+        return REQUEST_UNITS
+
+    def admit(self, rows: int, samples: int, claim: RetryClaim = NO_CLAIM) -> float:
         """Refuse (QueueFull) a request of ``rows`` x ``samples`` that the queue cannot take now: the count
-        bound, or an estimated time to answer over the budget (a request finding the queue empty is
-        always admitted). The one admission rule: the API calls it as soon as the body is parsed, before
-        the request is preprocessed (under sustained overload the refused requests' preprocessing took
-        half of the event loop, issue #13), and :meth:`submit` calls it again on the encoded batch.
-        Returns the time of the decision (the batcher's clock), from which :meth:`submit` counts the
-        request's deadline: the preprocessing in between is part of its time to answer."""
+        bound, or an estimated time to answer over the budget (a request finding the queue empty, or
+        holding a reservation due now, is admitted). The one admission rule: the API calls it as soon as
+        the body is parsed, before the request is preprocessed (under sustained overload the refused
+        requests' preprocessing took half of the event loop, issue #13), and :meth:`submit` calls it
+        again on the encoded batch. Returns the time of the decision (the batcher's clock), from which
+        :meth:`submit` counts the request's deadline: the preprocessing in between is part of its time
+        to answer."""
+        units = rows * samples + REQUEST_UNITS
         if len(self._queue) >= self.max_queue:
-            raise QueueFull(
+            raise self.refusal(
                 f"model {self.name!r}: {self.max_queue} requests already queued",
-                retry_after_s=self.retry_after_s(
+                self.retry_after_s(
                     self.estimated_answer_s(rows, samples), over_count=len(self._queue) - self.max_queue + 1
                 ),
+                units,
+                claim,
             )
-        if self._queue and self.max_wait_s > 0:  # a request finding the queue empty is always admitted
+        if self._queue and self.max_wait_s > 0 and not claim.admits:
             answer_s = self.estimated_answer_s(rows, samples)
             if answer_s is not None and answer_s > self.max_wait_s:
-                raise QueueFull(
+                raise self.refusal(
                     f"model {self.name!r}: estimated time to answer {answer_s * 1000:.0f} ms exceeds "
                     f"the {self.max_wait_s * 1000:.0f} ms budget",
-                    retry_after_s=self.retry_after_s(answer_s),
+                    self.retry_after_s(answer_s),
+                    units,
+                    claim,
                 )
         return self.clock()
 
@@ -214,9 +260,11 @@ class AdmissionControl:
             return False
         self.metrics.child(self.metrics.queue_wait, self.name).observe(self.clock() - job.enqueued)
         job.future.set_exception(
-            QueueFull(
+            self.refusal(
                 f"model {self.name!r}: queued past the {self.max_wait_s * 1000:.0f} ms budget",
-                retry_after_s=self.retry_after_s(self.estimated_answer_s(job.rows, job.samples)),
+                self.retry_after_s(self.estimated_answer_s(job.rows, job.samples)),
+                job.units,
+                RetryClaim(wants=job.wants_retry),
             )
         )
         return True

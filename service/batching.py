@@ -35,6 +35,7 @@ from service.cost import CostEstimate
 from service.errors import ClientDisconnected, InferenceTimeout, ModelFailed
 from service.monitoring.metrics import Metrics
 from service.repository import ServedModel
+from service.reservations import NO_CLAIM, RetryBook, RetryClaim
 from service.runtime.base import Outputs
 from service.settings import Settings
 
@@ -57,6 +58,7 @@ class Job:
     # request admitted by its estimate; None for one admitted unconditionally (it found the queue empty,
     # or nothing was measured yet, or no budget)
     deadline: float | None = None
+    wants_retry: bool = False  # its client asked for a reservation if it is refused at dispatch
 
     @property
     def key(self) -> tuple[int, int]:
@@ -89,6 +91,7 @@ class ModelBatcher(AdmissionControl):
         max_queue: int,
         max_wait_s: float | None = None,
         max_row_samples: int | None = None,
+        book: RetryBook | None = None,
     ) -> None:
         self.name = name
         self.metrics = metrics
@@ -104,6 +107,7 @@ class ModelBatcher(AdmissionControl):
         self._arrived = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self.cost = CostEstimate()
+        self.book = book  # retry reservations; None: off
         self._measured: ServedModel | None = None  # the version self.cost was measured on
         self._running_units = 0  # the batch in the executor now (0: none)
         self._running_since = 0.0
@@ -145,18 +149,26 @@ class ModelBatcher(AdmissionControl):
         timeout_s: float,
         disconnected: Callable[[], Coroutine[Any, Any, object]] | None = None,
         since: float | None = None,
+        claim: RetryClaim = NO_CLAIM,
     ) -> Outputs:
         """Queue one request and wait for its answer (or QueueFull, InferenceTimeout, ClientDisconnected).
 
         ``since``: when the caller's :meth:`admit` admitted it (default: now); its deadline counts from
-        then."""
+        then. ``claim``: its retry reservation; one held in time is admitted and never shed (a promise)."""
         rows = int(x.shape[0])
-        self.admit(rows, samples)  # again: the queue may have changed since the caller's check
+        self.admit(rows, samples, claim)  # again: the queue may have changed since the caller's check
         loop = asyncio.get_running_loop()
-        job = Job(served, x, samples, seed, loop.create_future(), enqueued=self.clock())
-        if self._queue and self.max_wait_s > 0 and self._rate() is not None:
+        job = Job(
+            served, x, samples, seed, loop.create_future(), enqueued=self.clock(), wants_retry=claim.wants
+        )
+        if self._queue and self.max_wait_s > 0 and self._rate() is not None and not claim.admits:
             job.deadline = (job.enqueued if since is None else min(since, job.enqueued)) + self.max_wait_s
-        self._queue.append(job)
+        if claim.early is not None and self.book is not None:  # came early, admitted anyway: promise used
+            self.book.settle(claim.early)
+        if claim.admits:  # a kept promise goes first: its client has already waited its Retry-After
+            self._queue.appendleft(job)
+        else:
+            self._queue.append(job)
         self._queued_units += job.units
         self._arrived.set()
         watcher: asyncio.Task[object] | None = None

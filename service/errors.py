@@ -76,8 +76,12 @@ class ModelNotFound(ServiceError):
 
 
 class QueueFull(ServiceError):
+    """The queue cannot take the request now: 429 with ``Retry-After``, and the reservation's token
+    (``Lrbnn-Retry-Token``) when its client asked for one and the book had room."""
+
     status = 429
     reason = Reason.QUEUE_FULL
+    retry_token: str | None = None
 
 
 class Draining(ServiceError):

@@ -29,6 +29,7 @@ from service.monitoring.feature_drift import FEATURE_STATISTICS, FeatureDriftMon
 from service.monitoring.metrics import DRIFT_STATISTICS, Metrics, reason_label
 from service.monitoring.performance import estimated_metrics, realized_metrics
 from service.repository import ServedModel
+from service.reservations import NO_CLAIM, RetryBook, RetryClaim
 from service.runtime.base import Outputs
 from service.settings import Settings
 from service.store.db import PredictionStore
@@ -217,6 +218,12 @@ class InferenceService:
                 self.settings.max_queue,
                 max_wait_s=self.settings.max_queue_wait_ms / 1000.0,
                 max_row_samples=self.settings.max_batch_row_samples,
+                book=RetryBook(
+                    served.name,
+                    self.settings.retry_token_key.get_secret_value(),
+                    self.settings.retry_share,
+                    self.settings.retry_horizon_s,
+                ),
             )
             batcher.start()
             self.batchers[served.name] = batcher
@@ -265,10 +272,21 @@ class InferenceService:
             )
 
     # -- the path ------------------------------------------------------------------------------
-    def check_admission(self, served: ServedModel) -> None:
+    def retry_claim(self, served: ServedModel, header: str | None) -> RetryClaim:
+        """Read a request's ``Lrbnn-Retry-Token`` header against the model's book (redeeming a token
+        presented in time), counted in ``lrbnn_retry_reservations_total``."""
+        book = self.batchers[served.name].book
+        if header is None or book is None:
+            return NO_CLAIM
+        claim, outcome = book.claim(header)
+        if outcome is not None:
+            self.metrics.child(self.metrics.retry_reservations, served.name, outcome.value).inc()
+        return claim
+
+    def check_admission(self, served: ServedModel, claim: RetryClaim = NO_CLAIM) -> None:
         """Refuse before the body is parsed when the model's queue is already over budget
         (:meth:`ModelBatcher.check_admission`)."""
-        self.batchers[served.name].check_admission()
+        self.batchers[served.name].check_admission(claim)
 
     async def predict(
         self,
@@ -277,15 +295,17 @@ class InferenceService:
         samples: int | None,
         seed: int | None,
         disconnected: Callable[[], Coroutine[Any, Any, object]] | None = None,
+        claim: RetryClaim = NO_CLAIM,
     ) -> InferenceResult:
         self.check_count(len(inputs))
         s = self.resolve_samples(served, samples)
         self.check_seed(seed)
         batcher = self.batchers[served.name]
-        admitted = batcher.admit(len(inputs), s)  # before the preprocessing a refused request would waste
+        # before the preprocessing a refused request would waste
+        admitted = batcher.admit(len(inputs), s, claim)
         enc = inputs.encode(served.inputs)
         outputs = await batcher.submit(
-            served, enc.x, s, seed, self.settings.request_timeout_s, disconnected, since=admitted
+            served, enc.x, s, seed, self.settings.request_timeout_s, disconnected, since=admitted, claim=claim
         )
         if served.manifest.task is Task.REGRESSION:
             low, high = served_interval(served.manifest.calibration, outputs["mean"], outputs["variance"])

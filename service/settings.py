@@ -14,6 +14,7 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from model_core.checkpoint.manifest import SamplingMode
+from service.reservations import new_key
 
 
 class Device(str, Enum):
@@ -72,6 +73,29 @@ class Settings(BaseSettings):
     p99 <= budget + unloaded p99 under sustained overload) and an early, honest 429 instead of a 504 at
     the 10 s request timeout. Lower it for a tighter latency SLO.
     """
+    retry_share: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="share of a model's drain rate promised to retry reservations; 0: no reservations",
+    )
+    """Retry reservations (``service/reservations.py``): a client that sends ``Lrbnn-Retry-Token: request``
+    and is refused for the queue gets a token and a ``Retry-After`` it can rely on. At most this share of
+    the measured drain rate is booked per second of due time; under sustained overload the retries get
+    that share of the capacity, in the order they were refused, the fresh requests the rest. 0.5: half
+    for those who were already turned away once, half for newcomers, so neither starves."""
+    retry_horizon_s: float = Field(
+        default=10.0, ge=0.0, description="furthest due time of a retry reservation; < 1: no reservations"
+    )
+    """How far ahead the book promises. Beyond it a refusal carries the plain hint and no token. Every
+    promise is work the server owes after an overload ends: with the horizon H and the share s the book
+    holds at most H x s seconds of work, so the server is back to its unloaded latency within about H
+    seconds after any overload (measured, 2x saturation for 60 s: healthy again 11 s after it ended with
+    H = 10, 20+ s with H = 60, `docs/reliability.md`). 10 s is of the order of a dashboard's refresh."""
+    retry_token_key: SecretStr = Field(default_factory=lambda: SecretStr(new_key()))
+    """The key that signs retry tokens. Random per start by default, which every worker of one server
+    shares (they get these settings); set the same secret on every replica behind one load balancer so
+    that each honours the others' tokens."""
     max_samples: int = Field(default=1024, ge=1)
     default_samples: int | None = Field(default=None, ge=1, description="None: the manifest's default")
     batch_exact: bool = Field(

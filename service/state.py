@@ -23,6 +23,8 @@ from service.inference import InferenceService
 from service.monitoring.metrics import Metrics
 from service.monitoring.performance import PerformancePublisher
 from service.repository import ModelRepository, ServedModel
+from service.reservations import HEADER as RETRY_HEADER
+from service.reservations import NO_CLAIM, RetryClaim
 from service.security import TokenSet
 from service.settings import Settings
 from service.store.db import PredictionStore
@@ -119,7 +121,12 @@ class AppState:
             if not self.inference.attached(served.name):
                 raise ModelNotReady(f"model {name!r} is still loading", retry_after_s=1)
             if endpoint.computes:
-                self.inference.check_admission(served)
+                # REST only: a retry reservation (``service/reservations.py``) rides on a header
+                header = request.headers.get(RETRY_HEADER) if request is not None else None
+                claim = self.inference.retry_claim(served, header)
+                self.inference.check_admission(served, claim)
+                if request is not None:
+                    request.state.retry_claim = claim
             if request is not None:
                 request.state.model = served.name
             self.inflight += 1
@@ -150,3 +157,8 @@ class AppState:
                 self.metrics.child(self.metrics.request_duration, name, endpoint.value, str(code)).observe(
                     time.perf_counter() - t0
                 )
+
+
+def retry_claim(request: Request) -> RetryClaim:
+    """The retry reservation :meth:`AppState.track` read from ``request`` (none outside a tracked call)."""
+    return getattr(request.state, "retry_claim", NO_CLAIM)

@@ -16,7 +16,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from service.errors import ServiceError, Unauthorized
+from service.errors import QueueFull, ServiceError, Unauthorized
+from service.reservations import HEADER as RETRY_HEADER
 
 log = logging.getLogger("lrbnn.service.errors")
 
@@ -31,10 +32,13 @@ def error_response(
 
 
 def error_headers(exc: ServiceError) -> dict[str, str]:
-    """``Retry-After`` (whole seconds >= 1) and, for a 401, ``WWW-Authenticate``: every error body's."""
+    """``Retry-After`` (whole seconds >= 1), a 429's ``Lrbnn-Retry-Token`` when a reservation was
+    booked, and, for a 401, ``WWW-Authenticate``: every error body's."""
     headers: dict[str, str] = {}
     if exc.retry_after_s is not None:
         headers["Retry-After"] = str(max(1, math.ceil(exc.retry_after_s)))
+    if isinstance(exc, QueueFull) and exc.retry_token is not None:
+        headers[RETRY_HEADER] = exc.retry_token
     if isinstance(exc, Unauthorized):
         headers["WWW-Authenticate"] = 'Bearer realm="lrbnn"'
     return headers

@@ -23,7 +23,7 @@ from service.fhir.bundle import FeatureIndex, read_fhir
 from service.fhir.risk import risk_assessments
 from service.inference import Instances
 from service.repository import ServedModel
-from service.state import Endpoint
+from service.state import Endpoint, retry_claim
 
 router = APIRouter(tags=["fhir"])
 FHIR_JSON = "application/fhir+json"
@@ -141,6 +141,7 @@ async def predict_fhir(
                 n_samples,
                 n_seed,
                 disconnect_waiter(request),
+                retry_claim(request),
             )
             return fhir_response(risk_assessments(result, inputs))
     except ServiceError as exc:

@@ -28,7 +28,7 @@ from service.errors import Forbidden
 from service.inference import InferenceResult, Instances
 from service.outcomes import feedback as record_feedback
 from service.repository import ServedModel
-from service.state import Endpoint
+from service.state import Endpoint, retry_claim
 
 router = APIRouter(tags=["v1"])
 
@@ -99,6 +99,7 @@ async def predict(name: str, request: Request) -> Response:
             body.parameters.samples,
             body.parameters.seed,
             disconnect_waiter(request),
+            retry_claim(request),
         )
         return json_response(
             {

@@ -45,7 +45,7 @@ from service.api.v2_codec import (
 from service.errors import BadRequest, ModelNotFound, ModelNotReady
 from service.inference import Tensor
 from service.repository import ServedModel
-from service.state import AppState, Endpoint
+from service.state import AppState, Endpoint, retry_claim
 
 router = APIRouter(tags=["v2 (Open Inference Protocol)"])
 
@@ -200,5 +200,7 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
         requested = requested_outputs(body)  # checked before the compute, not after
         if body.get("id") is not None and not isinstance(body["id"], str):
             raise BadRequest("'id' must be a string", field="id")
-        result = await state.inference.predict(served, Tensor(x), samples, seed, disconnect_waiter(request))
+        result = await state.inference.predict(
+            served, Tensor(x), samples, seed, disconnect_waiter(request), retry_claim(request)
+        )
         return encode_response(result, body, requested)

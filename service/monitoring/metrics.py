@@ -24,6 +24,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 from model_core.ood import OODReason
 from service.errors import Reason
+from service.reservations import Outcome as RetryOutcome
 
 __all__ = ["CONTENT_TYPE_LATEST", "Metrics"]
 
@@ -106,6 +107,12 @@ class Metrics:
         )
         self.rejected = Counter(
             "lrbnn_requests_rejected", "Requests refused, by reason.", ["model", "reason"], registry=r
+        )
+        self.retry_reservations = Counter(
+            "lrbnn_retry_reservations",
+            "Retry reservations: booked, full (none to give), redeemed, early, stale.",
+            ["model", "outcome"],
+            registry=r,
         )
         self.predictive_variance = Histogram(
             "lrbnn_predictive_variance",
@@ -245,6 +252,8 @@ class Metrics:
             self.drift.labels(model, stat)
         for reason in Reason:
             self.rejected.labels(model, reason.value)
+        for booking in RetryOutcome:
+            self.retry_reservations.labels(model, booking.value)
         self.outcomes.labels(model)
         for outcome in ("accepted", "overridden"):
             self.card_feedback.labels(model, outcome)

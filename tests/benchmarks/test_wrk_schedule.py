@@ -31,6 +31,8 @@ class Toy:
         self.delay_s, self.refuse_s = delay_s, refuse_s
         self.first: float | None = None
         self.lock = threading.Lock()
+        self.tokens: list[str | None] = []  # each request's Lrbnn-Retry-Token header
+        self.issued = 0  # tokens handed out (tok-1, tok-2, ...) with the 429s of a request that asked
 
 
 @pytest.fixture
@@ -43,15 +45,21 @@ def toy() -> Iterator[tuple[Toy, str]]:
         def do_POST(self) -> None:
             self.rfile.read(int(self.headers.get("Content-Length", 0)))
             now = time.monotonic()
+            asked = self.headers.get("Lrbnn-Retry-Token")
             with state.lock:
                 if state.first is None:
                     state.first = now
+                state.tokens.append(asked)
             time.sleep(state.delay_s)
             refuse = now - state.first < state.refuse_s
             body = b'{"error":"busy"}' if refuse else b'{"ok":true}'
             self.send_response(429 if refuse else 200)
             if refuse:
                 self.send_header("Retry-After", "1")
+                if asked == "request":
+                    with state.lock:
+                        state.issued += 1
+                        self.send_header("Lrbnn-Retry-Token", f"tok-{state.issued}")
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))
             self.end_headers()
@@ -109,6 +117,21 @@ def test_refused_requests_are_retried_once_after_retry_after(toy, tmp_path):
     first_retry = min(e.sent_s for e in retries)
     assert first_retry - min(e.sent_s + e.seconds for e in refused) >= 1.0 - 0.01
     assert len(fresh) == 40
+
+
+def test_a_reserving_phase_asks_for_reservations_and_echoes_the_tokens(toy, tmp_path):
+    state, url = toy
+    state.refuse_s = 0.5
+    phases = [lg.Phase("over", 1.0, rps=20, retry=True, reserve=True), lg.Phase("after", 1.0, rps=20)]
+    run = lg.run_wrk_schedule(url, BODIES, phases, threads=4, timeout_s=5, tail_s=2.0, workdir=tmp_path)
+    refused = [e for e in run.events if not e.retry and e.status == 429]
+    assert refused and state.issued == len(refused)
+    # 20 fresh requests asked in the reserving phase, none in the other; each token came back once
+    assert state.tokens.count("request") == 20
+    assert sorted(t for t in state.tokens if t and t.startswith("tok-")) == sorted(
+        f"tok-{i}" for i in range(1, state.issued + 1)
+    )
+    assert state.tokens.count(None) == 20
 
 
 def test_a_phase_without_retry_does_not_retry(toy, tmp_path):

@@ -1,4 +1,5 @@
-"""Fixtures for the service tests (defined in ``service_fixtures.py``, shared with the reliability tests)."""
+"""Fixtures for the service tests (``service_fixtures.py``, shared with the reliability tests, and the
+admission harness of ``admission_harness.py``)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ for p in (str(_HERE.parents[1]), str(_HERE)):
     if p not in sys.path:
         sys.path.insert(0, p)
 
+from admission_harness import harness  # noqa: E402
 from service_fixtures import anyio_backend, icu_client, repo, serve_app, toy_checkpoint  # noqa: E402
 
-__all__ = ["anyio_backend", "icu_client", "repo", "serve_app", "toy_checkpoint"]
+__all__ = ["anyio_backend", "harness", "icu_client", "repo", "serve_app", "toy_checkpoint"]
