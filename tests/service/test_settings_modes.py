@@ -33,6 +33,9 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
         "LRBNN_SAMPLING_MODE": "cached",
         "LRBNN_MAX_INSTANCES": "10",
         "LRBNN_BATCH_EXACT": "false",
+        "LRBNN_RETRY_SHARE": "0.25",
+        "LRBNN_RETRY_HORIZON_S": "30",
+        "LRBNN_RETRY_TOKEN_KEY": "shared-by-the-replicas",
     }
     for k, v in env.items():
         monkeypatch.setenv(k, v)
@@ -42,7 +45,19 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
     assert s.tokens() == ["a", "b"] and s.admin() == "s3cret-admin"
     assert s.cors_origin_list == ["https://a.example", "https://b.example"]
     assert s.sampling_mode is SamplingMode.CACHED and s.default_samples == 50 and not s.batch_exact
+    assert s.retry_share == 0.25 and s.retry_horizon_s == 30.0
+    assert s.retry_token_key.get_secret_value() == "shared-by-the-replicas"
     assert "s3cret-admin" not in repr(s) and "'a, b" not in repr(s)  # secrets stay out of logs
+    assert "shared-by-the-replicas" not in repr(s)
+
+
+def test_the_retry_token_key_is_random_unless_set_and_bounds_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    a, b = Settings(), Settings()
+    assert len(a.retry_token_key.get_secret_value()) >= 32
+    assert a.retry_token_key.get_secret_value() != b.retry_token_key.get_secret_value()
+    monkeypatch.setenv("LRBNN_RETRY_SHARE", "1.5")
+    with pytest.raises(ValueError, match="retry_share"):
+        Settings()
 
 
 def test_bad_environment_fails_naming_the_variable(monkeypatch: pytest.MonkeyPatch) -> None:
