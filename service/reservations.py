@@ -124,6 +124,7 @@ class RetryBook:
         self.clock = clock
         self._bins: dict[int, int] = {}  # bin index (floor(due / BIN_S)) -> units booked, not yet redeemed
         self._used: dict[str, float] = {}  # nonce -> the time after which it is stale anyway
+        self._forgot_at = -math.inf
 
     @property
     def enabled(self) -> bool:
@@ -238,7 +239,11 @@ class RetryBook:
         return math.floor(t / BIN_S)
 
     def _forget(self, now: float) -> None:
-        """Drop the bins whose due time has passed and the nonces that are stale anyway."""
+        """Drop the bins whose due time has passed and the nonces that are stale anyway; at most every
+        tenth of a second (under overload it is asked on every refusal, and the nonces number ~1,000)."""
+        if now - self._forgot_at < 0.1:
+            return
+        self._forgot_at = now
         past = self._bin(now - EARLY_S)
         for b in [b for b in self._bins if b < past]:
             del self._bins[b]
