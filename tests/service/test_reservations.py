@@ -76,6 +76,16 @@ def test_a_settled_reservation_leaves_the_book_once() -> None:
     assert b.claim(second.token)[1] is Outcome.REDEEMED and b.booked == 0
 
 
+def test_another_worker_with_the_same_key_honours_a_token_it_did_not_book() -> None:
+    clock = FakeClock()
+    booking, other = book(clock), book(clock)  # two workers' books, one key
+    reservation, _ = booking.book(1.0, 100, 1e-3)
+    assert reservation is not None and other.booked == 0
+    clock.now = reservation.due
+    claim, outcome = other.claim(reservation.token)
+    assert outcome is Outcome.REDEEMED and claim.admits and other.booked == 0
+
+
 def test_a_token_presented_after_its_grace_is_stale() -> None:
     clock = FakeClock()
     b = book(clock)

@@ -52,9 +52,14 @@ def test_environment_names(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> N
 
 
 def test_the_retry_token_key_is_random_unless_set_and_bounds_hold(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pickle
+
     a, b = Settings(), Settings()
     assert len(a.retry_token_key.get_secret_value()) >= 32
     assert a.retry_token_key.get_secret_value() != b.retry_token_key.get_secret_value()
+    # the workers get the supervisor's settings pickled (spawn): one key, so each honours the others' tokens
+    worker = pickle.loads(pickle.dumps(a))
+    assert worker.retry_token_key.get_secret_value() == a.retry_token_key.get_secret_value()
     monkeypatch.setenv("LRBNN_RETRY_SHARE", "1.5")
     with pytest.raises(ValueError, match="retry_share"):
         Settings()
