@@ -27,7 +27,7 @@ from service.fhir.explain import ood_summary
 from service.inference import InferenceResult, Instances
 from service.outcomes import card_feedback as record_card_feedback
 from service.repository import ServedModel
-from service.state import Endpoint
+from service.state import Endpoint, retry_claim
 
 router = APIRouter(tags=["cds-hooks"])
 HOOK = "patient-view"
@@ -187,7 +187,9 @@ async def patient_view(service_id: str, request: Request) -> Response:
             raise InvalidInput(
                 f"prefetch.patient must be Patient/{patient_id} (context.patientId)", "prefetch.patient"
             )
-        result = await state.inference.predict(served, Instances([inputs.patients[0].instance]), None, None)
+        result = await state.inference.predict(
+            served, Instances([inputs.patients[0].instance]), None, None, claim=retry_claim(request)
+        )
         ignored = [x.reference for x in inputs.patients[0].ignored]
         settings = state.settings
         return json_response(
