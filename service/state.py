@@ -11,6 +11,7 @@ import asyncio
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from contextvars import ContextVar, Token
 from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
@@ -105,11 +106,18 @@ class AppState:
 
     @asynccontextmanager
     async def track(
-        self, request: Request | None, name: str, endpoint: Endpoint, authorization: str | None = None
+        self,
+        request: Request | None,
+        name: str,
+        endpoint: Endpoint,
+        authorization: str | None = None,
+        retry_token: str | None = None,
     ) -> AsyncIterator[ServedModel]:
         """Gate and measure one model request (REST: ``request``; gRPC: None and the call's
-        ``authorization`` metadata); yields the served model version."""
+        ``authorization`` and ``lrbnn-retry-token`` metadata); yields the served model version. The
+        request's retry reservation is :func:`retry_claim` inside the block."""
         t0 = time.perf_counter()
+        claimed: Token[RetryClaim] | None = None
         known = self.repository.serves(name)
         code = 200
         counted = False
@@ -120,13 +128,11 @@ class AppState:
             served = self.lookup(name)
             if not self.inference.attached(served.name):
                 raise ModelNotReady(f"model {name!r} is still loading", retry_after_s=1)
-            if endpoint.computes:
-                # REST only: a retry reservation (``service/reservations.py``) rides on a header
-                header = request.headers.get(RETRY_HEADER) if request is not None else None
+            if endpoint.computes:  # a retry reservation (``service/reservations.py``) rides on a header
+                header = request.headers.get(RETRY_HEADER) if request is not None else retry_token
                 claim = self.inference.retry_claim(served, header)
                 self.inference.check_admission(served, claim)
-                if request is not None:
-                    request.state.retry_claim = claim
+                claimed = _CLAIM.set(claim)
             if request is not None:
                 request.state.model = served.name
             self.inflight += 1
@@ -150,6 +156,8 @@ class AppState:
             code = 500
             raise
         finally:
+            if claimed is not None:
+                _CLAIM.reset(claimed)
             if counted:
                 self.inflight -= 1
                 self.metrics.child(self.metrics.inflight, name).dec()
@@ -159,6 +167,11 @@ class AppState:
                 )
 
 
-def retry_claim(request: Request) -> RetryClaim:
-    """The retry reservation :meth:`AppState.track` read from ``request`` (none outside a tracked call)."""
-    return getattr(request.state, "retry_claim", NO_CLAIM)
+#: the retry reservation of the request being tracked: a context variable because each request (and
+#: each gRPC call) runs in a task of its own, and REST and gRPC hand it to the batcher the same way
+_CLAIM: ContextVar[RetryClaim] = ContextVar("lrbnn_retry_claim", default=NO_CLAIM)
+
+
+def retry_claim() -> RetryClaim:
+    """The retry reservation :meth:`AppState.track` read for the current request (none outside one)."""
+    return _CLAIM.get()

@@ -188,7 +188,7 @@ async def patient_view(service_id: str, request: Request) -> Response:
                 f"prefetch.patient must be Patient/{patient_id} (context.patientId)", "prefetch.patient"
             )
         result = await state.inference.predict(
-            served, Instances([inputs.patients[0].instance]), None, None, claim=retry_claim(request)
+            served, Instances([inputs.patients[0].instance]), None, None, claim=retry_claim()
         )
         ignored = [x.reference for x in inputs.patients[0].ignored]
         settings = state.settings

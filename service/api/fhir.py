@@ -141,7 +141,7 @@ async def predict_fhir(
                 n_samples,
                 n_seed,
                 disconnect_waiter(request),
-                retry_claim(request),
+                retry_claim(),
             )
             return fhir_response(risk_assessments(result, inputs))
     except ServiceError as exc:

@@ -99,7 +99,7 @@ async def predict(name: str, request: Request) -> Response:
             body.parameters.samples,
             body.parameters.seed,
             disconnect_waiter(request),
-            retry_claim(request),
+            retry_claim(),
         )
         return json_response(
             {

@@ -201,6 +201,6 @@ async def infer(name: str, request: Request, version: str | None = None) -> Resp
         if body.get("id") is not None and not isinstance(body["id"], str):
             raise BadRequest("'id' must be a string", field="id")
         result = await state.inference.predict(
-            served, Tensor(x), samples, seed, disconnect_waiter(request), retry_claim(request)
+            served, Tensor(x), samples, seed, disconnect_waiter(request), retry_claim()
         )
         return encode_response(result, body, requested)

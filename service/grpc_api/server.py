@@ -5,7 +5,9 @@ routes call (``AppState.track`` for auth, draining, the metrics and the limits; 
 ``InferenceService.predict``), so a gRPC request and a REST request are batched together and answered
 the same numbers. Tensors are decoded as V2 REST decodes them (``service.api.v2``: names, datatypes,
 shapes, the 4-byte length prefix of BYTES). Every ``ServiceError`` maps to a gRPC status by its class
-(:data:`STATUS`), never UNKNOWN for client input; ``Retry-After`` travels as trailing metadata.
+(:data:`STATUS`), never UNKNOWN for client input; ``Retry-After`` travels as trailing metadata, and so
+does a retry reservation's token (``lrbnn-retry-token``, sent back as invocation metadata: the REST
+header's protocol, ``service/reservations.py``).
 
 With several workers (``service/workers.py``) each worker binds the port with ``SO_REUSEPORT`` (gRPC's
 default on Linux), so the kernel spreads connections over them as the shared socket does for REST.
@@ -53,7 +55,8 @@ from service.grpc_api import oip_pb2_grpc as pb_grpc
 from service.inference import InferenceResult, Tensor
 from service.inputs import TensorSpec
 from service.repository import ServedModel
-from service.state import AppState, Endpoint
+from service.reservations import HEADER as RETRY_HEADER
+from service.state import AppState, Endpoint, retry_claim
 
 log = logging.getLogger("lrbnn.service.grpc")
 T = TypeVar("T")
@@ -84,9 +87,10 @@ def status_of(exc: ServiceError) -> grpc.StatusCode:
     return grpc.StatusCode.INTERNAL
 
 
-def _authorization(context: grpc.aio.ServicerContext) -> str | None:
+def _metadata(context: grpc.aio.ServicerContext, name: str) -> str | None:
+    """One invocation metadata value (``authorization``, ``lrbnn-retry-token``)."""
     for key, value in context.invocation_metadata() or ():
-        if key == "authorization":
+        if key == name:
             return value if isinstance(value, str) else value.decode("latin-1")
     return None
 
@@ -172,8 +176,13 @@ def answered(method: Method[T]) -> Method[T]:
             return await method(self, request, context)
         except ServiceError as exc:
             message = exc.message if exc.field is None else f"{exc.message} (field: {exc.field})"
+            trailing = []
             if exc.retry_after_s is not None:
-                context.set_trailing_metadata((("retry-after", str(max(1, math.ceil(exc.retry_after_s)))),))
+                trailing.append(("retry-after", str(max(1, math.ceil(exc.retry_after_s)))))
+            if isinstance(exc, QueueFull) and exc.retry_token is not None:
+                trailing.append((RETRY_HEADER.lower(), exc.retry_token))
+            if trailing:
+                context.set_trailing_metadata(tuple(trailing))
             await context.abort(status_of(exc), message)
             raise  # abort raises; this line only tells the type checker
 
@@ -187,7 +196,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
         self.state = state
 
     def _served(self, context: grpc.aio.ServicerContext, name: str, version: str) -> ServedModel:
-        self.state.authorize(None, _authorization(context))
+        self.state.authorize(None, _metadata(context, "authorization"))
         return lookup_version(self.state, name, version)
 
     async def ServerLive(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ServerLiveResponse:
@@ -226,7 +235,13 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
     async def ModelInfer(self, request: Any, context: grpc.aio.ServicerContext) -> pb.ModelInferResponse:
         state = self.state
         name = request.model_name
-        async with state.track(None, name, Endpoint.GRPC_INFER, _authorization(context)) as served:
+        async with state.track(
+            None,
+            name,
+            Endpoint.GRPC_INFER,
+            _metadata(context, "authorization"),
+            _metadata(context, RETRY_HEADER.lower()),
+        ) as served:
             if request.model_version and request.model_version != served.version:
                 raise ModelNotFound(
                     f"model {name!r} version {request.model_version!r} is not served", "version"
@@ -236,7 +251,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             samples = _parameter(params["samples"], "samples") if "samples" in params else None
             seed = _parameter(params["seed"], "seed") if "seed" in params else None
             names = requested_outputs(request)
-            result = await state.inference.predict(served, Tensor(x), samples, seed)
+            result = await state.inference.predict(served, Tensor(x), samples, seed, claim=retry_claim())
             return encode_result(result, request, names)
 
 
