@@ -193,11 +193,15 @@ class RetryBook:
         now = self.clock()
         end = now + within_s
         total = 0.0
-        for b, units in self._bins.items():
-            lo, hi = b * BIN_S, (b + 1) * BIN_S
-            overlap = min(hi, end) - max(lo, now)
-            if overlap > 0:
-                total += units * overlap / BIN_S
+        first, last = self._bin(now), self._bin(end)
+        # a budget spans two or three bins; a budget longer than the book: every bin once
+        bins = range(first, last + 1) if last - first < len(self._bins) else sorted(self._bins)
+        for b in bins:
+            units = self._bins.get(b)
+            if units:
+                overlap = min((b + 1) * BIN_S, end) - max(b * BIN_S, now)
+                if overlap > 0:
+                    total += units * overlap / BIN_S
         return total
 
     def book(

@@ -135,6 +135,7 @@ def test_the_work_falling_due_counts_the_next_budget_and_forgets_the_past() -> N
     assert b.due_units(1.5) == pytest.approx(50)
     assert b.due_units(2.5) == pytest.approx(150)
     assert b.due_units(6.0) == pytest.approx(300)
+    assert b.due_units(1e15) == pytest.approx(300)  # a budget far longer than the book: each bin once
     clock.now = 3.6  # the first two have fallen due and passed (their clients never came)
     assert b.due_units(10.0) == pytest.approx(100)
     assert b.booked == 100
