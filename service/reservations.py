@@ -16,6 +16,9 @@ measured: retries admitted 15-21 % of the time against 23-31 % for fresh request
   mangled token), it counts as a fresh request that asks for a reservation: never an error, because a
   token the client cannot read is the server's doing (a restart with another key), not the client's.
 
+Over gRPC the same name, lower-cased (``lrbnn-retry-token``), rides on the invocation metadata and on
+the trailing metadata of ``RESOURCE_EXHAUSTED``.
+
 What keeps the promises keepable: the book grants at most ``share`` of the model's measured drain rate
 to reservations, per second of due time, searching from the earliest second the queue could admit the
 request (the plain ``Retry-After``) up to ``horizon_s``; and fresh admission counts the work booked for
