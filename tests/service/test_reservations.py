@@ -7,8 +7,6 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -16,6 +14,7 @@ import numpy as np
 import pytest
 import toy
 from admission_harness import RATE, FakeClock, Harness, S
+from reservation_scenarios import PATH, held_model, until
 from service_helpers import ServeApp, metric_value
 
 from service.errors import QueueFull
@@ -231,46 +230,6 @@ async def test_a_request_shed_at_dispatch_gets_a_reservation_if_it_asked(harness
 
 
 # -- over HTTP and gRPC ----------------------------------------------------------------------------
-async def _until(condition: Any) -> None:
-    for _ in range(2000):
-        if condition():
-            return
-        await asyncio.sleep(0.005)
-    raise AssertionError("never happened")
-
-
-@asynccontextmanager
-async def held_model(client: Any) -> AsyncIterator[tuple[Any, threading.Event]]:
-    """The toy model with one request running (held on a gate) and one queued, and a cost estimate that
-    puts anything more over the 1 s budget; yields the batcher and the gate, then lets all finish."""
-    state = client.app.state.lrbnn
-    batcher = state.inference.batchers["toy"]
-    served = state.repository.get("toy")
-    gate = threading.Event()
-    predict = served.runtime.predict
-
-    def held(*args: Any, **kwargs: Any) -> Any:
-        assert gate.wait(30)
-        return predict(*args, **kwargs)
-
-    served.runtime.predict = held
-    body = {"instances": [toy.instance()]}
-    try:
-        running = asyncio.ensure_future(client.post(PATH, json=body))
-        await _until(lambda: batcher._running_units)
-        queued = asyncio.ensure_future(client.post(PATH, json=body))
-        await _until(lambda: batcher.depth)
-        # a slower model: the one queued request is 0.7 s of work, so anything more is over the budget
-        batcher.cost.seconds_per_unit = 0.7 / batcher._queued_units
-        yield batcher, gate
-        gate.set()
-        assert [r.status_code for r in await asyncio.gather(running, queued)] == [200, 200]
-    finally:
-        gate.set()
-        served.runtime.predict = predict
-
-
-PATH = "/v1/models/toy:predict"
 
 
 async def test_the_token_travels_in_the_header_of_a_429_and_of_the_retry(
@@ -294,7 +253,7 @@ async def test_the_token_travels_in_the_header_of_a_429_and_of_the_retry(
             assert stale.status_code == 429 and HEADER.lower() in stale.headers  # a new promise, no error
             batcher.book.clock = lambda: due  # its due time
             kept = asyncio.ensure_future(client.post(PATH, json=body, headers={HEADER: token}))
-            await _until(lambda: batcher.depth == 2)  # admitted over the budget
+            await until(lambda: batcher.depth == 2)  # admitted over the budget
             gate.set()
             assert (await kept).status_code == 200
         metrics = (await client.get("/metrics")).text
@@ -305,39 +264,19 @@ async def test_the_token_travels_in_the_header_of_a_429_and_of_the_retry(
         assert counts == {"booked": 2, "full": 0, "redeemed": 1, "early": 1, "stale": 1}
 
 
-async def test_the_token_travels_in_grpc_metadata(serve_app: ServeApp, tmp_path: Path) -> None:
+def test_the_token_travels_in_grpc_metadata(repo: Path, tmp_path: Path) -> None:
     """gRPC: asked for in the invocation metadata, the token comes back in the trailing metadata of
-    RESOURCE_EXHAUSTED, and sent back it admits the call over the budget."""
-    import grpc
+    RESOURCE_EXHAUSTED, and sent back it admits the call over the budget. In a process of its own: the
+    server's OIP descriptors clash with tritonclient's, which other tests load into this one."""
+    import subprocess
+    import sys
 
-    from service.grpc_api import oip_pb2 as pb
-    from service.grpc_api import oip_pb2_grpc as pb_grpc
-    from service.grpc_api.server import build_server
-
-    async with serve_app(max_queue_wait_ms=1000.0, state_dir=tmp_path) as client:
-        server = build_server(client.app.state.lrbnn, "127.0.0.1", 0)  # type: ignore[attr-defined]
-        port = server.add_insecure_port("127.0.0.1:0")
-        await server.start()
-        try:
-            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                stub = pb_grpc.GRPCInferenceServiceStub(channel)
-                request = pb.ModelInferRequest(model_name="toy")
-                tensor = request.inputs.add(name="features", datatype="FP32", shape=[1, 4])
-                tensor.contents.fp32_contents.extend([60.0, 80.0, 1.0, 0.0])
-                async with held_model(client) as (batcher, gate):
-                    with pytest.raises(grpc.aio.AioRpcError) as refused:
-                        await stub.ModelInfer(request, metadata=((HEADER.lower(), ASK),))
-                    assert refused.value.code() is grpc.StatusCode.RESOURCE_EXHAUSTED
-                    trailing = dict(refused.value.trailing_metadata() or ())
-                    token = trailing[HEADER.lower()]
-                    assert int(trailing["retry-after"]) >= 1
-                    batcher.book.clock = lambda: batcher.book._read(token).due
-                    kept = asyncio.ensure_future(
-                        stub.ModelInfer(request, metadata=((HEADER.lower(), token),))
-                    )
-                    await _until(lambda: batcher.depth == 2)
-                    gate.set()
-                    answer = await kept
-                    assert answer.model_name == "toy"
-        finally:
-            await server.stop(0)
+    script = Path(__file__).with_name("reservation_scenarios.py")
+    done = subprocess.run(
+        [sys.executable, str(script), "grpc", str(repo), str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "grpc reservation kept" in done.stdout
