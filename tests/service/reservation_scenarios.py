@@ -67,53 +67,47 @@ async def grpc_scenario(repo: Path, state_dir: Path) -> None:
     """The toy model held over budget; a gRPC call that asks is refused with a token in the trailing
     metadata; sent back at its due time, the token admits the call."""
     import grpc
-    import httpx
+    from service_fixtures import app_client
 
-    from service.app import create_app
     from service.grpc_api import oip_pb2 as pb
     from service.grpc_api import oip_pb2_grpc as pb_grpc
     from service.grpc_api.server import build_server
     from service.settings import Settings
 
     settings = Settings(model_repository=repo, state_dir=state_dir, max_queue_wait_ms=1000.0)
-    app = create_app(settings)
-    async with app.router.lifespan_context(app):
-        if app.state.lrbnn.loading is not None:
-            await app.state.lrbnn.loading
-        transport = httpx.ASGITransport(app=app)
-        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-            client.app = app  # type: ignore[attr-defined]
-            server = build_server(app.state.lrbnn, "127.0.0.1", 0)
-            port = server.add_insecure_port("127.0.0.1:0")
-            await server.start()
-            try:
-                async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
-                    stub = pb_grpc.GRPCInferenceServiceStub(channel)
-                    request = pb.ModelInferRequest(model_name="toy")
-                    tensor = request.inputs.add(name="features", datatype="FP32", shape=[1, 4])
-                    tensor.contents.fp32_contents.extend([60.0, 80.0, 1.0, 0.0])
-                    async with held_model(client) as (batcher, gate):
-                        try:
-                            await stub.ModelInfer(request, metadata=((HEADER.lower(), ASK),))
-                        except grpc.aio.AioRpcError as exc:
-                            refused = exc
-                        else:
-                            raise AssertionError("admitted over the budget without a token")
-                        assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.code()
-                        trailing = dict(refused.trailing_metadata() or ())
-                        token = trailing[HEADER.lower()]
-                        assert int(trailing["retry-after"]) >= 1
-                        due = batcher.book._read(token).due
-                        batcher.book.clock = lambda: due
-                        kept = asyncio.ensure_future(
-                            stub.ModelInfer(request, metadata=((HEADER.lower(), token),))
-                        )
-                        await until(lambda: batcher.depth == 2)
-                        gate.set()
-                        answer = await kept
-                        assert answer.model_name == "toy"
-            finally:
-                await server.stop(0)
+    async with app_client(settings) as client:
+        state = client.app.state.lrbnn  # type: ignore[attr-defined]
+        server = build_server(state, "127.0.0.1", 0)
+        port = server.add_insecure_port("127.0.0.1:0")
+        await server.start()
+        try:
+            async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as channel:
+                stub = pb_grpc.GRPCInferenceServiceStub(channel)
+                request = pb.ModelInferRequest(model_name="toy")
+                tensor = request.inputs.add(name="features", datatype="FP32", shape=[1, 4])
+                tensor.contents.fp32_contents.extend([60.0, 80.0, 1.0, 0.0])
+                async with held_model(client) as (batcher, gate):
+                    try:
+                        await stub.ModelInfer(request, metadata=((HEADER.lower(), ASK),))
+                    except grpc.aio.AioRpcError as exc:
+                        refused = exc
+                    else:
+                        raise AssertionError("admitted over the budget without a token")
+                    assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.code()
+                    trailing = dict(refused.trailing_metadata() or ())
+                    token = trailing[HEADER.lower()]
+                    assert int(trailing["retry-after"]) >= 1
+                    due = batcher.book._read(token).due
+                    batcher.book.clock = lambda: due
+                    kept = asyncio.ensure_future(
+                        stub.ModelInfer(request, metadata=((HEADER.lower(), token),))
+                    )
+                    await until(lambda: batcher.depth == 2)
+                    gate.set()
+                    answer = await kept
+                    assert answer.model_name == "toy"
+        finally:
+            await server.stop(0)
     print("grpc reservation kept")
 
 

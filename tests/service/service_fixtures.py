@@ -37,7 +37,6 @@ def anyio_backend() -> str:
 @pytest.fixture
 def serve_app(repo: Path) -> ServeApp:
     """``async with serve_app(max_queue=2, ...) as client``: an app over ``repo`` with those settings."""
-    from service.app import create_app
     from service.settings import Settings
 
     @asynccontextmanager
@@ -45,18 +44,26 @@ def serve_app(repo: Path) -> ServeApp:
         # admission by estimated wait off unless a test asks for it: many tests slow batches down on
         # purpose to force merging, which the 30 ms default budget would answer with 429s
         base = {"model_repository": repo, "max_batch_delay_ms": 2.0, "max_queue_wait_ms": 0.0}
-        settings = Settings(**{**base, **overrides})
-        app = create_app(settings)
-        async with app.router.lifespan_context(app):
-            loading = app.state.lrbnn.loading
-            if loading is not None:
-                await loading  # what /readyz waits for; a load error would surface here
-            transport = httpx.ASGITransport(app=app)
-            async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
-                client.app = app  # type: ignore[attr-defined]
-                yield client
+        async with app_client(Settings(**{**base, **overrides})) as client:
+            yield client
 
     return make
+
+
+@asynccontextmanager
+async def app_client(settings: Any) -> AsyncIterator[httpx.AsyncClient]:
+    """An in-process app with ``settings``, loaded, and an httpx client over it (``client.app``)."""
+    from service.app import create_app
+
+    app = create_app(settings)
+    async with app.router.lifespan_context(app):
+        loading = app.state.lrbnn.loading
+        if loading is not None:
+            await loading  # what /readyz waits for; a load error would surface here
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test", timeout=30) as client:
+            client.app = app  # type: ignore[attr-defined]
+            yield client
 
 
 @pytest.fixture
