@@ -486,7 +486,9 @@ def host_server(repo: Path, env: dict[str, str], timeout: float) -> Iterator[str
     """``lrbnn serve`` of this checkout on the host (loopback), as the reference answers."""
     port = free_port()
     full = {k: v for k, v in os.environ.items() if not k.startswith("LRBNN_")}
-    full.update({"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", **env})
+    # no gRPC: the reference answers are REST's, and its default port 8001 is the one compose publishes
+    # next (a reference server still shutting down held it: "bind: address already in use", CI)
+    full.update({"PYTHONPATH": str(REPO_ROOT), "OMP_NUM_THREADS": "1", "LRBNN_GRPC_PORT": "0", **env})
     cmd = [
         sys.executable,
         "-m",
