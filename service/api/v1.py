@@ -33,9 +33,34 @@ from service.state import Endpoint, retry_claim
 router = APIRouter(tags=["v1"])
 
 
+#: the headers a refusal carries (``api/errors.error_headers``), documented on its statuses
+_RETRY_AFTER = {
+    "description": "whole seconds to wait before sending again (>= 1)",
+    "schema": {"type": "integer", "minimum": 1},
+}
+_ERROR_HEADERS: dict[int, dict[str, Any]] = {
+    429: {
+        "Retry-After": _RETRY_AFTER,
+        "Lrbnn-Retry-Token": {
+            "description": "a retry reservation, when the request sent `Lrbnn-Retry-Token: request` and the"
+            " book had room: send it back in that header after Retry-After to be admitted"
+            " (docs/service.md, Retry reservations)",
+            "schema": {"type": "string"},
+        },
+    },
+    503: {"Retry-After": _RETRY_AFTER},
+}
+
+
 def errors_for(*codes: int) -> dict[int | str, dict[str, Any]]:
-    """OpenAPI ``responses`` for the error statuses a route can really answer (all ``ErrorResponse``)."""
-    return {code: {"model": ErrorResponse} for code in codes}
+    """OpenAPI ``responses`` for the error statuses a route can really answer (all ``ErrorResponse``),
+    with the headers a 429 or 503 carries."""
+    out: dict[int | str, dict[str, Any]] = {}
+    for code in codes:
+        out[code] = {"model": ErrorResponse}
+        if code in _ERROR_HEADERS:
+            out[code]["headers"] = _ERROR_HEADERS[code]
+    return out
 
 
 #: every status a model request can meet: bad input, auth, unknown model, size, queue, drain, timeout

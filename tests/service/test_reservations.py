@@ -280,3 +280,12 @@ def test_the_token_travels_in_grpc_metadata(repo: Path, tmp_path: Path) -> None:
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert "grpc reservation kept" in done.stdout
+
+
+async def test_the_openapi_document_names_the_headers_of_a_refusal(serve_app: ServeApp) -> None:
+    async with serve_app() as client:
+        paths = (await client.get("/openapi.json")).json()["paths"]
+    for path in ("/v1/models/toy:predict", "/v2/models/toy/infer"):
+        refused = paths[path]["post"]["responses"]
+        assert set(refused["429"]["headers"]) == {"Retry-After", HEADER}, path
+        assert set(refused["503"]["headers"]) == {"Retry-After"}, path
