@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from service.admission import REQUEST_UNITS, AdmissionControl
+from service.admission import AdmissionControl, request_units
 from service.aio import cancel_and_wait
 from service.cost import CostEstimate
 from service.errors import ClientDisconnected, InferenceTimeout, ModelFailed
@@ -70,9 +70,8 @@ class Job:
 
     @property
     def units(self) -> int:
-        """Compute cost in row-samples, plus a fixed per-request term (each request is one network pass
-        in exact mode: measured on the bundled model, about 128 row-samples' worth of overhead)."""
-        return self.rows * self.samples + REQUEST_UNITS
+        """Compute cost (:func:`service.admission.request_units`)."""
+        return request_units(self.rows, self.samples)
 
 
 #: event-loop turns without a new request after which a batch stops waiting for more (see _collect)

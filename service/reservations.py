@@ -50,8 +50,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from enum import Enum
 
-#: the request and response header (and, lower-cased, the gRPC metadata key)
+#: the request and response header
 HEADER = "Lrbnn-Retry-Token"
+#: the same over gRPC (metadata keys are lower case)
+METADATA_KEY = HEADER.lower()
 #: the request header's value that asks for a reservation without holding one
 ASK = "request"
 #: a token is honoured from this long before its due time (clients' timers, whole-second rounding) ...

@@ -28,6 +28,7 @@ from service.errors import Forbidden
 from service.inference import InferenceResult, Instances
 from service.outcomes import feedback as record_feedback
 from service.repository import ServedModel
+from service.reservations import HEADER as RETRY_HEADER
 from service.state import Endpoint, retry_claim
 
 router = APIRouter(tags=["v1"])
@@ -41,8 +42,8 @@ _RETRY_AFTER = {
 _ERROR_HEADERS: dict[int, dict[str, Any]] = {
     429: {
         "Retry-After": _RETRY_AFTER,
-        "Lrbnn-Retry-Token": {
-            "description": "a retry reservation, when the request sent `Lrbnn-Retry-Token: request` and the"
+        RETRY_HEADER: {
+            "description": f"a retry reservation, when the request sent `{RETRY_HEADER}: request` and the"
             " book had room: send it back in that header after Retry-After to be admitted"
             " (docs/service.md, Retry reservations)",
             "schema": {"type": "string"},

@@ -55,7 +55,7 @@ from service.grpc_api import oip_pb2_grpc as pb_grpc
 from service.inference import InferenceResult, Tensor
 from service.inputs import TensorSpec
 from service.repository import ServedModel
-from service.reservations import HEADER as RETRY_HEADER
+from service.reservations import METADATA_KEY as RETRY_METADATA_KEY
 from service.state import AppState, Endpoint, retry_claim
 
 log = logging.getLogger("lrbnn.service.grpc")
@@ -180,7 +180,7 @@ def answered(method: Method[T]) -> Method[T]:
             if exc.retry_after_s is not None:
                 trailing.append(("retry-after", str(max(1, math.ceil(exc.retry_after_s)))))
             if isinstance(exc, QueueFull) and exc.retry_token is not None:
-                trailing.append((RETRY_HEADER.lower(), exc.retry_token))
+                trailing.append((RETRY_METADATA_KEY, exc.retry_token))
             if trailing:
                 context.set_trailing_metadata(tuple(trailing))
             await context.abort(status_of(exc), message)
@@ -240,7 +240,7 @@ class InferenceServicer(pb_grpc.GRPCInferenceServiceServicer):
             name,
             Endpoint.GRPC_INFER,
             _metadata(context, "authorization"),
-            _metadata(context, RETRY_HEADER.lower()),
+            _metadata(context, RETRY_METADATA_KEY),
         ) as served:
             if request.model_version and request.model_version != served.version:
                 raise ModelNotFound(

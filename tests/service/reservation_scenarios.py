@@ -19,7 +19,7 @@ for _p in (str(_HERE.parents[1]), str(_HERE), str(_HERE.parent)):
 
 import toy  # noqa: E402
 
-from service.reservations import ASK, HEADER  # noqa: E402
+from service.reservations import ASK, METADATA_KEY  # noqa: E402
 
 PATH = "/v1/models/toy:predict"
 
@@ -88,20 +88,18 @@ async def grpc_scenario(repo: Path, state_dir: Path) -> None:
                 tensor.contents.fp32_contents.extend([60.0, 80.0, 1.0, 0.0])
                 async with held_model(client) as (batcher, gate):
                     try:
-                        await stub.ModelInfer(request, metadata=((HEADER.lower(), ASK),))
+                        await stub.ModelInfer(request, metadata=((METADATA_KEY, ASK),))
                     except grpc.aio.AioRpcError as exc:
                         refused = exc
                     else:
                         raise AssertionError("admitted over the budget without a token")
                     assert refused.code() is grpc.StatusCode.RESOURCE_EXHAUSTED, refused.code()
                     trailing = dict(refused.trailing_metadata() or ())
-                    token = trailing[HEADER.lower()]
+                    token = trailing[METADATA_KEY]
                     assert int(trailing["retry-after"]) >= 1
                     due = batcher.book._read(token).due
                     batcher.book.clock = lambda: due
-                    kept = asyncio.ensure_future(
-                        stub.ModelInfer(request, metadata=((HEADER.lower(), token),))
-                    )
+                    kept = asyncio.ensure_future(stub.ModelInfer(request, metadata=((METADATA_KEY, token),)))
                     await until(lambda: batcher.depth == 2)
                     gate.set()
                     answer = await kept
